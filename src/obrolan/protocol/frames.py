@@ -1,0 +1,315 @@
+"""WebSocket frames of protocol version 1, as msgspec structs.
+
+Every frame is one JSON text message with a ``type`` field. docs/protocol.md
+is the written spec of exactly these types. No I/O here: :func:`decode_client_frame`
+and :func:`decode_server_frame` turn bytes into a frame or raise
+:class:`~obrolan.errors.RemoteProtocolError` with the spec's error code.
+
+Conventions: ``bytes`` fields are standard base64 *with* padding (msgspec's JSON
+form); public keys and signatures are ``str`` in vodozemac's unpadded base64.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Union
+
+import msgspec
+
+from obrolan.errors import RemoteProtocolError
+from obrolan.protocol.codes import ErrorCode
+from obrolan.protocol.limits import Limits
+
+__all__ = [
+    "Ack",
+    "Authenticate",
+    "Challenge",
+    "ClaimKeys",
+    "ClaimedDevice",
+    "ClaimedKeys",
+    "ClientFrame",
+    "Deliver",
+    "DeviceKeys",
+    "Devices",
+    "Drained",
+    "Envelope",
+    "Error",
+    "GetDevices",
+    "KeysUploaded",
+    "OneTimeKey",
+    "OutboundEnvelope",
+    "Register",
+    "Send",
+    "Sent",
+    "ServerFrame",
+    "UploadKeys",
+    "Welcome",
+    "decode_client_frame",
+    "decode_server_frame",
+    "encode",
+]
+
+Username = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_.-]{2,31}$")]
+"""3 to 32 characters: lower-case letters, digits, ``_ . -``; starts with a letter or digit."""
+DeviceId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
+EnvelopeId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{16,64}$")]
+KeyId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9+/_-]{1,64}$")]
+PublicKey = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9+/]{43}$")]
+"""A 32-byte Curve25519 or Ed25519 public key, unpadded base64."""
+Signature = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9+/]{86}$")]
+"""A 64-byte Ed25519 signature, unpadded base64."""
+RequestId = Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
+
+
+class _Frame(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=False):
+    """Base of every frame; unknown fields are ignored for forward compatibility."""
+
+
+# --- shared records -----------------------------------------------------------------------
+
+
+class DeviceKeys(msgspec.Struct, frozen=True):
+    """A device's public identity keys, self-signed by its Ed25519 key."""
+
+    device_id: DeviceId
+    ed25519: PublicKey
+    curve25519: PublicKey
+    signature: Signature
+    """Ed25519 over :func:`obrolan.protocol.signing.device_keys_bytes`."""
+
+
+class OneTimeKey(msgspec.Struct, frozen=True):
+    """A signed Curve25519 one-time (or fallback) key."""
+
+    key_id: KeyId
+    key: PublicKey
+    signature: Signature
+    """Ed25519 of the owning device over :func:`obrolan.protocol.signing.one_time_key_bytes`."""
+
+
+class OutboundEnvelope(msgspec.Struct, frozen=True):
+    """Ciphertext for one device, as the sender uploads it."""
+
+    envelope_id: EnvelopeId
+    to_user: Username
+    to_device: DeviceId
+    ciphertext: bytes
+
+
+class Envelope(msgspec.Struct, frozen=True):
+    """Ciphertext for one device, as the server delivers it."""
+
+    envelope_id: EnvelopeId
+    from_user: Username
+    from_device: DeviceId
+    ciphertext: bytes
+
+
+class ClaimedDevice(msgspec.Struct, frozen=True):
+    """One device of a user with one key claimed for a new Olm session."""
+
+    device: DeviceKeys
+    one_time_key: OneTimeKey | None
+    """A one-time key, or the device's fallback key when none is left; null if neither."""
+    fallback: bool = False
+    """True when ``one_time_key`` is the fallback key (it may be handed out again)."""
+
+
+# --- client to server ---------------------------------------------------------------------
+
+
+class Register(_Frame, tag="register"):
+    """Create an account with its first device and authenticate this connection."""
+
+    version: int
+    username: Username
+    device: DeviceKeys
+    one_time_keys: list[OneTimeKey]
+    fallback_key: OneTimeKey | None
+    signature: Signature
+    """Ed25519 of ``device`` over :func:`obrolan.protocol.signing.auth_bytes`."""
+
+
+class Authenticate(_Frame, tag="authenticate"):
+    """Prove possession of a registered device's Ed25519 key."""
+
+    version: int
+    username: Username
+    device_id: DeviceId
+    signature: Signature
+    """Ed25519 over :func:`obrolan.protocol.signing.auth_bytes` of this connection's nonce."""
+
+
+class UploadKeys(_Frame, tag="upload_keys"):
+    """Publish more one-time keys and, optionally, a new fallback key."""
+
+    id: RequestId
+    one_time_keys: list[OneTimeKey]
+    fallback_key: OneTimeKey | None = None
+
+
+class GetDevices(_Frame, tag="get_devices"):
+    """Read a user's devices without claiming keys."""
+
+    id: RequestId
+    username: Username
+
+
+class ClaimKeys(_Frame, tag="claim_keys"):
+    """Claim one key of each of a user's devices to start Olm sessions."""
+
+    id: RequestId
+    username: Username
+    device_ids: list[DeviceId] | None = None
+    """Only these devices; null means every device of the user."""
+
+
+class Send(_Frame, tag="send"):
+    """Store envelopes durably for their devices; answered by ``sent`` after the write."""
+
+    id: RequestId
+    envelopes: list[OutboundEnvelope]
+
+
+class Ack(_Frame, tag="ack"):
+    """The device has stored these envelopes; the server deletes them. No answer."""
+
+    envelope_ids: list[EnvelopeId]
+
+
+ClientFrame = Union[Register, Authenticate, UploadKeys, GetDevices, ClaimKeys, Send, Ack]
+
+
+# --- server to client ---------------------------------------------------------------------
+
+
+class Challenge(_Frame, tag="challenge"):
+    """First frame on every connection: versions, a fresh nonce and the limits."""
+
+    versions: list[int]
+    nonce: bytes
+    """32 random bytes, valid for one ``register`` or ``authenticate`` on this connection."""
+    limits: Limits
+
+
+class Welcome(_Frame, tag="welcome"):
+    """The connection is authenticated; queued envelopes follow, then ``drained``."""
+
+    version: int
+    username: Username
+    device_id: DeviceId
+    one_time_keys: int
+    """How many unclaimed one-time keys the server holds for this device."""
+
+
+class Error(_Frame, tag="error"):
+    """A request (``id``) or the connection (``id`` null) was refused."""
+
+    id: RequestId | None
+    code: ErrorCode
+    message: str
+
+
+class KeysUploaded(_Frame, tag="keys_uploaded"):
+    """Answer to ``upload_keys``."""
+
+    id: RequestId
+    one_time_keys: int
+
+
+class Devices(_Frame, tag="devices"):
+    """Answer to ``get_devices``."""
+
+    id: RequestId
+    username: Username
+    devices: list[DeviceKeys]
+
+
+class ClaimedKeys(_Frame, tag="claimed_keys"):
+    """Answer to ``claim_keys``."""
+
+    id: RequestId
+    username: Username
+    devices: list[ClaimedDevice]
+
+
+class Sent(_Frame, tag="sent"):
+    """Answer to ``send``: every envelope is durably stored (or was already)."""
+
+    id: RequestId
+    envelope_ids: list[EnvelopeId]
+
+
+class Deliver(_Frame, tag="deliver"):
+    """Envelopes for this device, in the order they were stored."""
+
+    envelopes: list[Envelope]
+
+
+class Drained(_Frame, tag="drained"):
+    """Everything that was queued when the connection authenticated has been delivered."""
+
+
+ServerFrame = Union[
+    Challenge, Welcome, Error, KeysUploaded, Devices, ClaimedKeys, Sent, Deliver, Drained
+]
+
+# --- codec --------------------------------------------------------------------------------
+
+_encoder = msgspec.json.Encoder()
+_client_decoder = msgspec.json.Decoder(ClientFrame)
+_server_decoder = msgspec.json.Decoder(ServerFrame)
+_CLIENT_TAGS = frozenset(t.__struct_config__.tag for t in ClientFrame.__args__)  # type: ignore[attr-defined]
+_SERVER_TAGS = frozenset(t.__struct_config__.tag for t in ServerFrame.__args__)  # type: ignore[attr-defined]
+
+
+def encode(frame: msgspec.Struct) -> bytes:
+    """Serialize a frame to the JSON bytes sent as one WebSocket text message."""
+    return _encoder.encode(frame)
+
+
+def _refine(data: bytes | str, exc: msgspec.DecodeError, tags: frozenset[str]) -> RemoteProtocolError:
+    # Only on the error path: tell an unknown type apart from a malformed frame.
+    try:
+        raw = msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        return RemoteProtocolError("frame is not valid JSON", ErrorCode.MALFORMED_FRAME)
+    if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
+        return RemoteProtocolError("frame must be an object with a string 'type'")
+    if raw["type"] not in tags:
+        return RemoteProtocolError(
+            f"unknown frame type {raw['type']!r}", ErrorCode.UNKNOWN_FRAME_TYPE
+        )
+    return RemoteProtocolError(f"malformed {raw['type']} frame: {exc}")
+
+
+def decode_client_frame(data: bytes | str) -> ClientFrame:
+    """Parse a frame a client sent.
+
+    Raises:
+        RemoteProtocolError: with code ``malformed_frame`` or ``unknown_frame_type``.
+    """
+    try:
+        return _client_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise _refine(data, exc, _CLIENT_TAGS) from None
+
+
+def decode_server_frame(data: bytes | str) -> ServerFrame:
+    """Parse a frame the server sent.
+
+    Raises:
+        RemoteProtocolError: with code ``malformed_frame`` or ``unknown_frame_type``.
+    """
+    try:
+        return _server_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise _refine(data, exc, _SERVER_TAGS) from None
+
+
+def frame_types() -> dict[str, type[msgspec.Struct]]:
+    """Every frame type by its wire tag (used by the spec test)."""
+    return {
+        t.__struct_config__.tag: t  # type: ignore[attr-defined]
+        for t in (*ClientFrame.__args__, *ServerFrame.__args__)  # type: ignore[attr-defined]
+    }
+

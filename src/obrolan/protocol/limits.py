@@ -1,0 +1,40 @@
+"""Limits the server enforces and announces in its ``challenge`` frame."""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = ["Limits", "PROTOCOL_VERSION", "SUPPORTED_VERSIONS"]
+
+PROTOCOL_VERSION = 1
+"""The version this code speaks by default."""
+
+SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
+"""Every version this code can speak."""
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True):
+    """What one server accepts; each is configurable on ``obrolan serve``."""
+
+    max_envelope_bytes: int = 256 * 1024
+    """Largest ciphertext in one envelope."""
+    max_frame_bytes: int = 1024 * 1024
+    """Largest WebSocket message; a larger one closes the connection (1009)."""
+    max_envelopes_per_send: int = 100
+    """Most envelopes in one ``send`` frame."""
+    max_queue_per_device: int = 10_000
+    """Most envelopes waiting for one device; more gets ``queue_full``."""
+    max_one_time_keys: int = 100
+    """Most unclaimed one-time keys stored per device (and per ``upload_keys``)."""
+    max_acks_per_frame: int = 1000
+    """Most envelope ids in one ``ack`` frame."""
+    envelope_ttl_seconds: int = 30 * 24 * 3600
+    """An envelope not acknowledged by then is deleted unread."""
+    delivery_window: int = 256
+    """Most envelopes the server pushes to a device before it acknowledges some."""
+
+    def __post_init__(self) -> None:
+        # A frame must hold at least one maximal envelope, base64-encoded, with room for JSON.
+        needed = self.max_envelope_bytes * 4 // 3 + 64 * 1024
+        if self.max_frame_bytes < needed:
+            object.__setattr__(self, "max_frame_bytes", needed)

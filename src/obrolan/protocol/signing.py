@@ -1,0 +1,29 @@
+"""The exact bytes each signature in the protocol covers.
+
+Each string starts with its own domain label, so a signature made for one
+purpose can never be replayed as another. Fields are joined by a NUL byte,
+which no username, device id, key id or base64 key may contain.
+"""
+
+from __future__ import annotations
+
+__all__ = ["auth_bytes", "device_keys_bytes", "one_time_key_bytes"]
+
+
+def _join(label: bytes, *parts: bytes | str) -> bytes:
+    return b"\x00".join([label, *(p.encode() if isinstance(p, str) else p for p in parts)])
+
+
+def auth_bytes(nonce: bytes, username: str, device_id: str) -> bytes:
+    """What a device signs to answer a connection's challenge."""
+    return _join(b"obrolan-auth-v1", nonce, username, device_id)
+
+
+def device_keys_bytes(username: str, device_id: str, ed25519: str, curve25519: str) -> bytes:
+    """What a device signs to bind its keys to its account and id."""
+    return _join(b"obrolan-device-v1", username, device_id, ed25519, curve25519)
+
+
+def one_time_key_bytes(key_id: str, key: str) -> bytes:
+    """What a device signs for each one-time or fallback key it publishes."""
+    return _join(b"obrolan-otk-v1", key_id, key)
