@@ -20,6 +20,7 @@ __all__ = [
     "Text",
     "Content",
     "decode_olm_ciphertext",
+    "decode_content",
     "decode_plaintext",
     "encode",
 ]
@@ -67,6 +68,7 @@ class Plaintext(msgspec.Struct, frozen=True):
 _encoder = msgspec.json.Encoder()
 _olm_decoder = msgspec.json.Decoder(OlmCiphertext)
 _plain_decoder = msgspec.json.Decoder(Plaintext)
+_content_decoder = msgspec.json.Decoder(Content)
 
 
 def encode(value: msgspec.Struct) -> bytes:
@@ -82,3 +84,8 @@ def decode_olm_ciphertext(data: bytes) -> OlmCiphertext:
 def decode_plaintext(data: bytes) -> Plaintext:
     """Parse a decrypted body; raises ``msgspec.DecodeError`` if malformed."""
     return _plain_decoder.decode(data)
+
+
+def decode_content(data: bytes) -> Content:
+    """Parse a content value on its own (the client's outbox keeps it this way)."""
+    return _content_decoder.decode(data)

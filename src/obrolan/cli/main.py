@@ -1,0 +1,310 @@
+"""The ``obrolan`` command: client verbs here, server verbs in server_commands.
+
+Every error a person can cause (unknown user, unreachable server, wrong
+passphrase, taken username, bad arguments) ends as one line on stderr and a
+non-zero exit code; a traceback would be a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from obrolan import __version__
+from obrolan.cli import server_commands
+from obrolan.client.client import Client
+from obrolan.client.models import Message, MessageState
+from obrolan.client.vault import needs_passphrase
+from obrolan.errors import ConfigError, ObrolanError, RequestRefused, ServerUnreachable
+from obrolan.protocol.codes import ErrorCode
+
+__all__ = ["main"]
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+SEND_TIMEOUT = 15.0
+"""Seconds `obrolan send` waits for the server before leaving the message queued."""
+
+
+def default_profile() -> Path:
+    """``$OBROLAN_PROFILE``, else the user's data dir (e.g. ~/.local/share/obrolan/default)."""
+    configured = os.environ.get("OBROLAN_PROFILE")
+    if configured:
+        return Path(configured)
+    return Path(platformdirs.user_data_dir("obrolan")) / "default"
+
+
+def read_passphrase(*, confirm: bool = False) -> str:
+    """``$OBROLAN_PASSPHRASE``, else a prompt on the terminal.
+
+    Raises:
+        ConfigError: no terminal to ask on and no environment variable.
+    """
+    configured = os.environ.get("OBROLAN_PASSPHRASE")
+    if configured is not None:
+        return configured
+    if not sys.stdin.isatty():
+        raise ConfigError(
+            "a passphrase is needed: set OBROLAN_PASSPHRASE, or run in a terminal to be asked"
+        )
+    passphrase = getpass.getpass("Passphrase: ")
+    if confirm:
+        if len(passphrase) < 8:
+            raise ConfigError("choose a passphrase of at least 8 characters")
+        if getpass.getpass("Passphrase again: ") != passphrase:
+            raise ConfigError("the two passphrases differ")
+    return passphrase
+
+
+def _passphrase_for(profile: Path) -> str | None:
+    return read_passphrase() if needs_passphrase(profile) else None
+
+
+def _print_json(value: object) -> None:
+    print(json.dumps(value, ensure_ascii=False, indent=2))
+
+
+def _format_message(message: Message) -> str:
+    when = datetime.fromtimestamp(message.sent_at_ms / 1000).strftime("%Y-%m-%d %H:%M")
+    if message.state is MessageState.FAILED and not message.outgoing:
+        return f"{when} ⚠ {message.warning}"
+    arrow = f"{message.sender} → {message.peer}" if message.outgoing else message.sender
+    marks = {
+        MessageState.QUEUED: " (queued)",
+        MessageState.FAILED: f" (not sent: {message.error})",
+    }.get(message.state, "")
+    line = f"{when} {arrow}: {message.text}{marks}"
+    if message.warning:
+        line += f"\n    ⚠ {message.warning}"
+    return line
+
+
+def _print_messages(messages: Sequence[Message], as_json: bool) -> None:
+    if as_json:
+        _print_json([m.as_json() for m in messages])
+        return
+    for message in messages:
+        print(_format_message(message), flush=True)
+
+
+# --- client verbs -------------------------------------------------------------------------
+
+
+async def cmd_register(args: argparse.Namespace) -> int:
+    passphrase = None if args.no_passphrase else read_passphrase(confirm=True)
+    client = await Client.register(
+        args.profile, args.server, args.username, passphrase,
+        insecure=args.insecure, ca_file=args.ca_file,
+    )
+    try:
+        me = client.whoami()
+    finally:
+        await client.close()
+    if args.json:
+        _print_json(me.as_json())
+    else:
+        print(f"registered {me.username} on {me.server_url} (device {me.device_id})")
+        print(f"profile: {args.profile}")
+    return 0
+
+
+async def cmd_send(args: argparse.Namespace) -> int:
+    async with Client.open(args.profile, _passphrase_for(args.profile)) as client:
+        queued = await client.send(args.user, args.text)
+        try:
+            await client.flush(timeout=SEND_TIMEOUT)
+        except ServerUnreachable as exc:
+            raise ServerUnreachable(
+                exc.url, f"{exc.reason}; the message is queued and will be sent by the next "
+                f"`obrolan sync`, `listen` or `send`"
+            ) from None
+        message = client.message(queued.message_id, client.username) or queued
+    if message.state is MessageState.FAILED:
+        raise ObrolanError(f"not sent: {message.error}")
+    if args.json:
+        _print_json(message.as_json())
+    else:
+        print(f"sent to {args.user}")
+    return 0
+
+
+async def cmd_sync(args: argparse.Namespace) -> int:
+    async with Client.open(args.profile, _passphrase_for(args.profile)) as client:
+        messages = await client.sync()
+    _print_messages(messages, args.json)
+    if not args.json and not messages:
+        print("no new messages", file=sys.stderr)
+    return 0
+
+
+async def cmd_listen(args: argparse.Namespace) -> int:
+    async with Client.open(args.profile, _passphrase_for(args.profile)) as client:
+        if not args.json:
+            print(f"listening as {client.username} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        async for message in client.messages():
+            if args.json:
+                print(json.dumps(message.as_json(), ensure_ascii=False), flush=True)
+            else:
+                print(_format_message(message), flush=True)
+    return 0
+
+
+async def cmd_history(args: argparse.Namespace) -> int:
+    async with Client.open(args.profile, _passphrase_for(args.profile), online=False) as client:
+        messages = client.history(args.user, args.limit)
+    _print_messages(messages, args.json)
+    if not args.json and not messages:
+        print(f"no messages with {args.user}", file=sys.stderr)
+    return 0
+
+
+async def cmd_contacts(args: argparse.Namespace) -> int:
+    async with Client.open(args.profile, _passphrase_for(args.profile), online=False) as client:
+        contacts = client.contacts()
+    if args.json:
+        _print_json([c.as_json() for c in contacts])
+        return 0
+    for contact in contacts:
+        flag = "  ⚠ identity key changed: compare safety numbers" if contact.key_changed else ""
+        print(f"{contact.username}{flag}")
+    if not contacts:
+        print("no contacts yet", file=sys.stderr)
+    return 0
+
+
+async def cmd_whoami(args: argparse.Namespace) -> int:
+    async with Client.open(args.profile, _passphrase_for(args.profile), online=False) as client:
+        me = client.whoami()
+    if args.json:
+        _print_json(me.as_json())
+    else:
+        print(f"{me.username} on {me.server_url}\ndevice {me.device_id}\nidentity key {me.ed25519}")
+    return 0
+
+
+async def cmd_safety_number(args: argparse.Namespace) -> int:
+    async with Client.open(args.profile, _passphrase_for(args.profile), online=False) as client:
+        number = await client.safety_number(args.user)
+        changed = any(c.username == args.user and c.key_changed for c in client.contacts())
+    if args.json:
+        _print_json({"username": args.user, "safety_number": number, "key_changed": changed})
+        return 0
+    groups = number.split()
+    for row in range(0, len(groups), 4):
+        print(" ".join(groups[row : row + 4]))
+    print(f"Compare these digits with {args.user}, in person or on a call you trust.")
+    if changed:
+        print(f"⚠ {args.user}'s identity key has changed since you first talked.")
+    return 0
+
+
+# --- parser -------------------------------------------------------------------------------
+
+Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="obrolan",
+        description="End-to-end encrypted messenger whose server keeps nothing after delivery.",
+    )
+    parser.add_argument("--version", action="version", version=f"obrolan {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    profile = argparse.ArgumentParser(add_help=False)
+    profile.add_argument(
+        "--profile", type=Path, default=None, metavar="DIR",
+        help="the device's profile folder (default: $OBROLAN_PROFILE or the user data dir)",
+    )
+    profile.add_argument("--json", action="store_true", help="print data as JSON")
+    profile.add_argument("-v", "--verbose", action="store_true", help="log what the client does")
+
+    def verb(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[profile], help=help_text, description=help_text)
+        p.set_defaults(func=_run_async(handler))
+        return p
+
+    p = verb("register", cmd_register, "create an account and this device's profile")
+    p.add_argument("username")
+    p.add_argument("--server", required=True, metavar="URL", help="e.g. https://chat.example.org")
+    p.add_argument(
+        "--no-passphrase", action="store_true",
+        help="keep the store key in a 0600 file instead (for unattended bots)",
+    )
+    p.add_argument("--insecure", action="store_true", help="allow plain http to a non-loopback host")
+    p.add_argument("--ca-file", metavar="PEM", help="trust this CA for the server's certificate")
+
+    p = verb("send", cmd_send, "send a text message")
+    p.add_argument("user")
+    p.add_argument("text")
+
+    verb("sync", cmd_sync, "fetch and print what is waiting, send the outbox, exit")
+    verb("listen", cmd_listen, "print messages as they arrive, until Ctrl-C")
+
+    p = verb("history", cmd_history, "print the conversation with a user, from this device")
+    p.add_argument("user")
+    p.add_argument("--limit", type=int, default=None, help="only the last N messages")
+
+    verb("contacts", cmd_contacts, "list the people this device has talked to")
+    verb("whoami", cmd_whoami, "print this profile's account, device and server")
+
+    p = verb("safety-number", cmd_safety_number, "print the safety number to compare with a contact")
+    p.add_argument("user")
+
+    server_commands.add_parsers(sub)
+    return parser
+
+
+def _run_async(handler: Handler) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        if args.profile is None:
+            args.profile = default_profile()
+        logging.basicConfig(
+            level=logging.INFO if args.verbose else logging.ERROR,
+            format="%(levelname)s %(name)s: %(message)s",
+        )
+        return asyncio.run(handler(args))
+
+    return run
+
+
+_FRIENDLY = {
+    ErrorCode.USERNAME_TAKEN: "that username is taken on this server",
+    ErrorCode.AUTH_FAILED: "the server does not accept this device (was the account removed?)",
+    ErrorCode.UNSUPPORTED_VERSION: "the server speaks another protocol version: update obrolan",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``obrolan`` command; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except RequestRefused as exc:
+        print(f"obrolan: {_FRIENDLY.get(exc.code, exc.message)}", file=sys.stderr)
+        return EXIT_ERROR
+    except ObrolanError as exc:
+        print(f"obrolan: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:
+        print(f"obrolan: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

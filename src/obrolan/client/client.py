@@ -1,0 +1,700 @@
+"""The async client that programs, bots and the CLI use.
+
+::
+
+    async with Client.open(profile_dir, passphrase) as client:
+        await client.send("bob", "hi")
+        async for message in client.messages():
+            print(message.sender, message.text)
+
+Two rules keep it crash-safe (docs/architecture.md):
+
+* A message the user writes is in the outbox (one local transaction) before
+  :meth:`Client.send` returns; it is encrypted once, and its ciphertext is kept
+  until the server says ``sent``, so a resend is the same envelope.
+* A received envelope is decrypted and stored, together with the advanced
+  session and its envelope id, in one local transaction before it is acked.
+
+Olm sessions are loaded, used and saved with no ``await`` in between, so the
+inbox and the outbox never interleave on one session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+import random
+import re
+import secrets
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+
+import msgspec
+
+from obrolan.client.connection import Connection, ServerAddress, is_fatal
+from obrolan.client.models import Contact, Message, MessageState, Whoami
+from obrolan.client.store import OutboxEntry, Store, now_ms
+from obrolan.client.vault import Vault, create_vault, open_vault
+from obrolan.crypto.device import DeviceIdentity
+from obrolan.crypto.olm import OlmSession
+from obrolan.crypto.safety import safety_number
+from obrolan.crypto.signatures import verify_device_keys, verify_one_time_key
+from obrolan.errors import (
+    ConfigError,
+    CryptoError,
+    InvalidState,
+    ObrolanError,
+    ProfileError,
+    RequestRefused,
+    ServerUnreachable,
+    SignatureError,
+    UnknownContact,
+)
+from obrolan.failpoints import failpoint
+from obrolan.protocol import content, frames
+from obrolan.protocol.codes import ErrorCode
+from obrolan.protocol.limits import PROTOCOL_VERSION
+from obrolan.protocol.signing import auth_bytes
+
+__all__ = ["Client"]
+
+log = logging.getLogger("obrolan.client")
+
+BACKOFF_START = 0.5
+BACKOFF_MAX = 30.0
+_USERNAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{2,31}$")
+_PROFILE_FILES = ("profile.json", "key", "store.db", "store.db-wal", "store.db-shm")
+
+
+def new_id() -> str:
+    """A random 128-bit id, base64url without padding (envelope and message ids)."""
+    return base64.urlsafe_b64encode(secrets.token_bytes(16)).rstrip(b"=").decode()
+
+
+def check_username(username: str) -> str:
+    """Return ``username`` if it is well formed, else raise ConfigError."""
+    if not _USERNAME.match(username):
+        raise ConfigError(
+            f"invalid username {username!r}: use 3-32 lower-case letters, digits, '_', '.' "
+            f"or '-', starting with a letter or digit"
+        )
+    return username
+
+
+class Client:
+    """One device of one account: its local store, identity and server connection."""
+
+    def __init__(self, profile_dir: Path, vault: Vault, store: Store, identity: DeviceIdentity) -> None:
+        self.profile_dir = profile_dir
+        self._vault = vault
+        self._store = store
+        self._identity = identity
+        self.username = _required(store.get_meta("username"))
+        self.device_id = _required(store.get_meta("device_id"))
+        self.address = ServerAddress.parse(
+            _required(store.get_meta("server_url")),
+            insecure=store.get_meta("insecure") == "1",
+            ca_file=store.get_meta("ca_file") or None,
+        )
+        self._conn: Connection | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._incoming: asyncio.Queue[Message | None] = asyncio.Queue()
+        """Stored incoming messages; None wakes a reader after a fatal error."""
+        self._outbox_wakeup = asyncio.Event()
+        self._outbox_idle = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._state_changed = asyncio.Event()
+        self._last_error: ObrolanError | None = None
+        self._fatal: ObrolanError | None = None
+        self._known_devices: set[str] = set()
+        """Users whose device list was fetched on the current connection."""
+
+    # --- opening and closing ------------------------------------------------------------
+
+    @classmethod
+    async def register(
+        cls,
+        profile_dir: Path,
+        server_url: str,
+        username: str,
+        passphrase: str | None,
+        *,
+        insecure: bool = False,
+        ca_file: str | None = None,
+    ) -> Client:
+        """Create a new account on the server and a profile for its first device.
+
+        ``passphrase`` None stores a random key in a 0600 file (for bots).
+
+        Raises:
+            ConfigError: bad username or server URL.
+            ProfileError: a profile already exists at ``profile_dir``.
+            ServerUnreachable: the server cannot be reached; nothing was created.
+            RequestRefused: the server refused (``username_taken``); nothing was kept.
+        """
+        check_username(username)
+        address = ServerAddress.parse(server_url, insecure=insecure, ca_file=ca_file)
+        if (profile_dir / "profile.json").exists():
+            raise ProfileError(f"a profile already exists at {profile_dir}")
+        conn = await Connection.open(address)
+        created = False
+        try:
+            vault = await asyncio.to_thread(create_vault, profile_dir, passphrase)
+            created = True
+            store = Store(vault)
+            identity = DeviceIdentity.create()
+            device_id = new_id()[:12]
+            one_time_keys = identity.new_one_time_keys(identity.max_one_time_keys)
+            fallback = identity.new_fallback_key()
+            with store.transaction():
+                store.set_meta("server_url", address.url)
+                store.set_meta("insecure", "1" if insecure else "0")
+                store.set_meta("ca_file", ca_file or "")
+                store.set_meta("username", username)
+                store.set_meta("device_id", device_id)
+                store.set_meta("account", identity.pickle(vault.pickle_key))
+            signature = identity.sign(auth_bytes(conn.challenge.nonce, username, device_id))
+            await conn.handshake(
+                frames.Register(
+                    version=PROTOCOL_VERSION,
+                    username=username,
+                    device=identity.device_keys(username, device_id),
+                    one_time_keys=one_time_keys,
+                    fallback_key=fallback,
+                    signature=signature,
+                )
+            )
+        except BaseException:
+            if created:
+                vault.close()
+                _remove_profile(profile_dir)
+            raise
+        finally:
+            await conn.close()
+        return cls(profile_dir, vault, store, identity)
+
+    @classmethod
+    def open(cls, profile_dir: Path, passphrase: str | None, *, online: bool = True) -> _Opened:
+        """Open a profile: ``async with Client.open(dir, passphrase) as client``.
+
+        With ``online`` the client connects in the background, and keeps
+        reconnecting with exponential backoff and jitter until it is closed.
+
+        Raises (on enter):
+            ProfileError: no profile at ``profile_dir``.
+            WrongPassphrase: the store did not open with this passphrase.
+        """
+        return _Opened(cls, profile_dir, passphrase, online)
+
+    @classmethod
+    async def load(cls, profile_dir: Path, passphrase: str | None) -> Client:
+        """Open a profile without connecting (see :meth:`open`)."""
+        vault = await asyncio.to_thread(open_vault, profile_dir, passphrase)
+        try:
+            store = Store(vault)
+            identity = DeviceIdentity.from_pickle(
+                _required(store.get_meta("account")), vault.pickle_key
+            )
+            return cls(profile_dir, vault, store, identity)
+        except BaseException:
+            vault.close()
+            raise
+
+    def start(self) -> None:
+        """Connect in the background (idempotent)."""
+        if self._runner is None:
+            self._runner = asyncio.create_task(self._run(), name="obrolan-client")
+
+    async def close(self) -> None:
+        """Disconnect and close the local store; queued messages stay queued."""
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+            self._runner = None
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+        self._vault.close()
+
+    # --- what programs call -------------------------------------------------------------
+
+    def whoami(self) -> Whoami:
+        """This profile's account, device and server."""
+        return Whoami(
+            self.username,
+            self.device_id,
+            self.address.url,
+            self._identity.ed25519,
+            self._identity.curve25519,
+        )
+
+    async def send(self, username: str, text: str) -> Message:
+        """Queue a text message for ``username``; it is in the durable outbox on return.
+
+        The background connection sends it as soon as it can; :meth:`flush` waits.
+        """
+        check_username(username)
+        if username == self.username:
+            raise ConfigError("you cannot send a message to yourself on a single device")
+        message_id = new_id()
+        sent_at = now_ms()
+        payload = content.encode(content.Text(message_id=message_id, sent_at_ms=sent_at, text=text))
+        with self._store.transaction():
+            rowid = self._store.add_message(
+                message_id=message_id,
+                peer=username,
+                sender=self.username,
+                sender_device=self.device_id,
+                outgoing=True,
+                text=text,
+                sent_at_ms=sent_at,
+                state=MessageState.QUEUED,
+            )
+            assert rowid is not None, "fresh message ids never collide"
+            self._store.enqueue(rowid, username, payload)
+        self._outbox_idle.clear()
+        self._outbox_wakeup.set()
+        return self._store.message(rowid)
+
+    def message(self, message_id: str, sender: str | None = None) -> Message | None:
+        """A stored message by id (the latest state)."""
+        for candidate in self._store.messages_by_id(message_id):
+            if sender is None or candidate.sender == sender:
+                return candidate
+        return None
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Wait until the outbox is empty.
+
+        Raises:
+            ServerUnreachable: the server could not be reached (the outbox keeps the messages).
+            RequestRefused: the server refused this device (``auth_failed``).
+        """
+        self.start()
+        await self._wait(lambda: self._conn is not None and self._outbox_idle.is_set(), timeout)
+
+    async def sync(self, timeout: float | None = 30.0) -> list[Message]:
+        """Connect, receive everything that waits, send the outbox; return what arrived.
+
+        Raises:
+            ServerUnreachable: the server could not be reached.
+        """
+        self.start()
+        await self._wait(
+            lambda: self._conn is not None and self._drained.is_set() and self._outbox_idle.is_set(),
+            timeout,
+        )
+        received = []
+        while not self._incoming.empty():
+            message = self._incoming.get_nowait()
+            if message is not None:
+                received.append(message)
+        return received
+
+    async def messages(self) -> AsyncIterator[Message]:
+        """Incoming messages as they are stored, forever (connects if needed)."""
+        self.start()
+        while True:
+            message = await self._incoming.get()
+            if message is None:
+                assert self._fatal is not None
+                raise self._fatal
+            yield message
+
+    def history(self, username: str, limit: int | None = None) -> list[Message]:
+        """The conversation with ``username`` as stored on this device, oldest first."""
+        return self._store.history(username, limit)
+
+    def contacts(self) -> list[Contact]:
+        """Everyone this device has talked to."""
+        return self._store.contacts()
+
+    async def safety_number(self, username: str) -> str:
+        """The 60-digit number both sides compare to verify each other's identity key.
+
+        Looks the contact up on the server on first contact.
+        """
+        check_username(username)
+        contact = self._store.contact(username)
+        if contact is None:
+            self.start()
+            await self._wait(lambda: self._conn is not None, 30.0)
+            assert self._conn is not None
+            await self._fetch_devices(self._conn, username)
+            contact = self._store.contact(username)
+            if contact is None:
+                raise UnknownContact(username)
+        return safety_number(self.username, self._identity.ed25519, username, contact.identity_key)
+
+    # --- the connection loop ------------------------------------------------------------
+
+    async def _wait(self, condition: object, timeout: float | None) -> None:
+        check = condition  # a callable returning bool
+        try:
+            async with asyncio.timeout(timeout):
+                while not check():  # type: ignore[operator]
+                    if self._fatal is not None:
+                        raise self._fatal
+                    if self._conn is None and self._last_error is not None:
+                        raise self._last_error
+                    self._state_changed.clear()
+                    await self._state_changed.wait()
+        except TimeoutError:
+            raise self._last_error or ServerUnreachable(self.address.url, "timed out") from None
+
+    def _notify(self) -> None:
+        self._state_changed.set()
+
+    async def _run(self) -> None:
+        delay = BACKOFF_START
+        while True:
+            try:
+                conn = await Connection.open(self.address)
+            except ServerUnreachable as exc:
+                self._last_error = exc
+                self._notify()
+            else:
+                try:
+                    await self._session(conn)
+                except RequestRefused as exc:
+                    if is_fatal(exc.code):
+                        self._fatal = exc
+                        self._incoming.put_nowait(None)
+                        self._notify()
+                        return
+                    self._last_error = exc
+                except ServerUnreachable as exc:
+                    self._last_error = exc
+                else:
+                    self._last_error = ServerUnreachable(self.address.url, "connection closed")
+                finally:
+                    if self._conn is not None:  # authenticated: the server was fine until now
+                        delay = BACKOFF_START
+                    self._conn = None
+                    self._known_devices.clear()
+                    await conn.close()
+                    self._notify()
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    async def _session(self, conn: Connection) -> None:
+        signature = self._identity.sign(auth_bytes(conn.challenge.nonce, self.username, self.device_id))
+        welcome = await conn.handshake(
+            frames.Authenticate(
+                version=PROTOCOL_VERSION,
+                username=self.username,
+                device_id=self.device_id,
+                signature=signature,
+            )
+        )
+        log.info("connected to %s as %s/%s", self.address.url, self.username, self.device_id)
+        self._drained.clear()
+        self._conn = conn
+        self._last_error = None
+        self._notify()
+        await self._replenish_keys(conn, welcome.one_time_keys)
+        outbox = asyncio.create_task(self._outbox_loop(conn), name="obrolan-outbox")
+        try:
+            while (push := await conn.pushes.get()) is not None:
+                if isinstance(push, frames.Deliver):
+                    await self._receive(conn, push.envelopes)
+                else:
+                    self._drained.set()
+                    self._notify()
+                if outbox.done():
+                    outbox.result()  # re-raise what stopped it
+        finally:
+            outbox.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ObrolanError):
+                await outbox
+        raise conn.closed_reason or ServerUnreachable(self.address.url, "connection lost")
+
+    async def _replenish_keys(self, conn: Connection, on_server: int) -> None:
+        target = self._identity.max_one_time_keys
+        if on_server >= target // 2:
+            return
+        keys = self._identity.new_one_time_keys(target - on_server)
+        with self._store.transaction():
+            self._store.set_meta("account", self._identity.pickle(self._vault.pickle_key))
+        await conn.request(lambda i: frames.UploadKeys(id=i, one_time_keys=keys))
+
+    # --- outbox -------------------------------------------------------------------------
+
+    async def _outbox_loop(self, conn: Connection) -> None:
+        while True:
+            self._outbox_wakeup.clear()
+            for entry in list(self._store.outbox()):
+                await self._send_entry(conn, entry)
+            if self._store.outbox_size() == 0:
+                self._outbox_idle.set()
+                self._notify()
+            await self._outbox_wakeup.wait()
+
+    async def _send_entry(self, conn: Connection, entry: OutboxEntry) -> None:
+        envelopes = entry.envelopes
+        if entry.payload is not None:
+            try:
+                envelopes = await self._encrypt(conn, entry.rowid, entry.recipient, entry.payload)
+            except UnknownContact as exc:
+                self._fail(entry.rowid, str(exc))
+                return
+            if not envelopes:
+                self._fail(entry.rowid, f"{entry.recipient} has no device that can receive messages")
+                return
+            failpoint("outbox.after_encrypt")
+        try:
+            await conn.request(
+                lambda i: frames.Send(
+                    id=i,
+                    envelopes=[
+                        frames.OutboundEnvelope(envelope_id=e, to_user=u, to_device=d, ciphertext=c)
+                        for e, u, d, c in envelopes
+                    ],
+                )
+            )
+        except RequestRefused as exc:
+            if exc.code in (ErrorCode.UNKNOWN_USER, ErrorCode.UNKNOWN_DEVICE, ErrorCode.ENVELOPE_TOO_LARGE):
+                self._fail(entry.rowid, exc.message)
+                return
+            raise
+        failpoint("outbox.after_sent")
+        with self._store.transaction():
+            self._store.set_state(entry.rowid, MessageState.SENT)
+            self._store.dequeue(entry.rowid)
+
+    def _fail(self, rowid: int, reason: str) -> None:
+        with self._store.transaction():
+            self._store.set_state(rowid, MessageState.FAILED, reason)
+            self._store.dequeue(rowid)
+        log.warning("message not sent: %s", reason)
+
+    async def _encrypt(
+        self, conn: Connection, rowid: int, recipient: str, payload: bytes
+    ) -> list[tuple[str, str, str, bytes]]:
+        devices = await self._fetch_devices(conn, recipient)
+        without_session = [d for d in devices if not self._store.sessions_for(d.curve25519)]
+        one_time_keys: dict[str, frames.OneTimeKey] = {}
+        if without_session:
+            claimed = await conn.request(
+                lambda i: frames.ClaimKeys(
+                    id=i, username=recipient, device_ids=[d.device_id for d in without_session]
+                )
+            )
+            assert isinstance(claimed, frames.ClaimedKeys)
+            one_time_keys = self._verified_claims(recipient, devices, claimed.devices)
+        text = content.decode_content(payload)
+        # From here to the commit: no await, so no other task touches these sessions.
+        envelopes = []
+        with self._store.transaction():
+            for device in devices:
+                session = self._session_with(device.curve25519)
+                if session is None:
+                    key = one_time_keys.get(device.device_id)
+                    if key is None:
+                        log.warning("%s/%s has no one-time key left", recipient, device.device_id)
+                        continue
+                    session = self._identity.outbound_session(device.curve25519, key.key)
+                plaintext = content.Plaintext(
+                    sender=self.username,
+                    sender_device=self.device_id,
+                    recipient=recipient,
+                    recipient_device=device.device_id,
+                    content=text,
+                )
+                sealed = session.encrypt(content.encode(plaintext), self._identity.curve25519)
+                self._store.save_session(
+                    device.curve25519, session.session_id, session.pickle(self._vault.pickle_key)
+                )
+                envelopes.append((new_id(), recipient, device.device_id, content.encode(sealed)))
+            self._store.save_envelopes(rowid, envelopes)
+        return envelopes
+
+    def _verified_claims(
+        self,
+        username: str,
+        devices: list[frames.DeviceKeys],
+        claimed: Iterable[frames.ClaimedDevice],
+    ) -> dict[str, frames.OneTimeKey]:
+        known = {d.device_id: d for d in devices}
+        keys = {}
+        for item in claimed:
+            device = known.get(item.device.device_id)
+            if device is None or device != item.device or item.one_time_key is None:
+                continue  # a device we did not verify, or one with no key: skip it
+            try:
+                verify_one_time_key(device.ed25519, item.one_time_key)
+            except SignatureError:
+                log.warning("%s/%s: one-time key signature does not verify", username, device.device_id)
+                continue
+            keys[device.device_id] = item.one_time_key
+        return keys
+
+    def _session_with(self, curve25519: str) -> OlmSession | None:
+        for _, pickle in self._store.sessions_for(curve25519)[:1]:
+            return OlmSession.from_pickle(pickle, self._vault.pickle_key)
+        return None
+
+    async def _fetch_devices(self, conn: Connection, username: str) -> list[frames.DeviceKeys]:
+        """The user's devices whose self-signatures verify; pins the identity on first contact."""
+        try:
+            answer = await conn.request(lambda i: frames.GetDevices(id=i, username=username))
+        except RequestRefused as exc:
+            if exc.code == ErrorCode.UNKNOWN_USER:
+                raise UnknownContact(username) from None
+            raise
+        assert isinstance(answer, frames.Devices)
+        devices = []
+        for device in answer.devices:
+            try:
+                verify_device_keys(username, device)
+            except SignatureError:
+                log.warning("%s/%s: device keys do not verify; ignored", username, device.device_id)
+                continue
+            devices.append(device)
+        with self._store.transaction():
+            self._store.save_devices(username, [(d.device_id, d.ed25519, d.curve25519) for d in devices])
+            if devices:
+                self._check_identity(username, devices)
+        self._known_devices.add(username)
+        return devices
+
+    def _check_identity(self, username: str, devices: list[frames.DeviceKeys]) -> None:
+        contact = self._store.contact(username)
+        if contact is None:
+            self._store.pin_contact(username, devices[0].ed25519)
+        elif all(d.ed25519 != contact.identity_key for d in devices):
+            if not contact.key_changed:
+                log.warning("%s's identity key has changed", username)
+            self._store.mark_key_changed(username, devices[0].ed25519)
+
+    # --- inbox --------------------------------------------------------------------------
+
+    async def _receive(self, conn: Connection, envelopes: list[frames.Envelope]) -> None:
+        acked = []
+        for envelope in envelopes:
+            if not self._store.is_processed(envelope.envelope_id):
+                message = await self._open_envelope(conn, envelope)
+                if message is not None:
+                    self._incoming.put_nowait(message)
+            acked.append(envelope.envelope_id)
+        failpoint("inbox.before_ack")
+        limit = conn.challenge.limits.max_acks_per_frame
+        for start in range(0, len(acked), limit):
+            await conn.send(frames.Ack(envelope_ids=acked[start : start + limit]))
+
+    async def _open_envelope(self, conn: Connection, envelope: frames.Envelope) -> Message | None:
+        try:
+            sealed = content.decode_olm_ciphertext(envelope.ciphertext)
+        except msgspec.DecodeError:
+            return self._store_undecryptable(envelope, "the envelope is malformed")
+        sender = self._store.device_by_curve(sealed.sender_key)
+        if sender is None or sender[:2] != (envelope.from_user, envelope.from_device):
+            if envelope.from_user not in self._known_devices:
+                with contextlib.suppress(UnknownContact):
+                    await self._fetch_devices(conn, envelope.from_user)
+                sender = self._store.device_by_curve(sealed.sender_key)
+        if sender is None or sender[:2] != (envelope.from_user, envelope.from_device):
+            return self._store_undecryptable(envelope, "the sender's key does not match its device")
+        # From here to the commit: no await, so no other task touches these sessions.
+        try:
+            session, plaintext, new_session = self._decrypt(sealed)
+            body = content.decode_plaintext(plaintext)
+        except (CryptoError, msgspec.DecodeError) as exc:
+            return self._store_undecryptable(envelope, f"it could not be decrypted ({exc})")
+        if (body.sender, body.sender_device, body.recipient, body.recipient_device) != (
+            envelope.from_user,
+            envelope.from_device,
+            self.username,
+            self.device_id,
+        ):
+            return self._store_undecryptable(envelope, "it was addressed to someone else")
+        failpoint("inbox.after_decrypt")
+        contact = self._store.contact(body.sender)
+        warning = None
+        if contact is not None and contact.key_changed:
+            warning = f"{body.sender}'s identity key has changed"
+        with self._store.transaction():
+            rowid = self._store.add_message(
+                message_id=body.content.message_id,
+                peer=body.sender,
+                sender=body.sender,
+                sender_device=body.sender_device,
+                outgoing=False,
+                text=body.content.text,
+                sent_at_ms=body.content.sent_at_ms,
+                state=MessageState.RECEIVED,
+                warning=warning,
+            )
+            self._store.save_session(sealed.sender_key, session.session_id, session.pickle(self._vault.pickle_key))
+            if new_session:
+                self._store.set_meta("account", self._identity.pickle(self._vault.pickle_key))
+            self._store.mark_processed(envelope.envelope_id)
+        failpoint("inbox.after_store")
+        return None if rowid is None else self._store.message(rowid)
+
+    def _decrypt(self, sealed: content.OlmCiphertext) -> tuple[OlmSession, bytes, bool]:
+        for _, pickle in self._store.sessions_for(sealed.sender_key):
+            session = OlmSession.from_pickle(pickle, self._vault.pickle_key)
+            if sealed.message_type == content.OLM_PRE_KEY and not session.matches(sealed):
+                continue
+            with contextlib.suppress(CryptoError):
+                return session, session.decrypt(sealed), False
+        if sealed.message_type != content.OLM_PRE_KEY:
+            raise CryptoError("no session decrypts this message")
+        session, plaintext = self._identity.inbound_session(sealed.sender_key, sealed)
+        return session, plaintext, True
+
+    def _store_undecryptable(self, envelope: frames.Envelope, reason: str) -> Message | None:
+        log.warning("dropped a message from %s: %s", envelope.from_user, reason)
+        with self._store.transaction():
+            rowid = self._store.add_message(
+                message_id=envelope.envelope_id,
+                peer=envelope.from_user,
+                sender=envelope.from_user,
+                sender_device=envelope.from_device,
+                outgoing=False,
+                text="",
+                sent_at_ms=now_ms(),
+                state=MessageState.FAILED,
+                warning=f"a message from {envelope.from_user} was dropped: {reason}",
+            )
+            self._store.mark_processed(envelope.envelope_id)
+        return None if rowid is None else self._store.message(rowid)
+
+
+class _Opened:
+    """``async with Client.open(...)``: load, optionally connect, always close."""
+
+    def __init__(self, cls: type[Client], profile_dir: Path, passphrase: str | None, online: bool) -> None:
+        self._args = (cls, profile_dir, passphrase, online)
+        self._client: Client | None = None
+
+    async def __aenter__(self) -> Client:
+        cls, profile_dir, passphrase, online = self._args
+        self._client = await cls.load(profile_dir, passphrase)
+        if online:
+            self._client.start()
+        return self._client
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._client is not None:
+            await self._client.close()
+
+
+def _required(value: str | None) -> str:
+    if value is None:
+        raise InvalidState("the profile is incomplete: register again")
+    return value
+
+
+def _remove_profile(profile_dir: Path) -> None:
+    """Delete only the files a failed registration created, then the folder if empty."""
+    for name in _PROFILE_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(profile_dir / name)
+    with contextlib.suppress(OSError):
+        profile_dir.rmdir()

@@ -1,0 +1,96 @@
+"""What the client API hands to programs: messages, contacts, the profile's identity."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+__all__ = ["Contact", "Message", "MessageState", "Whoami"]
+
+
+class MessageState(enum.StrEnum):
+    """Where a message is on its way."""
+
+    QUEUED = "queued"
+    """Written by this device, waiting in the outbox for the server."""
+    SENT = "sent"
+    """The server acknowledged it: it is stored durably until delivered."""
+    RECEIVED = "received"
+    """Written by someone else and stored on this device."""
+    FAILED = "failed"
+    """Cannot be sent (the recipient does not exist); ``error`` says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message of a conversation, as stored on this device."""
+
+    message_id: str
+    peer: str
+    """The other person in the conversation."""
+    sender: str
+    sender_device: str
+    outgoing: bool
+    text: str
+    sent_at_ms: int
+    """The sender's clock: shown, never trusted for ordering across devices."""
+    state: MessageState
+    error: str | None = None
+    warning: str | None = None
+    """Set when the sender's identity key changed since it was pinned."""
+
+    def as_json(self) -> dict[str, object]:
+        """A JSON-ready dict (what ``--json`` prints)."""
+        return {
+            "message_id": self.message_id,
+            "peer": self.peer,
+            "sender": self.sender,
+            "sender_device": self.sender_device,
+            "outgoing": self.outgoing,
+            "text": self.text,
+            "sent_at_ms": self.sent_at_ms,
+            "state": self.state.value,
+            "error": self.error,
+            "warning": self.warning,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """Someone this device has talked to, with the identity key pinned on first contact."""
+
+    username: str
+    identity_key: str
+    first_seen_ms: int
+    key_changed: bool
+    """The server has shown a different identity key since it was pinned."""
+
+    def as_json(self) -> dict[str, object]:
+        """A JSON-ready dict (what ``--json`` prints)."""
+        return {
+            "username": self.username,
+            "identity_key": self.identity_key,
+            "first_seen_ms": self.first_seen_ms,
+            "key_changed": self.key_changed,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Whoami:
+    """This profile's account and device."""
+
+    username: str
+    device_id: str
+    server_url: str
+    ed25519: str
+    curve25519: str
+
+    def as_json(self) -> dict[str, object]:
+        """A JSON-ready dict (what ``--json`` prints)."""
+        return {
+            "username": self.username,
+            "device_id": self.device_id,
+            "server": self.server_url,
+            "ed25519": self.ed25519,
+            "curve25519": self.curve25519,
+        }
