@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from obrolan.errors import CryptoError
 
-__all__ = ["Argon2Params", "KEY_BYTES", "derive_key", "random_key", "subkey"]
+__all__ = ["KEY_BYTES", "Argon2Params", "derive_key", "random_key", "subkey"]
 
 KEY_BYTES = 32
 """Length of every symmetric key obrolan derives or generates."""

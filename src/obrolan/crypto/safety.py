@@ -54,9 +54,7 @@ def _half(username: str, key: str) -> str:
     digest = _VERSION + key_bytes + username.encode()
     for _ in range(_ITERATIONS):
         digest = hashlib.sha512(digest + key_bytes).digest()
-    chunks = (
-        digest[i * _CHUNK_BYTES : (i + 1) * _CHUNK_BYTES] for i in range(_CHUNKS)
-    )
+    chunks = (digest[i * _CHUNK_BYTES : (i + 1) * _CHUNK_BYTES] for i in range(_CHUNKS))
     return "".join(f"{int.from_bytes(chunk, 'big') % 100_000:05d}" for chunk in chunks)
 
 
@@ -73,6 +71,4 @@ def safety_number(my_username: str, my_key: str, their_username: str, their_key:
         CryptoError: a key is not base64 of 32 bytes.
     """
     digits = "".join(sorted((_half(my_username, my_key), _half(their_username, their_key))))
-    return " ".join(
-        digits[i : i + _GROUP_DIGITS] for i in range(0, len(digits), _GROUP_DIGITS)
-    )
+    return " ".join(digits[i : i + _GROUP_DIGITS] for i in range(0, len(digits), _GROUP_DIGITS))

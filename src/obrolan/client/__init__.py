@@ -1,0 +1,1 @@
+"""obrolan's async client: connection, durable outbox, inbox, local encrypted store."""
