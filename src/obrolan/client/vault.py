@@ -40,7 +40,14 @@ from obrolan.errors import (
     WrongPassphrase,
 )
 
-__all__ = ["PROFILE_FORMAT", "Vault", "create_vault", "open_vault", "profile_exists"]
+__all__ = [
+    "PROFILE_FORMAT",
+    "Vault",
+    "create_vault",
+    "needs_passphrase",
+    "open_vault",
+    "profile_exists",
+]
 
 PROFILE_FORMAT = 1
 """Version of the profile directory layout written by this code."""
@@ -138,6 +145,15 @@ class Vault:
 def profile_exists(profile_dir: Path) -> bool:
     """True if ``profile_dir`` holds a complete profile."""
     return (profile_dir / _PROFILE_FILE).is_file()
+
+
+def needs_passphrase(profile_dir: Path) -> bool:
+    """True if the profile's store key comes from a passphrase (not a key file).
+
+    Raises:
+        ProfileError: no profile there, or a damaged one.
+    """
+    return isinstance(_read_profile(profile_dir), _PassphraseProfile)
 
 
 def create_vault(profile_dir: Path, passphrase: str | None) -> Vault:

@@ -1,0 +1,100 @@
+"""End-to-end fixtures: real `obrolan` CLI processes and in-process clients against a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from obrolan.client import Client
+
+CLI_TIMEOUT = 60
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> object:
+        return json.loads(self.stdout)
+
+
+@dataclass
+class Cli:
+    """Runs the real `obrolan` command in a subprocess."""
+
+    server_url: str
+
+    def __call__(
+        self, *args: str, failpoints: str = "", passphrase: str | None = None, timeout: float = CLI_TIMEOUT
+    ) -> CliResult:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OBROLAN_")}
+        if failpoints:
+            env["OBROLAN_FAILPOINTS"] = failpoints
+        if passphrase is not None:
+            env["OBROLAN_PASSPHRASE"] = passphrase
+        done = subprocess.run(
+            [sys.executable, "-m", "obrolan", *args],
+            env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        )
+        assert "Traceback" not in done.stderr, done.stderr
+        return CliResult(done.returncode, done.stdout, done.stderr)
+
+    def register(self, username: str, profile: Path) -> CliResult:
+        result = self("register", username, "--server", self.server_url, "--profile", str(profile),
+                      "--no-passphrase")
+        assert result.returncode == 0, result.stderr
+        return result
+
+
+@pytest.fixture
+def cli(server) -> Cli:  # type: ignore[no-untyped-def]
+    return Cli(server.url)
+
+
+@pytest.fixture
+def profiles(tmp_path: Path) -> Callable[[str], Path]:
+    """profiles("alice") → a fresh profile folder for alice."""
+    return lambda name: tmp_path / "profiles" / name
+
+
+@pytest.fixture
+async def pair(server, profiles) -> AsyncIterator[tuple[Client, Client]]:  # type: ignore[no-untyped-def]
+    """alice and bob, registered, as in-process clients (not yet connected)."""
+    alice = await Client.register(profiles("alice"), server.url, "alice", None)
+    bob = await Client.register(profiles("bob"), server.url, "bob", None)
+    try:
+        yield alice, bob
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
+    """Poll for a state the server reaches asynchronously (no duration is asserted)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+def mailbox_rows(data_dir: Path) -> int:
+    """How many envelopes the server's database holds, read from the file itself."""
+    with sqlite3.connect(f"file:{data_dir / 'obrolan.db'}?mode=ro", uri=True) as db:
+        (count,) = db.execute("SELECT COUNT(*) FROM mailbox").fetchone()
+    return int(count)
+
+
+def mailbox_ciphertexts(data_dir: Path) -> list[bytes]:
+    with sqlite3.connect(f"file:{data_dir / 'obrolan.db'}?mode=ro", uri=True) as db:
+        return [bytes(r[0]) for r in db.execute("SELECT ciphertext FROM mailbox")]
