@@ -144,7 +144,10 @@ def test_cli_warns_when_a_contacts_identity_key_changes(
 
     synced = cli("sync", "--profile", str(alice))
     assert "identity key has changed" in synced.stdout
-    contacts = cli("contacts", "--json", "--profile", str(alice)).json()
-    assert contacts == [c | {"key_changed": True} for c in contacts]
-    number = cli("safety-number", "bob", "--profile", str(alice))
-    assert "changed" in number.stdout
+    (contact,) = cli("contacts", "--json", "--profile", str(alice)).json()
+    assert contact["key_changed"] is True
+    assert contact["changed_key"] == cli("whoami", "--json", "--profile", str(impostor)).json()["ed25519"]
+    number = cli("safety-number", "bob", "--json", "--profile", str(alice)).json()
+    assert number["key_changed"] is True
+    impostors_view = cli("safety-number", "alice", "--json", "--profile", str(impostor)).json()
+    assert number["safety_number"] == impostors_view["safety_number"]  # covers the new key

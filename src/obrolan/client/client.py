@@ -328,7 +328,7 @@ class Client:
             contact = self._store.contact(username)
             if contact is None:
                 raise UnknownContact(username)
-        return safety_number(self.username, self._identity.ed25519, username, contact.identity_key)
+        return safety_number(self.username, self._identity.ed25519, username, contact.current_key)
 
     # --- the connection loop ------------------------------------------------------------
 
@@ -567,9 +567,9 @@ class Client:
         if contact is None:
             self._store.pin_contact(username, devices[0].ed25519)
         elif all(d.ed25519 != contact.identity_key for d in devices):
-            if not contact.key_changed:
+            if contact.changed_key != devices[0].ed25519:
                 log.warning("%s's identity key has changed", username)
-            self._store.mark_key_changed(username, devices[0].ed25519)
+                self._store.mark_key_changed(username, devices[0].ed25519)
 
     # --- inbox --------------------------------------------------------------------------
 

@@ -61,9 +61,20 @@ class Contact:
 
     username: str
     identity_key: str
+    """The key pinned on first contact."""
     first_seen_ms: int
-    key_changed: bool
-    """The server has shown a different identity key since it was pinned."""
+    changed_key: str | None = None
+    """The different key the server has shown since, if any."""
+
+    @property
+    def key_changed(self) -> bool:
+        """The server has shown a different identity key since it was pinned."""
+        return self.changed_key is not None
+
+    @property
+    def current_key(self) -> str:
+        """The key the contact's devices present now (what a safety number must cover)."""
+        return self.changed_key or self.identity_key
 
     def as_json(self) -> dict[str, object]:
         """A JSON-ready dict (what ``--json`` prints)."""
@@ -72,6 +83,7 @@ class Contact:
             "identity_key": self.identity_key,
             "first_seen_ms": self.first_seen_ms,
             "key_changed": self.key_changed,
+            "changed_key": self.changed_key,
         }
 
 

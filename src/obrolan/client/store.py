@@ -150,14 +150,14 @@ class Store:
             "WHERE username = ?",
             (username,),
         ).fetchone()
-        return None if row is None else Contact(row[0], row[1], row[2], row[3] is not None)
+        return None if row is None else Contact(row[0], row[1], row[2], row[3])
 
     def contacts(self) -> list[Contact]:
         rows = self._db.execute(
             "SELECT username, identity_key, first_seen_ms, changed_key FROM contacts "
             "ORDER BY username"
         ).fetchall()
-        return [Contact(r[0], r[1], r[2], r[3] is not None) for r in rows]
+        return [Contact(r[0], r[1], r[2], r[3]) for r in rows]
 
     def pin_contact(self, username: str, identity_key: str) -> None:
         """Pin a new contact's identity key (no-op if already pinned)."""
