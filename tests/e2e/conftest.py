@@ -46,6 +46,7 @@ class Cli:
         done = subprocess.run(
             [sys.executable, "-m", "obrolan", *args],
             env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+            check=False,
         )
         assert "Traceback" not in done.stderr, done.stderr
         return CliResult(done.returncode, done.stdout, done.stderr)

@@ -9,7 +9,6 @@ import uuid
 from pathlib import Path
 
 from obrolan.client import Client, MessageState
-
 from tests.e2e.conftest import Cli, mailbox_ciphertexts, mailbox_rows
 
 

@@ -29,7 +29,7 @@ import os
 import random
 import re
 import secrets
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 
 import msgspec
@@ -332,11 +332,11 @@ class Client:
 
     # --- the connection loop ------------------------------------------------------------
 
-    async def _wait(self, condition: object, timeout: float | None) -> None:
-        check = condition  # a callable returning bool
+    async def _wait(self, condition: Callable[[], bool], timeout: float | None) -> None:
+        """Wait for ``condition``, raising the connection's error if it fails first."""
         try:
             async with asyncio.timeout(timeout):
-                while not check():  # type: ignore[operator]
+                while not condition():
                     if self._fatal is not None:
                         raise self._fatal
                     if self._conn is None and self._last_error is not None:
@@ -566,10 +566,12 @@ class Client:
         contact = self._store.contact(username)
         if contact is None:
             self._store.pin_contact(username, devices[0].ed25519)
-        elif all(d.ed25519 != contact.identity_key for d in devices):
-            if contact.changed_key != devices[0].ed25519:
-                log.warning("%s's identity key has changed", username)
-                self._store.mark_key_changed(username, devices[0].ed25519)
+        elif (
+            all(d.ed25519 != contact.identity_key for d in devices)
+            and contact.changed_key != devices[0].ed25519
+        ):
+            log.warning("%s's identity key has changed", username)
+            self._store.mark_key_changed(username, devices[0].ed25519)
 
     # --- inbox --------------------------------------------------------------------------
 
@@ -592,12 +594,13 @@ class Client:
         except msgspec.DecodeError:
             return self._store_undecryptable(envelope, "the envelope is malformed")
         sender = self._store.device_by_curve(sealed.sender_key)
-        if sender is None or sender[:2] != (envelope.from_user, envelope.from_device):
-            if envelope.from_user not in self._known_devices:
-                with contextlib.suppress(UnknownContact):
-                    await self._fetch_devices(conn, envelope.from_user)
-                sender = self._store.device_by_curve(sealed.sender_key)
-        if sender is None or sender[:2] != (envelope.from_user, envelope.from_device):
+        claimed = (envelope.from_user, envelope.from_device)
+        if (sender is None or sender[:2] != claimed) and envelope.from_user not in self._known_devices:
+            # Unknown key, or moved to another device: refresh that user's devices once.
+            with contextlib.suppress(UnknownContact):
+                await self._fetch_devices(conn, envelope.from_user)
+            sender = self._store.device_by_curve(sealed.sender_key)
+        if sender is None or sender[:2] != claimed:
             return self._store_undecryptable(envelope, "the sender's key does not match its device")
         # From here to the commit: no await, so no other task touches these sessions.
         try:

@@ -132,7 +132,7 @@ class Connection:
         except aiohttp.ClientConnectorCertificateError as exc:
             await http.close()
             raise ServerUnreachable(address.url, f"certificate not trusted ({exc.certificate_error})") from None
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             await http.close()
             raise ServerUnreachable(address.url, _describe(exc)) from None
         except (ServerUnreachable, RemoteProtocolError) as exc:
@@ -223,7 +223,7 @@ class Connection:
                 self._dispatch(frame)
         except RemoteProtocolError as exc:
             self.closed_reason = ServerUnreachable(self.address.url, f"bad frame from server: {exc}")
-        except (aiohttp.ClientError, ConnectionError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
             self.closed_reason = ServerUnreachable(self.address.url, _describe(exc))
         finally:
             if self.closed_reason is None and self._ws.close_code not in (None, 1000):

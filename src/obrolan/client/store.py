@@ -87,7 +87,7 @@ def now_ms() -> int:
 class OutboxEntry:
     """A queued message and, once encrypted, its envelopes."""
 
-    __slots__ = ("rowid", "recipient", "payload", "envelopes")
+    __slots__ = ("envelopes", "payload", "recipient", "rowid")
 
     def __init__(
         self,
@@ -270,7 +270,7 @@ class Store:
             outgoing=bool(row[4]),
             text=str(row[5]),
             sent_at_ms=int(row[6]),  # type: ignore[call-overload]
-            state=MessageState(row[7]),
+            state=MessageState(str(row[7])),
             error=None if row[8] is None else str(row[8]),
             warning=None if row[9] is None else str(row[9]),
         )

@@ -3,4 +3,4 @@
 from obrolan.protocol.codes import FATAL_CODES, ErrorCode
 from obrolan.protocol.limits import PROTOCOL_VERSION, SUPPORTED_VERSIONS, Limits
 
-__all__ = ["ErrorCode", "FATAL_CODES", "Limits", "PROTOCOL_VERSION", "SUPPORTED_VERSIONS"]
+__all__ = ["FATAL_CODES", "PROTOCOL_VERSION", "SUPPORTED_VERSIONS", "ErrorCode", "Limits"]

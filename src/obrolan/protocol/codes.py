@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["ErrorCode", "FATAL_CODES"]
+__all__ = ["FATAL_CODES", "ErrorCode"]
 
 
 class ErrorCode(enum.StrEnum):

@@ -8,19 +8,19 @@ can interoperate.
 
 from __future__ import annotations
 
-from typing import Annotated, Union
+from typing import Annotated
 
 import msgspec
 
 from obrolan.protocol.frames import DeviceId, PublicKey, Username
 
 __all__ = [
+    "Content",
     "OlmCiphertext",
     "Plaintext",
     "Text",
-    "Content",
-    "decode_olm_ciphertext",
     "decode_content",
+    "decode_olm_ciphertext",
     "decode_plaintext",
     "encode",
 ]
@@ -52,7 +52,8 @@ class Text(msgspec.Struct, frozen=True, tag_field="kind", tag="text"):
     text: str
 
 
-Content = Union[Text]
+Content = Text
+"""Every kind of content; more kinds join this union as they are added."""
 
 
 class Plaintext(msgspec.Struct, frozen=True):

@@ -11,7 +11,7 @@ form); public keys and signatures are ``str`` in vodozemac's unpadded base64.
 
 from __future__ import annotations
 
-from typing import Annotated, Union
+from typing import Annotated
 
 import msgspec
 
@@ -117,7 +117,7 @@ class ClaimedDevice(msgspec.Struct, frozen=True):
 # --- client to server ---------------------------------------------------------------------
 
 
-class Register(_Frame, tag="register"):
+class Register(_Frame, frozen=True, tag="register"):
     """Create an account with its first device and authenticate this connection."""
 
     version: int
@@ -129,7 +129,7 @@ class Register(_Frame, tag="register"):
     """Ed25519 of ``device`` over :func:`obrolan.protocol.signing.auth_bytes`."""
 
 
-class Authenticate(_Frame, tag="authenticate"):
+class Authenticate(_Frame, frozen=True, tag="authenticate"):
     """Prove possession of a registered device's Ed25519 key."""
 
     version: int
@@ -139,7 +139,7 @@ class Authenticate(_Frame, tag="authenticate"):
     """Ed25519 over :func:`obrolan.protocol.signing.auth_bytes` of this connection's nonce."""
 
 
-class UploadKeys(_Frame, tag="upload_keys"):
+class UploadKeys(_Frame, frozen=True, tag="upload_keys"):
     """Publish more one-time keys and, optionally, a new fallback key."""
 
     id: RequestId
@@ -147,14 +147,14 @@ class UploadKeys(_Frame, tag="upload_keys"):
     fallback_key: OneTimeKey | None = None
 
 
-class GetDevices(_Frame, tag="get_devices"):
+class GetDevices(_Frame, frozen=True, tag="get_devices"):
     """Read a user's devices without claiming keys."""
 
     id: RequestId
     username: Username
 
 
-class ClaimKeys(_Frame, tag="claim_keys"):
+class ClaimKeys(_Frame, frozen=True, tag="claim_keys"):
     """Claim one key of each of a user's devices to start Olm sessions."""
 
     id: RequestId
@@ -163,26 +163,26 @@ class ClaimKeys(_Frame, tag="claim_keys"):
     """Only these devices; null means every device of the user."""
 
 
-class Send(_Frame, tag="send"):
+class Send(_Frame, frozen=True, tag="send"):
     """Store envelopes durably for their devices; answered by ``sent`` after the write."""
 
     id: RequestId
     envelopes: list[OutboundEnvelope]
 
 
-class Ack(_Frame, tag="ack"):
+class Ack(_Frame, frozen=True, tag="ack"):
     """The device has stored these envelopes; the server deletes them. No answer."""
 
     envelope_ids: list[EnvelopeId]
 
 
-ClientFrame = Union[Register, Authenticate, UploadKeys, GetDevices, ClaimKeys, Send, Ack]
+ClientFrame = Register | Authenticate | UploadKeys | GetDevices | ClaimKeys | Send | Ack
 
 
 # --- server to client ---------------------------------------------------------------------
 
 
-class Challenge(_Frame, tag="challenge"):
+class Challenge(_Frame, frozen=True, tag="challenge"):
     """First frame on every connection: versions, a fresh nonce and the limits."""
 
     versions: list[int]
@@ -191,7 +191,7 @@ class Challenge(_Frame, tag="challenge"):
     limits: Limits
 
 
-class Welcome(_Frame, tag="welcome"):
+class Welcome(_Frame, frozen=True, tag="welcome"):
     """The connection is authenticated; queued envelopes follow, then ``drained``."""
 
     version: int
@@ -201,7 +201,7 @@ class Welcome(_Frame, tag="welcome"):
     """How many unclaimed one-time keys the server holds for this device."""
 
 
-class Error(_Frame, tag="error"):
+class Error(_Frame, frozen=True, tag="error"):
     """A request (``id``) or the connection (``id`` null) was refused."""
 
     id: RequestId | None
@@ -209,14 +209,14 @@ class Error(_Frame, tag="error"):
     message: str
 
 
-class KeysUploaded(_Frame, tag="keys_uploaded"):
+class KeysUploaded(_Frame, frozen=True, tag="keys_uploaded"):
     """Answer to ``upload_keys``."""
 
     id: RequestId
     one_time_keys: int
 
 
-class Devices(_Frame, tag="devices"):
+class Devices(_Frame, frozen=True, tag="devices"):
     """Answer to ``get_devices``."""
 
     id: RequestId
@@ -224,7 +224,7 @@ class Devices(_Frame, tag="devices"):
     devices: list[DeviceKeys]
 
 
-class ClaimedKeys(_Frame, tag="claimed_keys"):
+class ClaimedKeys(_Frame, frozen=True, tag="claimed_keys"):
     """Answer to ``claim_keys``."""
 
     id: RequestId
@@ -232,34 +232,34 @@ class ClaimedKeys(_Frame, tag="claimed_keys"):
     devices: list[ClaimedDevice]
 
 
-class Sent(_Frame, tag="sent"):
+class Sent(_Frame, frozen=True, tag="sent"):
     """Answer to ``send``: every envelope is durably stored (or was already)."""
 
     id: RequestId
     envelope_ids: list[EnvelopeId]
 
 
-class Deliver(_Frame, tag="deliver"):
+class Deliver(_Frame, frozen=True, tag="deliver"):
     """Envelopes for this device, in the order they were stored."""
 
     envelopes: list[Envelope]
 
 
-class Drained(_Frame, tag="drained"):
+class Drained(_Frame, frozen=True, tag="drained"):
     """Everything that was queued when the connection authenticated has been delivered."""
 
 
-ServerFrame = Union[
-    Challenge, Welcome, Error, KeysUploaded, Devices, ClaimedKeys, Sent, Deliver, Drained
-]
+ServerFrame = (
+    Challenge | Welcome | Error | KeysUploaded | Devices | ClaimedKeys | Sent | Deliver | Drained
+)
 
 # --- codec --------------------------------------------------------------------------------
 
 _encoder = msgspec.json.Encoder()
-_client_decoder = msgspec.json.Decoder(ClientFrame)
-_server_decoder = msgspec.json.Decoder(ServerFrame)
-_CLIENT_TAGS = frozenset(t.__struct_config__.tag for t in ClientFrame.__args__)  # type: ignore[attr-defined]
-_SERVER_TAGS = frozenset(t.__struct_config__.tag for t in ServerFrame.__args__)  # type: ignore[attr-defined]
+_client_decoder: msgspec.json.Decoder[ClientFrame] = msgspec.json.Decoder(ClientFrame)
+_server_decoder: msgspec.json.Decoder[ServerFrame] = msgspec.json.Decoder(ServerFrame)
+_CLIENT_TAGS = frozenset(t.__struct_config__.tag for t in ClientFrame.__args__)
+_SERVER_TAGS = frozenset(t.__struct_config__.tag for t in ServerFrame.__args__)
 
 
 def encode(frame: msgspec.Struct) -> bytes:
@@ -309,7 +309,6 @@ def decode_server_frame(data: bytes | str) -> ServerFrame:
 def frame_types() -> dict[str, type[msgspec.Struct]]:
     """Every frame type by its wire tag (used by the spec test)."""
     return {
-        t.__struct_config__.tag: t  # type: ignore[attr-defined]
-        for t in (*ClientFrame.__args__, *ServerFrame.__args__)  # type: ignore[attr-defined]
+        t.__struct_config__.tag: t for t in (*ClientFrame.__args__, *ServerFrame.__args__)
     }
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-__all__ = ["Limits", "PROTOCOL_VERSION", "SUPPORTED_VERSIONS"]
+__all__ = ["PROTOCOL_VERSION", "SUPPORTED_VERSIONS", "Limits"]
 
 PROTOCOL_VERSION = 1
 """The version this code speaks by default."""
