@@ -1,0 +1,307 @@
+"""The frame codec against the golden samples in tests/data, and its errors.
+
+Each sample file holds the exact bytes ``frames.encode`` produces (compact
+JSON, no trailing newline): decoding it and encoding the result must give the
+same bytes back. docs/protocol.md embeds the same files (see test_spec.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from obrolan.errors import RemoteProtocolError
+from obrolan.protocol import content, frames
+from obrolan.protocol.codes import ErrorCode
+from obrolan.protocol.limits import SUPPORTED_VERSIONS, Limits
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+CONTENT_SAMPLES: dict[str, type[msgspec.Struct]] = {
+    "olm_ciphertext": content.OlmCiphertext,
+    "olm_ciphertext_reply": content.OlmCiphertext,
+    "plaintext": content.Plaintext,
+    "plaintext_reply": content.Plaintext,
+}
+"""Samples of what travels inside the ciphertext, with their type."""
+NOT_FRAMES = {*CONTENT_SAMPLES, "info", "vectors"}
+"""The HTTP info answer and the crypto test vectors are not WebSocket frames."""
+FRAME_SAMPLES = sorted(p.stem for p in DATA.glob("*.json") if p.stem not in NOT_FRAMES)
+CLIENT_TAGS = {t.__struct_config__.tag for t in frames.ClientFrame.__args__}  # type: ignore[attr-defined]
+SERVER_TAGS = {t.__struct_config__.tag for t in frames.ServerFrame.__args__}  # type: ignore[attr-defined]
+
+KEY = "NW6NB1JxqgoeXv7uhr2zO3VOKJn8A0XvR0JWn3ILqPU"
+SIG = "bBIqkAkeSdUwICPobRIh7cHyMhepCG0HdaivrQqERB0ho85lWKlP+OUWS9bRRsXtSL8quCkydOP95D9zA3FyAw"
+EID = "5EomZR0NIGk3eDtIlVeCcQ"
+
+
+def sample(name: str) -> bytes:
+    """The exact bytes of one golden sample."""
+    return (DATA / f"{name}.json").read_bytes()
+
+
+def decode_any(data: bytes) -> frames.ClientFrame | frames.ServerFrame:
+    """Decode a sample with the decoder of the side that receives it."""
+    tag = json.loads(data)["type"]
+    return frames.decode_client_frame(data) if tag in CLIENT_TAGS else frames.decode_server_frame(data)
+
+
+def refusal(data: bytes | str, *, server: bool = False) -> RemoteProtocolError:
+    """The error the codec raises for ``data``."""
+    decode = frames.decode_server_frame if server else frames.decode_client_frame
+    with pytest.raises(RemoteProtocolError) as caught:
+        decode(data)
+    return caught.value
+
+
+def client_frame(**fields: object) -> bytes:
+    """A client frame built from JSON values (for the error cases)."""
+    return json.dumps(fields).encode()
+
+
+# --- the golden samples ---------------------------------------------------------------------
+
+
+def test_samples_exist_for_every_frame_type() -> None:
+    """Every frame type has a golden sample named after its tag, and no sample is a stranger."""
+    tags = set(frames.frame_types())
+    assert tags <= set(FRAME_SAMPLES)
+    assert {json.loads(sample(name))["type"] for name in FRAME_SAMPLES} == tags
+
+
+@pytest.mark.parametrize("name", FRAME_SAMPLES)
+def test_codec_decodes_frame_sample_and_reencodes_same_bytes(name: str) -> None:
+    """A frame sample decodes to its tag's struct and encodes back to the identical bytes."""
+    data = sample(name)
+    frame = decode_any(data)
+    assert type(frame) is frames.frame_types()[json.loads(data)["type"]]
+    assert msgspec.to_builtins(frame) == json.loads(data)
+    assert frames.encode(frame) == data
+
+
+@pytest.mark.parametrize("name", FRAME_SAMPLES)
+def test_codec_refuses_frame_sample_from_wrong_side(name: str) -> None:
+    """A server frame sent by a client (or the reverse) is an unknown frame type there."""
+    data = sample(name)
+    server_frame = json.loads(data)["type"] in SERVER_TAGS
+    assert refusal(data, server=not server_frame).code is ErrorCode.UNKNOWN_FRAME_TYPE
+
+
+@pytest.mark.parametrize("name", sorted(CONTENT_SAMPLES))
+def test_content_decodes_sample_and_reencodes_same_bytes(name: str) -> None:
+    """An end-to-end sample decodes to its struct and encodes back to the identical bytes."""
+    data = sample(name)
+    decode = content.decode_olm_ciphertext if name.startswith("olm") else content.decode_plaintext
+    value = decode(data)
+    assert type(value) is CONTENT_SAMPLES[name]
+    assert msgspec.to_builtins(value) == json.loads(data)
+    assert content.encode(value) == data
+
+
+def test_info_sample_carries_versions_and_default_limits() -> None:
+    """The GET /v1/info sample names the server, its versions and the default limits."""
+    info = json.loads(sample("info"))
+    assert set(info) == {"server", "version", "versions", "limits"}
+    assert info["server"] == "obrolan"
+    assert info["versions"] == list(SUPPORTED_VERSIONS)
+    assert msgspec.convert(info["limits"], Limits) == Limits()
+    assert info["limits"] == json.loads(sample("challenge"))["limits"]
+
+
+# --- defaults and forward compatibility ---------------------------------------------------------
+
+
+def test_codec_fills_defaults_of_omitted_optional_fields() -> None:
+    """Optional members may be omitted and then take their documented default."""
+    upload = frames.decode_client_frame(client_frame(type="upload_keys", id=1, one_time_keys=[]))
+    claim = frames.decode_client_frame(client_frame(type="claim_keys", id=2, username="bob"))
+    claimed = frames.decode_server_frame(
+        b'{"type":"claimed_keys","id":2,"username":"bob","devices":[{"device":'
+        + json.dumps({"device_id": "phone", "ed25519": KEY, "curve25519": KEY, "signature": SIG}).encode()
+        + b',"one_time_key":null}]}'
+    )
+    assert isinstance(upload, frames.UploadKeys) and upload.fallback_key is None
+    assert isinstance(claim, frames.ClaimKeys) and claim.device_ids is None
+    assert isinstance(claimed, frames.ClaimedKeys) and claimed.devices[0].fallback is False
+
+
+def test_codec_ignores_unknown_members() -> None:
+    """Members a receiver does not know are ignored, at every level."""
+    frame = frames.decode_server_frame(
+        b'{"type":"sent","id":5,"envelope_ids":[],"later":{"x":1}}'
+    )
+    challenge = json.loads(sample("challenge"))
+    challenge["limits"]["max_future_thing"] = 7
+    assert frame == frames.Sent(id=5, envelope_ids=[])
+    assert frames.decode_server_frame(json.dumps(challenge)).limits == Limits()
+
+
+def test_codec_accepts_any_member_order_and_whitespace() -> None:
+    """Receivers accept valid JSON in any layout, not only the compact form."""
+    data = b' {\n "envelope_ids" : [ "5EomZR0NIGk3eDtIlVeCcQ" ] ,\n "type" : "ack" } '
+    assert frames.decode_client_frame(data) == frames.Ack(envelope_ids=[EID])
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"{not json", b"", b"\xff\xfe", b'{"type":"ack","envelope_ids":[]'],
+    ids=["broken", "empty", "not-utf8", "truncated"],
+)
+def test_codec_reports_invalid_json_as_malformed_frame(data: bytes) -> None:
+    """Bytes that are not JSON are a malformed frame."""
+    assert refusal(data).code is ErrorCode.MALFORMED_FRAME
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"[1, 2]", b'"ack"', b"{}", b'{"type": 5}', b'{"type": null, "id": 1}'],
+    ids=["array", "string", "no-type", "number-type", "null-type"],
+)
+def test_codec_reports_frame_without_string_type_as_malformed(data: bytes) -> None:
+    """A frame must be an object with a string ``type``."""
+    assert refusal(data).code is ErrorCode.MALFORMED_FRAME
+
+
+@pytest.mark.parametrize("tag", ["hello", "welcome", "ACK", ""])
+def test_codec_reports_unknown_type_as_unknown_frame_type(tag: str) -> None:
+    """A ``type`` that is not a client frame of this version is an unknown frame type."""
+    assert refusal(client_frame(type=tag, id=1)).code is ErrorCode.UNKNOWN_FRAME_TYPE
+
+
+def test_codec_reports_unknown_server_type_as_unknown_frame_type() -> None:
+    """The client's decoder answers an unknown server frame type the same way."""
+    error = refusal(b'{"type":"typing","id":null}', server=True)
+    assert error.code is ErrorCode.UNKNOWN_FRAME_TYPE
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"type": "get_devices", "id": "1", "username": "bob"},
+        {"type": "get_devices", "id": 1.0, "username": "bob"},
+        {"type": "get_devices", "id": True, "username": "bob"},
+        {"type": "get_devices", "id": -1, "username": "bob"},
+        {"type": "get_devices", "id": 2**53, "username": "bob"},
+        {"type": "get_devices", "username": "bob"},
+        {"type": "ack", "envelope_ids": EID},
+        {"type": "ack", "envelope_ids": [7]},
+        {"type": "send", "id": 1, "envelopes": [{"envelope_id": EID, "to_user": "bob"}]},
+        {"type": "authenticate", "version": "1", "username": "bob", "device_id": "p", "signature": SIG},
+    ],
+    ids=[
+        "id-string", "id-float", "id-bool", "id-negative", "id-too-big", "id-missing",
+        "list-not-array", "list-item-type", "record-missing-fields", "version-string",
+    ],
+)
+def test_codec_reports_wrong_field_type_as_malformed_frame(fields: dict[str, object]) -> None:
+    """A field of the wrong JSON type, out of range or missing makes the frame malformed."""
+    assert refusal(client_frame(**fields)).code is ErrorCode.MALFORMED_FRAME
+
+
+def test_codec_requires_nullable_register_fallback_key_to_be_present() -> None:
+    """``register.fallback_key`` may be null but must be present."""
+    register = json.loads(sample("register"))
+    del register["fallback_key"]
+    assert refusal(json.dumps(register)).code is ErrorCode.MALFORMED_FRAME
+
+
+@pytest.mark.parametrize(
+    "username", ["Bob", "ab", "a" * 33, "_bob", ".bob", "bob smith", "bób", "bob\x00"]
+)
+def test_codec_reports_bad_username_as_malformed_frame(username: str) -> None:
+    """A username breaking the Username pattern makes the frame malformed (not invalid_username)."""
+    error = refusal(client_frame(type="get_devices", id=1, username=username))
+    assert error.code is ErrorCode.MALFORMED_FRAME
+
+
+@pytest.mark.parametrize("username", ["bob", "a" * 32, "0day", "b.o_b-1"])
+def test_codec_accepts_usernames_matching_pattern(username: str) -> None:
+    """Usernames of 3 to 32 allowed characters, starting with a letter or digit, pass."""
+    frame = frames.decode_client_frame(client_frame(type="get_devices", id=1, username=username))
+    assert frame == frames.GetDevices(id=1, username=username)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("device_id", "ph.one"),
+        ("device_id", "x" * 33),
+        ("ed25519", KEY + "="),
+        ("ed25519", KEY[:-1]),
+        ("curve25519", KEY.replace("N", "-")),
+        ("signature", SIG[:-2]),
+        ("signature", SIG + "=="),
+    ],
+)
+def test_codec_reports_pattern_violation_in_record_as_malformed(field: str, value: str) -> None:
+    """Device ids, keys and signatures must match their patterns exactly (keys unpadded)."""
+    register = json.loads(sample("register"))
+    register["device"][field] = value
+    assert refusal(json.dumps(register)).code is ErrorCode.MALFORMED_FRAME
+
+
+@pytest.mark.parametrize(
+    "ciphertext", ["AAE", "-_8=", "AA E=", "AAE=\n"], ids=["unpadded", "urlsafe", "space", "newline"]
+)
+def test_codec_reports_non_standard_base64_bytes_as_malformed(ciphertext: str) -> None:
+    """``bytes`` fields are standard base64 with padding; other forms are malformed."""
+    envelope = {"envelope_id": EID, "to_user": "bob", "to_device": "phone", "ciphertext": ciphertext}
+    error = refusal(client_frame(type="send", id=1, envelopes=[envelope]))
+    assert error.code is ErrorCode.MALFORMED_FRAME
+
+
+@pytest.mark.parametrize("envelope_id", ["short", "x" * 65, "5EomZR0NIGk3eDtIlVeCcQ=", "5EomZR0NIG+3eDtIlVeCcQ"])
+def test_codec_reports_bad_envelope_id_as_malformed(envelope_id: str) -> None:
+    """Envelope ids are 16 to 64 URL-safe base64 characters without padding."""
+    assert refusal(client_frame(type="ack", envelope_ids=[envelope_id])).code is ErrorCode.MALFORMED_FRAME
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        client_frame(type="get_devices", id=1, username="bob\n"),
+        client_frame(type="ack", envelope_ids=[EID + "\n"]),
+    ],
+    ids=["username", "envelope-id"],
+)
+def test_codec_rejects_trailing_newline_in_patterned_string(data: bytes) -> None:
+    """A pattern must match the whole string: a trailing newline is not allowed (§2.3)."""
+    assert refusal(data).code is ErrorCode.MALFORMED_FRAME
+
+
+def test_codec_reports_unknown_error_code_from_server_as_malformed() -> None:
+    """An ``error`` frame must carry one of the documented codes."""
+    data = b'{"type":"error","id":null,"code":"teapot","message":""}'
+    assert refusal(data, server=True).code is ErrorCode.MALFORMED_FRAME
+
+
+@pytest.mark.parametrize("message_type", [-1, 2, "0"])
+def test_content_rejects_unknown_olm_message_type(message_type: object) -> None:
+    """``OlmCiphertext.message_type`` is 0 (pre-key) or 1 (normal)."""
+    olm = json.loads(sample("olm_ciphertext"))
+    olm["message_type"] = message_type
+    with pytest.raises(msgspec.ValidationError):
+        content.decode_olm_ciphertext(json.dumps(olm).encode())
+
+
+def test_content_rejects_unknown_content_kind() -> None:
+    """A Plaintext whose content kind is not defined does not decode (the receiver drops it)."""
+    plain = json.loads(sample("plaintext"))
+    plain["content"]["kind"] = "sticker"
+    with pytest.raises(msgspec.ValidationError):
+        content.decode_plaintext(json.dumps(plain).encode())
+
+
+# --- limits ----------------------------------------------------------------------------------
+
+
+def test_limits_raise_frame_size_to_fit_one_maximal_envelope() -> None:
+    """max_frame_bytes is at least max_envelope_bytes * 4 // 3 + 65536 (§13)."""
+    limits = Limits(max_envelope_bytes=1024 * 1024, max_frame_bytes=1000)
+    assert limits.max_frame_bytes == 1024 * 1024 * 4 // 3 + 65536

@@ -1,0 +1,339 @@
+"""docs/protocol.md documents exactly the wire types of obrolan.protocol.
+
+The spec is parsed (headings, tables, code blocks), then compared with the
+code: every frame, every field with its type and whether it is required,
+every error code and whether it is fatal, every limit and its default, every
+named type's pattern, and every JSON example (each one is a golden sample
+from tests/data). Adding a frame, field, code or limit without documenting it
+fails here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from obrolan.crypto.safety import safety_number
+from obrolan.protocol import content, frames
+from obrolan.protocol.codes import FATAL_CODES, ErrorCode
+from obrolan.protocol.limits import PROTOCOL_VERSION, Limits
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC = (ROOT / "docs" / "protocol.md").read_text()
+DATA = ROOT / "tests" / "data"
+
+CLIENT_TAGS = {t.__struct_config__.tag for t in frames.ClientFrame.__args__}  # type: ignore[attr-defined]
+SERVER_TAGS = {t.__struct_config__.tag for t in frames.ServerFrame.__args__}  # type: ignore[attr-defined]
+RECORDS: list[type[msgspec.Struct]] = [
+    frames.DeviceKeys,
+    frames.OneTimeKey,
+    frames.OutboundEnvelope,
+    frames.Envelope,
+    frames.ClaimedDevice,
+    content.OlmCiphertext,
+    content.Plaintext,
+    content.Text,
+]
+NAMED_TYPES: dict[str, object] = {
+    "Username": frames.Username,
+    "DeviceId": frames.DeviceId,
+    "EnvelopeId": frames.EnvelopeId,
+    "MessageId": content.MessageId,
+    "KeyId": frames.KeyId,
+    "PublicKey": frames.PublicKey,
+    "Signature": frames.Signature,
+    "RequestId": frames.RequestId,
+}
+SCALARS = {int: "integer", str: "string", bytes: "bytes", bool: "boolean"}
+
+
+# --- a small Markdown reader ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Section:
+    """One heading of the spec and the text up to the next heading."""
+
+    level: int
+    title: str
+    body: str
+
+
+def _sections(text: str) -> list[Section]:
+    found: list[Section] = []
+    level, title, lines, fenced = 0, "", [], False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        heading = None if fenced else re.match(r"^(#{1,6}) (.*)$", line)
+        if heading:
+            found.append(Section(level, title, "\n".join(lines)))
+            level, title, lines = len(heading[1]), _plain_title(heading[2]), []
+        else:
+            lines.append(line)
+    found.append(Section(level, title, "\n".join(lines)))
+    return found[1:]
+
+
+def _plain_title(title: str) -> str:
+    """``### 7.1 DeviceKeys`` → ``DeviceKeys``; ``### `register` `` → ``register``."""
+    return re.sub(r"^\d+(\.\d+)*\.? ", "", title).strip("`")
+
+
+SECTIONS = _sections(SPEC)
+
+
+def section(title: str, level: int | None = None) -> Section:
+    """The one section with this title (without its number or backticks), at ``level`` if given."""
+    (match,) = [s for s in SECTIONS if s.title == title and level in (None, s.level)]
+    return match
+
+
+def subsections(title: str) -> list[Section]:
+    """The sections one level below ``title``, up to the next heading at its level."""
+    parent = section(title)
+    start = SECTIONS.index(parent) + 1
+    children = []
+    for child in SECTIONS[start:]:
+        if child.level <= parent.level:
+            break
+        if child.level == parent.level + 1:
+            children.append(child)
+    return children
+
+
+def table(body: str) -> list[list[str]]:
+    """The rows (header excluded) of the first table in ``body``, cells stripped."""
+    rows: list[list[str]] = []
+    for line in body.splitlines():
+        if line.startswith("|"):
+            rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+        elif rows:
+            break
+    return [row for row in rows[1:] if not all(re.fullmatch(r":?-+:?", c) for c in row)]
+
+
+def json_blocks(body: str) -> list[str]:
+    """The contents of the ```json code blocks in ``body``."""
+    return re.findall(r"```json\n(.*?)\n```", body, re.S)
+
+
+def code(cell: str) -> str:
+    """A table cell without its backticks."""
+    return cell.replace("`", "")
+
+
+# --- what the code says -----------------------------------------------------------------------
+
+
+def type_names(tp: object) -> set[str]:
+    """Every spelling the spec may use for a field type (aliases can share one object)."""
+    named = {name for name, alias in NAMED_TYPES.items() if alias == tp}
+    if named:
+        return named
+    if tp in SCALARS:
+        return {SCALARS[tp]}  # type: ignore[index]
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Annotated:
+        meta = args[1]
+        return {f"{n}, {meta.ge} to {meta.le}" for n in type_names(args[0])}
+    if origin is list:
+        return {f"[{n}]" for n in type_names(args[0])}
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        (inner,) = [a for a in args if a is not type(None)]
+        return {f"{n} or null" for n in type_names(inner)}
+    if isinstance(tp, type) and issubclass(tp, (msgspec.Struct, ErrorCode)):
+        return {tp.__name__}
+    raise AssertionError(f"no spec spelling for {tp!r}")
+
+
+def expected_rows(struct: type[msgspec.Struct]) -> dict[str, tuple[set[str], object]]:
+    """field name → (allowed type spellings, default or NODEFAULT), tag member first."""
+    config = struct.__struct_config__
+    rows: dict[str, tuple[set[str], object]] = {}
+    if config.tag_field is not None:
+        rows[config.tag_field] = ({f'"{config.tag}"'}, msgspec.NODEFAULT)
+    hints = typing.get_type_hints(struct, include_extras=True)
+    for field in msgspec.structs.fields(struct):
+        rows[field.name] = (type_names(hints[field.name]), field.default)
+    return rows
+
+
+def check_field_table(struct: type[msgspec.Struct], body: str) -> None:
+    """The section's table lists exactly the struct's fields, with type and requiredness."""
+    rows = table(body)
+    expected = expected_rows(struct)
+    documented = [code(row[0]) for row in rows]
+    assert sorted(documented) == sorted(expected), f"{struct.__name__}: fields differ"
+    for field, spelled, required, *_ in rows:
+        names, default = expected[code(field)]
+        assert code(spelled) in names, f"{struct.__name__}.{code(field)}: type {spelled}"
+        if default is msgspec.NODEFAULT:
+            assert required == "yes", f"{struct.__name__}.{code(field)} is required"
+        else:
+            default_json = msgspec.json.encode(default).decode()
+            assert required.startswith("no") and f"`{default_json}`" in required, (
+                f"{struct.__name__}.{code(field)} defaults to {default_json}"
+            )
+
+
+# --- tests -----------------------------------------------------------------------------------
+
+
+def test_spec_opens_with_version_line_and_logs_it_in_changelog() -> None:
+    """The spec starts with "Version N, YYYY-MM-DD" for this code's version, and the changelog has it."""
+    first = next(line for line in SPEC.splitlines()[1:] if line.strip())
+    match = re.fullmatch(r"Version (\d+), (\d{4}-\d{2}-\d{2})", first)
+    assert match is not None and int(match[1]) == PROTOCOL_VERSION
+    assert f"**Version {match[1]}, {match[2]}**" in section("Changelog").body
+
+
+def test_spec_has_required_sections() -> None:
+    """Overview, state diagram, error table, limits, storage, logging and changelog are there."""
+    titles = {s.title for s in SECTIONS}
+    assert {
+        "Overview",
+        "Connection states",
+        "Error codes",
+        "Limits",
+        "What the server stores",
+        "What the server logs",
+        "Changelog",
+    } <= titles
+    assert "stateDiagram-v2" in section("Connection states").body
+
+
+def test_spec_documents_exactly_the_client_frames() -> None:
+    """Section 9 has one heading per client frame type, and no other."""
+    assert {s.title for s in subsections("Client frames")} == CLIENT_TAGS
+
+
+def test_spec_documents_exactly_the_server_frames() -> None:
+    """Section 10 has one heading per server frame type, and no other."""
+    assert {s.title for s in subsections("Server frames")} == SERVER_TAGS
+
+
+@pytest.mark.parametrize("tag", sorted(frames.frame_types()))
+def test_spec_frame_table_lists_every_field(tag: str) -> None:
+    """A frame's table lists every field with its type and whether it is required."""
+    check_field_table(frames.frame_types()[tag], section(tag).body)
+
+
+@pytest.mark.parametrize("struct", RECORDS, ids=lambda s: s.__name__)
+def test_spec_record_table_lists_every_field(struct: type[msgspec.Struct]) -> None:
+    """Each record and end-to-end struct has a section whose table lists every field."""
+    check_field_table(struct, section(struct.__name__, level=3).body)
+
+
+@pytest.mark.parametrize("tag", sorted(frames.frame_types()))
+def test_spec_frame_section_names_sender_and_state(tag: str) -> None:
+    """Each frame says who sends it and in which connection state."""
+    body = section(tag).body
+    assert "**Sender:**" in body
+    assert "**Allowed in:**" in body or "**Sent in:**" in body
+
+
+@pytest.mark.parametrize("tag", sorted(CLIENT_TAGS))
+def test_spec_client_frame_names_reply_and_known_errors(tag: str) -> None:
+    """Each client frame states its reply and lists only error codes that exist."""
+    body = section(tag).body
+    assert "**Reply:**" in body
+    errors = re.search(r"\*\*Errors:\*\*(.*?)(?:\n\n|\n- \*\*)", body, re.S)
+    assert errors is not None
+    # The list of codes ends at the first sentence end; parentheses explain a code.
+    listed = re.split(r"\.(?:\s|$)", re.sub(r"\([^()]*\)", "", errors[1]))[0]
+    named = set(re.findall(r"`([a-z_]+)`", listed))
+    assert named and named <= {c.value for c in ErrorCode}
+    assert "malformed_frame" in named
+
+
+def test_spec_error_table_lists_exactly_the_codes() -> None:
+    """The error table has every ErrorCode, no other, each marked fatal exactly when it is."""
+    rows = table(section("Error codes").body)
+    documented = {code(row[0]): row[1] for row in rows}
+    assert len(documented) == len(rows), "a code is listed twice"
+    assert set(documented) == {c.value for c in ErrorCode}
+    for name, fatal in documented.items():
+        assert fatal == ("yes" if ErrorCode(name) in FATAL_CODES else "no"), name
+
+
+def test_spec_names_only_existing_codes_anywhere() -> None:
+    """Every backticked snake_case word the spec calls a code is one."""
+    mentioned = set(re.findall(r"`error` `([a-z_]+)`", SPEC))
+    assert mentioned <= {c.value for c in ErrorCode}
+
+
+def test_spec_limits_table_lists_every_limit_with_its_default() -> None:
+    """The limits table has every Limits field, no other, with the code's default."""
+    rows = table(section("Limits", level=2).body)
+    defaults = msgspec.structs.asdict(Limits())
+    documented = {code(row[0]): int(row[1].split()[0]) for row in rows}
+    assert documented == defaults
+
+
+def test_spec_named_types_carry_the_code_patterns() -> None:
+    """The named-types table gives each alias's exact pattern or range."""
+    rows = {code(row[0]): row[2] for row in table(section("Named types").body)}
+    assert set(NAMED_TYPES) | {"ErrorCode"} == set(rows)
+    for name, alias in NAMED_TYPES.items():
+        (meta,) = typing.get_args(alias)[1:]
+        if meta.pattern is not None:
+            pattern = re.sub(r"^\^|(\$|\\Z)$", "", meta.pattern)
+            assert rows[name].startswith(f"`{pattern}`"), name
+        else:
+            assert f"{meta.ge} to {meta.le}" in rows[name], name
+
+
+def sample_texts() -> dict[str, str]:
+    """Every golden sample that should appear in the spec, by file stem."""
+    return {
+        p.stem: p.read_text() for p in sorted(DATA.glob("*.json")) if p.stem != "vectors"
+    }
+
+
+def test_spec_examples_are_exactly_the_golden_samples() -> None:
+    """Every JSON example in the spec is a sample file, and every sample file is in the spec."""
+    blocks = json_blocks(SPEC)
+    samples = sample_texts()
+    assert set(blocks) <= set(samples.values()), "a JSON example is not a tests/data sample"
+    assert set(samples.values()) <= set(blocks), "a tests/data sample is missing from the spec"
+
+
+@pytest.mark.parametrize("tag", sorted(frames.frame_types()))
+def test_spec_frame_section_shows_its_own_sample(tag: str) -> None:
+    """A frame's section shows its sample, and only examples of that frame type."""
+    blocks = json_blocks(section(tag).body)
+    assert sample_texts()[tag] in blocks
+    assert {json.loads(block)["type"] for block in blocks} == {tag}
+
+
+def reference_half(username: str, key: str) -> str:
+    """One party's 30 digits, written from the spec's steps (§15.7), not from safety.py."""
+    key_bytes = __import__("base64").b64decode(key + "=")
+    h = b"\x00\x00" + key_bytes + username.encode("utf-8")
+    for _ in range(5200):
+        h = hashlib.sha512(h + key_bytes).digest()
+    return "".join(f"{int.from_bytes(h[i:i + 5], 'big') % 100000:05d}" for i in range(0, 30, 5))
+
+
+def safety_vectors() -> list[list[str]]:
+    """The spec's safety-number test vectors: party A, key A, party B, key B, number."""
+    return [[code(cell) for cell in row] for row in table(section("Safety numbers").body)]
+
+
+@pytest.mark.parametrize("row", safety_vectors(), ids=lambda row: row[1][:8])
+def test_spec_safety_number_vectors_match_code_and_algorithm(row: list[str]) -> None:
+    """safety.py and a literal reading of the spec's steps both give the documented number."""
+    user_a, key_a, user_b, key_b, number = row
+    assert safety_number(user_a, key_a, user_b, key_b) == number
+    assert safety_number(user_b, key_b, user_a, key_a) == number
+    digits = "".join(sorted([reference_half(user_a, key_a), reference_half(user_b, key_b)]))
+    assert " ".join(digits[i : i + 5] for i in range(0, 60, 5)) == number
