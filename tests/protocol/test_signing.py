@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import vodozemac
@@ -23,9 +24,10 @@ DATA = ROOT / "tests" / "data"
 SPEC = ROOT / "docs" / "protocol.md"
 
 
-def sample(name: str) -> dict:  # type: ignore[type-arg]
+def sample(name: str) -> dict[str, Any]:
     """A golden sample as JSON values."""
-    return json.loads((DATA / f"{name}.json").read_bytes())
+    value: dict[str, Any] = json.loads((DATA / f"{name}.json").read_bytes())
+    return value
 
 
 def account(name: str) -> vodozemac.Account:
@@ -61,7 +63,9 @@ def signed_items() -> list[tuple[str, str, bytes, str]]:
         ("claimed_keys", "bob", sample("claimed_keys")["devices"][0]["one_time_key"]),
         ("claimed_keys_fallback", "bob", claimed["devices"][0]["one_time_key"]),
     ]
-    items += [(s, who, one_time_key_bytes(k["key_id"], k["key"]), k["signature"]) for s, who, k in keys]
+    items += [
+        (s, who, one_time_key_bytes(k["key_id"], k["key"]), k["signature"]) for s, who, k in keys
+    ]
     return items
 
 
@@ -82,7 +86,10 @@ def test_signing_builds_exact_device_keys_bytes() -> None:
 
 def test_signing_builds_exact_one_time_key_bytes() -> None:
     """one_time_key_bytes joins the label, key id and base64 key by NUL."""
-    assert one_time_key_bytes("AAAAAAAAAAE", "K" * 43) == b"obrolan-otk-v1\x00AAAAAAAAAAE\x00" + b"K" * 43
+    assert (
+        one_time_key_bytes("AAAAAAAAAAE", "K" * 43)
+        == b"obrolan-otk-v1\x00AAAAAAAAAAE\x00" + b"K" * 43
+    )
 
 
 def test_signing_encodes_strings_as_utf8() -> None:
@@ -99,7 +106,9 @@ def test_sample_signature_verifies_with_signer_key(
 
 
 @pytest.mark.parametrize(("name", "signer", "data", "signature"), signed_items())
-def test_sample_signature_is_reproducible(name: str, signer: str, data: bytes, signature: str) -> None:
+def test_sample_signature_is_reproducible(
+    name: str, signer: str, data: bytes, signature: str
+) -> None:
     """Signing the documented bytes again gives exactly the sample's signature."""
     assert account(signer).sign(data).to_base64() == signature
 
@@ -115,7 +124,7 @@ def test_spec_hex_vectors_are_the_signed_bytes() -> None:
     """The hex test vectors in docs/protocol.md §11 are exactly what signing.py produces."""
     text = SPEC.read_text()
     section = text[text.index("### Test vectors") : text.index("## 12.")]
-    blocks = re.findall(r"```text\n(.*?)\n```", section, re.S)
+    blocks = re.findall(r"```text\n(.*?)\n```", section, re.DOTALL)
     device = sample("register")["device"]
     first_key = sample("register")["one_time_keys"][0]
     expected = [

@@ -10,6 +10,7 @@ fails here.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -30,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SPEC = (ROOT / "docs" / "protocol.md").read_text()
 DATA = ROOT / "tests" / "data"
 
-CLIENT_TAGS = {t.__struct_config__.tag for t in frames.ClientFrame.__args__}  # type: ignore[attr-defined]
-SERVER_TAGS = {t.__struct_config__.tag for t in frames.ServerFrame.__args__}  # type: ignore[attr-defined]
+CLIENT_TAGS = {t.__struct_config__.tag for t in frames.ClientFrame.__args__}
+SERVER_TAGS = {t.__struct_config__.tag for t in frames.ServerFrame.__args__}
 RECORDS: list[type[msgspec.Struct]] = [
     frames.DeviceKeys,
     frames.OneTimeKey,
@@ -69,7 +70,8 @@ class Section:
 
 def _sections(text: str) -> list[Section]:
     found: list[Section] = []
-    level, title, lines, fenced = 0, "", [], False
+    level, title, fenced = 0, "", False
+    lines: list[str] = []
     for line in text.splitlines():
         if line.startswith("```"):
             fenced = not fenced
@@ -123,7 +125,7 @@ def table(body: str) -> list[list[str]]:
 
 def json_blocks(body: str) -> list[str]:
     """The contents of the ```json code blocks in ``body``."""
-    return re.findall(r"```json\n(.*?)\n```", body, re.S)
+    return re.findall(r"```json\n(.*?)\n```", body, re.DOTALL)
 
 
 def code(cell: str) -> str:
@@ -140,7 +142,7 @@ def type_names(tp: object) -> set[str]:
     if named:
         return named
     if tp in SCALARS:
-        return {SCALARS[tp]}  # type: ignore[index]
+        return {SCALARS[tp]}
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is typing.Annotated:
         meta = args[1]
@@ -246,7 +248,7 @@ def test_spec_client_frame_names_reply_and_known_errors(tag: str) -> None:
     """Each client frame states its reply and lists only error codes that exist."""
     body = section(tag).body
     assert "**Reply:**" in body
-    errors = re.search(r"\*\*Errors:\*\*(.*?)(?:\n\n|\n- \*\*)", body, re.S)
+    errors = re.search(r"\*\*Errors:\*\*(.*?)(?:\n\n|\n- \*\*)", body, re.DOTALL)
     assert errors is not None
     # The list of codes ends at the first sentence end; parentheses explain a code.
     listed = re.split(r"\.(?:\s|$)", re.sub(r"\([^()]*\)", "", errors[1]))[0]
@@ -294,9 +296,7 @@ def test_spec_named_types_carry_the_code_patterns() -> None:
 
 def sample_texts() -> dict[str, str]:
     """Every golden sample that should appear in the spec, by file stem."""
-    return {
-        p.stem: p.read_text() for p in sorted(DATA.glob("*.json")) if p.stem != "vectors"
-    }
+    return {p.stem: p.read_text() for p in sorted(DATA.glob("*.json")) if p.stem != "vectors"}
 
 
 def test_spec_examples_are_exactly_the_golden_samples() -> None:
@@ -317,11 +317,11 @@ def test_spec_frame_section_shows_its_own_sample(tag: str) -> None:
 
 def reference_half(username: str, key: str) -> str:
     """One party's 30 digits, written from the spec's steps (§15.7), not from safety.py."""
-    key_bytes = __import__("base64").b64decode(key + "=")
+    key_bytes = base64.b64decode(key + "=")
     h = b"\x00\x00" + key_bytes + username.encode("utf-8")
     for _ in range(5200):
         h = hashlib.sha512(h + key_bytes).digest()
-    return "".join(f"{int.from_bytes(h[i:i + 5], 'big') % 100000:05d}" for i in range(0, 30, 5))
+    return "".join(f"{int.from_bytes(h[i : i + 5], 'big') % 100000:05d}" for i in range(0, 30, 5))
 
 
 def safety_vectors() -> list[list[str]]:
