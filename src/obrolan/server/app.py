@@ -1,0 +1,164 @@
+"""The aiohttp layer: ``GET /v1/info``, the WebSocket at ``/v1/ws``, and the process.
+
+Everything aiohttp-specific lives here; :mod:`obrolan.server.relay` does the work.
+There is no access log: it would hold clients' IP addresses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+
+import msgspec
+from aiohttp import WSMsgType, web
+
+from obrolan import __version__
+from obrolan.errors import ConfigError
+from obrolan.protocol.limits import SUPPORTED_VERSIONS, Limits
+from obrolan.server.config import ServerConfig
+from obrolan.server.logs import configure_logging
+from obrolan.server.relay import Relay
+from obrolan.server.routing.memory import MemoryRouter
+from obrolan.server.storage.sqlite import SqliteStorage
+
+__all__ = ["build_app", "info", "run", "serve"]
+
+_logger = logging.getLogger(__name__)
+
+_HEARTBEAT_SECONDS = 30.0
+"""A connection that does not answer a ping within half of this is closed."""
+_SHUTDOWN_SECONDS = 5.0
+
+
+def info(limits: Limits) -> bytes:
+    """The JSON body of ``GET /v1/info``."""
+    return msgspec.json.encode(
+        {
+            "server": "obrolan",
+            "version": __version__,
+            "versions": list(SUPPORTED_VERSIONS),
+            "limits": limits,
+        }
+    )
+
+
+class _WebSocketTransport:
+    """An aiohttp WebSocket as the relay's :class:`~obrolan.server.relay.Transport`."""
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self._ws = ws
+
+    async def send(self, data: bytes) -> None:
+        try:
+            await self._ws.send_frame(data, WSMsgType.TEXT)
+        except ConnectionError:
+            pass  # the connection is gone; the receive loop ends and closes the session
+
+    async def close(self, code: int, reason: str) -> None:
+        await self._ws.close(code=code, message=reason.encode())
+
+
+def build_app(relay: Relay) -> web.Application:
+    """The aiohttp application serving one relay."""
+    info_body = info(relay.limits)
+
+    async def get_info(request: web.Request) -> web.Response:
+        return web.Response(body=info_body, content_type="application/json")
+
+    async def websocket(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(
+            max_msg_size=relay.limits.max_frame_bytes,
+            compress=False,  # ciphertext does not compress; deflate would only cost CPU
+            heartbeat=_HEARTBEAT_SECONDS,
+            decode_text=False,  # msgspec parses the UTF-8 bytes itself
+        )
+        await ws.prepare(request)
+        session = relay.connect(_WebSocketTransport(ws))
+        try:
+            await session.open()
+            async for message in ws:
+                if message.type is WSMsgType.TEXT:
+                    await session.receive(message.data)
+                elif message.type is WSMsgType.BINARY:
+                    await session.receive_binary()
+                elif message.type is WSMsgType.ERROR:
+                    # e.g. a message over max_frame_bytes: aiohttp has closed with 1009
+                    _logger.debug("connection closed after a WebSocket error: %s", message.data)
+                    break
+        finally:
+            await session.closed()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/v1/info", get_info)
+    app.router.add_get("/v1/ws", websocket)
+    return app
+
+
+def _url(config: ServerConfig, port: int) -> str:
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    return f"{config.scheme}://{host}:{port}"
+
+
+async def serve(config: ServerConfig, on_ready: Callable[[str], None]) -> None:
+    """Run the server until SIGTERM or SIGINT, then shut down gracefully.
+
+    ``on_ready`` gets the server's URL (with the real port) once it accepts connections.
+
+    Raises:
+        ConfigError: the address cannot be bound or the TLS files cannot be loaded.
+        StorageError: the database cannot be opened.
+    """
+    ssl_context = config.ssl_context()
+    storage = SqliteStorage(config.database)
+    router = MemoryRouter()
+    relay = Relay(
+        storage,
+        router,
+        config.limits,
+        auth_timeout=config.auth_timeout,
+        sweep_interval=config.sweep_interval,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await storage.start()
+    runner = web.AppRunner(build_app(relay), access_log=None, shutdown_timeout=_SHUTDOWN_SECONDS)
+    try:
+        await router.start()
+        await relay.start()
+        await runner.setup()
+        site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_context)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {config.host} port {config.port}: {exc.strerror}; "
+                f"choose another --host or --port"
+            ) from None
+        port = runner.addresses[0][1]
+        _logger.info("obrolan server %s started on port %d", __version__, port)
+        on_ready(_url(config, port))
+        await stop.wait()
+        _logger.info("shutting down")
+    finally:
+        await relay.close()
+        await runner.cleanup()
+        await router.close()
+        await storage.close()
+    _logger.info("stopped")
+
+
+def run(config: ServerConfig, on_ready: Callable[[str], None]) -> None:
+    """Create the data directory, set up logging and run :func:`serve` to the end."""
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the data directory {config.data_dir}: {exc.strerror}"
+        ) from None
+    configure_logging(config.log_file, config.log_level)
+    asyncio.run(serve(config, on_ready))

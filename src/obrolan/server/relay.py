@@ -1,0 +1,500 @@
+"""The relay: what the server does with each frame, and delivery to each device.
+
+Backend-agnostic. A :class:`Session` is one WebSocket connection; it sees the
+connection only as a :class:`Transport` (send one text message, close), storage as
+:class:`~obrolan.server.storage.Storage` and wake-ups as
+:class:`~obrolan.server.routing.Router`. :mod:`obrolan.server.app` plugs in aiohttp::
+
+    relay = Relay(storage, router, Limits())
+    await relay.start()
+    session = relay.connect(transport)
+    await session.open()                  # sends the challenge
+    for message in connection:            # the web framework's receive loop
+        await session.receive(message)
+    await session.closed()
+
+Frames of one connection are handled one at a time, in order. After authentication
+a delivery task per connection pushes the device's envelopes in storage order, at
+most ``delivery_window`` unacknowledged, and sends ``drained`` once the backlog that
+existed at authentication is out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine
+from typing import Any, Protocol
+
+from obrolan.crypto.signatures import verify_device_keys, verify_one_time_key
+from obrolan.errors import ObrolanError, RemoteProtocolError, RequestRefused, SignatureError
+from obrolan.failpoints import failpoint
+from obrolan.protocol.codes import FATAL_CODES, ErrorCode
+from obrolan.protocol.frames import (
+    Ack,
+    Authenticate,
+    Challenge,
+    ClaimedKeys,
+    ClaimKeys,
+    ClientFrame,
+    Deliver,
+    Devices,
+    Drained,
+    Envelope,
+    Error,
+    GetDevices,
+    KeysUploaded,
+    OneTimeKey,
+    Register,
+    Send,
+    Sent,
+    UploadKeys,
+    Welcome,
+    decode_client_frame,
+    encode,
+)
+from obrolan.protocol.limits import SUPPORTED_VERSIONS, Limits
+from obrolan.server.address import DeviceAddress
+from obrolan.server.auth import ConnectionChallenge, check_version
+from obrolan.server.routing.base import Router
+from obrolan.server.storage.base import Storage
+
+__all__ = [
+    "CLOSE_GOING_AWAY",
+    "CLOSE_INTERNAL_ERROR",
+    "CLOSE_POLICY_VIOLATION",
+    "CLOSE_REPLACED",
+    "Relay",
+    "Session",
+    "Transport",
+]
+
+_logger = logging.getLogger(__name__)
+
+CLOSE_GOING_AWAY = 1001
+"""WebSocket close code when the server shuts down."""
+CLOSE_POLICY_VIOLATION = 1008
+"""WebSocket close code after an error frame with a fatal code, or no authentication in time."""
+CLOSE_INTERNAL_ERROR = 1011
+"""WebSocket close code when delivery to the device failed inside the server."""
+CLOSE_REPLACED = 4000
+"""WebSocket close code of an older connection when its device connects again."""
+
+_FETCH = 64
+"""Most envelopes read from storage at once (bounds memory per connection)."""
+_ENVELOPE_JSON_OVERHEAD = 256
+"""Upper bound of an envelope's JSON size besides its base64 ciphertext."""
+_DRAINED = encode(Drained())
+
+
+class Transport(Protocol):
+    """One connection as the relay sees it."""
+
+    async def send(self, data: bytes) -> None:
+        """Send ``data`` (UTF-8 JSON) as one text message; a no-op once the connection is gone."""
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close the connection with a WebSocket close code and reason."""
+
+
+def _today() -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime())
+
+
+def _json_size(envelope: Envelope) -> int:
+    return (len(envelope.ciphertext) + 2) // 3 * 4 + _ENVELOPE_JSON_OVERHEAD
+
+
+class Relay:
+    """The server's state shared by all connections: storage, router, limits, sessions.
+
+    Args:
+        auth_timeout: seconds a connection may stay unauthenticated before it is closed.
+        sweep_interval: seconds between two deletions of expired envelopes.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        router: Router,
+        limits: Limits,
+        *,
+        auth_timeout: float = 10.0,
+        sweep_interval: float = 60.0,
+    ) -> None:
+        self.storage = storage
+        self.router = router
+        self.limits = limits
+        self.auth_timeout = auth_timeout
+        self._sweep_interval = sweep_interval
+        self._sessions: set[Session] = set()
+        self._by_device: dict[DeviceAddress, Session] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start the sweeper of expired envelopes."""
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="obrolan-sweeper")
+
+    async def close(self) -> None:
+        """Stop the sweeper and close every connection (going away)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        await asyncio.gather(*(s.shut_down() for s in list(self._sessions)))
+
+    def connect(self, transport: Transport) -> Session:
+        """A new session for a connection that has just been accepted."""
+        session = Session(self, transport)
+        self._sessions.add(session)
+        return session
+
+    def attach(self, session: Session, device: DeviceAddress) -> None:
+        """Make ``session`` the device's connection, replacing an older one."""
+        older = self._by_device.get(device)
+        self._by_device[device] = session
+        if older is not None and older is not session:
+            older.replaced()
+
+    def detach(self, session: Session) -> None:
+        """Forget a session whose connection is gone."""
+        self._sessions.discard(session)
+        if session.device is not None and self._by_device.get(session.device) is session:
+            del self._by_device[session.device]
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_interval)
+            try:
+                deleted = await self.storage.sweep_expired(int(time.time()))
+            except Exception:
+                _logger.exception("deleting expired envelopes failed")
+                continue
+            if deleted:
+                _logger.info("deleted %d expired envelopes", deleted)
+
+
+class Session:
+    """One connection: challenge, authentication, requests, and delivery to its device."""
+
+    def __init__(self, relay: Relay, transport: Transport) -> None:
+        self._relay = relay
+        self._storage = relay.storage
+        self._limits = relay.limits
+        self._transport = transport
+        self._challenge = ConnectionChallenge()
+        self.device: DeviceAddress | None = None
+        """The authenticated device, None before authentication."""
+        self._closing = False
+        self._auth_timer: asyncio.TimerHandle | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        # Delivery state: the task, its wake-up flag and the envelopes pushed but not acked.
+        self._deliverer: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._wake_up = self._wake.set
+        self._unacked: set[str] = set()
+
+    # --- what the transport layer calls --------------------------------------------------
+
+    async def open(self) -> None:
+        """Send the challenge and start the authentication deadline."""
+        loop = asyncio.get_running_loop()
+        self._auth_timer = loop.call_later(self._relay.auth_timeout, self._auth_expired)
+        challenge = Challenge(
+            versions=list(SUPPORTED_VERSIONS), nonce=self._challenge.nonce, limits=self._limits
+        )
+        await self._transport.send(encode(challenge))
+
+    async def receive(self, data: bytes | str) -> None:
+        """Handle one text message: answer it, or send an error frame (never raises)."""
+        try:
+            frame = decode_client_frame(data)
+        except RemoteProtocolError as exc:
+            await self._refuse(None, exc.code, str(exc))
+            return
+        request_id = getattr(frame, "id", None)
+        try:
+            if self.device is None:
+                await self._handle_unauthenticated(frame)
+            else:
+                await self._handle(frame, self.device)
+        except ObrolanError as exc:
+            if exc.code is ErrorCode.INTERNAL:
+                _logger.error("request failed: %s", exc)
+                await self._refuse(request_id, ErrorCode.INTERNAL, "internal server error")
+            else:
+                await self._refuse(request_id, exc.code, str(exc))
+        except Exception:
+            _logger.exception("internal error handling a %s frame", type(frame).__name__)
+            await self._refuse(request_id, ErrorCode.INTERNAL, "internal server error")
+
+    async def receive_binary(self) -> None:
+        """Answer a binary message: frames are JSON text."""
+        await self._refuse(
+            None, ErrorCode.MALFORMED_FRAME, "frames must be JSON text messages, not binary"
+        )
+
+    async def closed(self) -> None:
+        """The connection is gone: stop delivery and forget the session."""
+        self._closing = True
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+        await self._stop_delivery()
+        self._relay.detach(self)
+
+    # --- what the relay calls ------------------------------------------------------------
+
+    def replaced(self) -> None:
+        """Another connection of the same device authenticated: close this one."""
+        self._cancel_delivery()
+        self._close_soon(CLOSE_REPLACED, "replaced by a newer connection")
+
+    async def shut_down(self) -> None:
+        """The server stops: close this connection."""
+        self._cancel_delivery()
+        await self._close(CLOSE_GOING_AWAY, "server shutting down")
+
+    # --- authentication ------------------------------------------------------------------
+
+    async def _handle_unauthenticated(self, frame: ClientFrame) -> None:
+        match frame:
+            case Register():
+                await self._register(frame)
+            case Authenticate():
+                await self._authenticate(frame)
+            case _:
+                raise RequestRefused(ErrorCode.NOT_AUTHENTICATED, "register or authenticate first")
+
+    async def _register(self, frame: Register) -> None:
+        check_version(frame.version)
+        device = frame.device
+        self._challenge.verify(frame.username, device.device_id, device.ed25519, frame.signature)
+        try:
+            verify_device_keys(frame.username, device)
+        except SignatureError:
+            raise RequestRefused(
+                ErrorCode.BAD_SIGNATURE,
+                f"the keys of device {device.device_id} are not self-signed",
+            ) from None
+        self._check_keys(device.ed25519, frame.one_time_keys, frame.fallback_key)
+        await self._storage.create_account(
+            frame.username, device, frame.one_time_keys, frame.fallback_key, _today()
+        )
+        _logger.debug("account registered")
+        await self._start(DeviceAddress(frame.username, device.device_id), frame.version)
+
+    async def _authenticate(self, frame: Authenticate) -> None:
+        check_version(frame.version)
+        device = DeviceAddress(frame.username, frame.device_id)
+        keys = await self._storage.device_keys(device)
+        self._challenge.verify(
+            frame.username, frame.device_id, keys.ed25519 if keys else None, frame.signature
+        )
+        await self._storage.touch_device(device, _today())
+        _logger.debug("device authenticated")
+        await self._start(device, frame.version)
+
+    async def _start(self, device: DeviceAddress, version: int) -> None:
+        """Welcome the authenticated device and start delivering to it."""
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+        self._relay.attach(self, device)
+        self.device = device
+        # Subscribe before reading the backlog's end: a wake-up can come early, never be lost.
+        self._relay.router.subscribe(device, self._wake_up)
+        one_time_keys = await self._storage.count_one_time_keys(device)
+        backlog_end = await self._storage.last_seq(device)
+        welcome = Welcome(
+            version=version,
+            username=device.username,
+            device_id=device.device_id,
+            one_time_keys=one_time_keys,
+        )
+        await self._transport.send(encode(welcome))
+        if not self._closing:
+            self._deliverer = asyncio.create_task(self._deliver(device, backlog_end))
+
+    def _auth_expired(self) -> None:
+        if self.device is None and not self._closing:
+            self._spawn(self._time_out())
+
+    async def _time_out(self) -> None:
+        message = f"no authentication within {self._relay.auth_timeout:g} seconds"
+        await self._transport.send(
+            encode(Error(id=None, code=ErrorCode.NOT_AUTHENTICATED, message=message))
+        )
+        await self._close(CLOSE_POLICY_VIOLATION, "authentication timeout")
+
+    # --- requests of an authenticated device ---------------------------------------------
+
+    async def _handle(self, frame: ClientFrame, device: DeviceAddress) -> None:
+        match frame:
+            case Send():
+                await self._send(frame, device)
+            case Ack():
+                await self._ack(frame, device)
+            case ClaimKeys():
+                claimed = await self._storage.claim_keys(frame.username, frame.device_ids)
+                reply = ClaimedKeys(id=frame.id, username=frame.username, devices=claimed)
+                await self._transport.send(encode(reply))
+            case GetDevices():
+                devices = await self._storage.get_devices(frame.username)
+                await self._transport.send(
+                    encode(Devices(id=frame.id, username=frame.username, devices=devices))
+                )
+            case UploadKeys():
+                await self._upload_keys(frame, device)
+            case Register() | Authenticate():
+                raise RequestRefused(
+                    ErrorCode.ALREADY_AUTHENTICATED, "this connection is already authenticated"
+                )
+
+    async def _send(self, frame: Send, device: DeviceAddress) -> None:
+        limits = self._limits
+        envelopes = frame.envelopes
+        if len(envelopes) > limits.max_envelopes_per_send:
+            raise RequestRefused(
+                ErrorCode.TOO_MANY_ITEMS,
+                f"send has {len(envelopes)} envelopes, limit is {limits.max_envelopes_per_send}",
+            )
+        for envelope in envelopes:
+            if len(envelope.ciphertext) > limits.max_envelope_bytes:
+                raise RequestRefused(
+                    ErrorCode.ENVELOPE_TOO_LARGE,
+                    f"envelope {envelope.envelope_id} is {len(envelope.ciphertext)} bytes, "
+                    f"limit is {limits.max_envelope_bytes}",
+                )
+        recipients = await self._storage.store_envelopes(
+            device,
+            envelopes,
+            int(time.time()) + limits.envelope_ttl_seconds,
+            limits.max_queue_per_device,
+        )
+        failpoint("relay.after_store")
+        sent = Sent(id=frame.id, envelope_ids=[e.envelope_id for e in envelopes])
+        await self._transport.send(encode(sent))
+        _logger.debug("stored %d envelopes for %d devices", len(envelopes), len(recipients))
+        await self._relay.router.publish(recipients)
+
+    async def _ack(self, frame: Ack, device: DeviceAddress) -> None:
+        ids = frame.envelope_ids
+        if len(ids) > self._limits.max_acks_per_frame:
+            raise RequestRefused(
+                ErrorCode.TOO_MANY_ITEMS,
+                f"ack has {len(ids)} envelope ids, limit is {self._limits.max_acks_per_frame}",
+            )
+        in_flight = len(self._unacked)
+        self._unacked.difference_update(ids)
+        if len(self._unacked) != in_flight:
+            self._wake_up()  # the window has room again
+        await self._storage.ack(device, ids)
+
+    async def _upload_keys(self, frame: UploadKeys, device: DeviceAddress) -> None:
+        keys = await self._storage.device_keys(device)
+        if keys is None:  # cannot happen while devices are never deleted
+            raise RequestRefused(ErrorCode.UNKNOWN_DEVICE, f"no device {device}")
+        self._check_keys(keys.ed25519, frame.one_time_keys, frame.fallback_key)
+        count = await self._storage.upload_keys(
+            device, frame.one_time_keys, frame.fallback_key, self._limits.max_one_time_keys
+        )
+        await self._transport.send(encode(KeysUploaded(id=frame.id, one_time_keys=count)))
+
+    def _check_keys(
+        self, ed25519: str, one_time_keys: list[OneTimeKey], fallback_key: OneTimeKey | None
+    ) -> None:
+        """Refuse too many one-time keys, or any key not signed by the device."""
+        limit = self._limits.max_one_time_keys
+        if len(one_time_keys) > limit:
+            raise RequestRefused(
+                ErrorCode.TOO_MANY_ITEMS, f"{len(one_time_keys)} one-time keys, limit is {limit}"
+            )
+        for key in [*one_time_keys, *([fallback_key] if fallback_key else [])]:
+            try:
+                verify_one_time_key(ed25519, key)
+            except SignatureError:
+                raise RequestRefused(
+                    ErrorCode.BAD_SIGNATURE, f"the signature of key {key.key_id} does not verify"
+                ) from None
+
+    # --- delivery --------------------------------------------------------------------------
+
+    async def _deliver(self, device: DeviceAddress, backlog_end: int) -> None:
+        """Push the device's envelopes in storage order, within the window; then wait for more."""
+        window = self._limits.delivery_window
+        cursor = 0  # seq of the last envelope pushed on this connection
+        drained = False
+        try:
+            while True:
+                self._wake.clear()  # before reading: a wake-up during the read is kept
+                room = min(window - len(self._unacked), _FETCH)
+                if room > 0:
+                    rows = await self._storage.pending(device, cursor, room)
+                    if rows:
+                        cursor = rows[-1][0]
+                        await self._push([envelope for _, envelope in rows])
+                    if not drained and (cursor >= backlog_end or len(rows) < room):
+                        drained = True
+                        await self._transport.send(_DRAINED)
+                    if len(rows) == room:
+                        continue
+                await self._wake.wait()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            _logger.exception("delivery to a device failed")
+            self._close_soon(CLOSE_INTERNAL_ERROR, "internal server error")
+
+    async def _push(self, envelopes: list[Envelope]) -> None:
+        """Send envelopes in as few ``deliver`` frames as ``max_frame_bytes`` allows."""
+        limit = self._limits.max_frame_bytes
+        batch: list[Envelope] = []
+        size = _ENVELOPE_JSON_OVERHEAD
+        for envelope in envelopes:
+            envelope_size = _json_size(envelope)
+            if batch and size + envelope_size > limit:
+                await self._transport.send(encode(Deliver(envelopes=batch)))
+                batch, size = [], _ENVELOPE_JSON_OVERHEAD
+            batch.append(envelope)
+            size += envelope_size
+            self._unacked.add(envelope.envelope_id)
+        await self._transport.send(encode(Deliver(envelopes=batch)))
+        _logger.debug("pushed %d envelopes", len(envelopes))
+
+    def _cancel_delivery(self) -> None:
+        if self._deliverer is not None:
+            self._deliverer.cancel()
+        if self.device is not None:
+            self._relay.router.unsubscribe(self.device, self._wake_up)
+
+    async def _stop_delivery(self) -> None:
+        self._cancel_delivery()
+        if self._deliverer is not None:
+            try:
+                await self._deliverer
+            except asyncio.CancelledError:
+                pass
+            self._deliverer = None
+
+    # --- replies ---------------------------------------------------------------------------
+
+    async def _refuse(self, request_id: int | None, code: ErrorCode, message: str) -> None:
+        """Send an error frame; close the connection after a fatal one."""
+        await self._transport.send(encode(Error(id=request_id, code=code, message=message)))
+        if code in FATAL_CODES:
+            await self._close(CLOSE_POLICY_VIOLATION, code.value)
+
+    async def _close(self, code: int, reason: str) -> None:
+        if not self._closing:
+            self._closing = True
+            await self._transport.close(code, reason)
+
+    def _close_soon(self, code: int, reason: str) -> None:
+        """Start closing from code that cannot wait for it (a callback, another session)."""
+        if not self._closing:
+            self._closing = True
+            self._spawn(self._transport.close(code, reason))
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)  # a task nobody references may be garbage-collected
+        task.add_done_callback(self._background.discard)

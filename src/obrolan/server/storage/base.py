@@ -1,0 +1,214 @@
+"""The ``Storage`` ABC: accounts, devices, one-time keys and the mailbox.
+
+Every backend keeps the semantics written in these docstrings; the relay relies
+on nothing else. Refusals are raised as :class:`~obrolan.errors.RequestRefused`
+with the wire code, so the relay can send them as they are.
+
+What a backend may hold is fixed by the design: usernames, the day an account was
+created, device public keys, the day a device was created and last active,
+unclaimed public one-time keys, the fallback key, and envelopes until they are
+acknowledged or expire. No IP addresses, no contact lists, no timestamps finer
+than a day except an envelope's expiry.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+from obrolan.protocol.frames import (
+    ClaimedDevice,
+    DeviceKeys,
+    Envelope,
+    OneTimeKey,
+    OutboundEnvelope,
+)
+from obrolan.server.address import DeviceAddress
+
+__all__ = ["NOT_HELD", "PendingEnvelope", "Storage"]
+
+PendingEnvelope = tuple[int, Envelope]
+"""``(seq, envelope)``: an envelope waiting for a device and its place in the queue."""
+
+NOT_HELD: tuple[str, ...] = (
+    "messages after delivery (deleted on acknowledgement, or when their TTL runs out)",
+    "message content (only end-to-end ciphertext is ever stored)",
+    "contact lists",
+    "group membership",
+    "IP addresses",
+    "message timestamps (only an expiry time per queued envelope)",
+    "passwords or anything password-like (devices authenticate with signatures)",
+)
+"""What the server never stores; :meth:`Storage.disclose` lists it for the operator."""
+
+
+class Storage(abc.ABC):
+    """Where the relay keeps its state. Call :meth:`start` before anything else."""
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Open the backend and bring its schema up to date.
+
+        Raises:
+            StorageError: the store cannot be opened or its schema is newer than this code.
+        """
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Finish every write already requested, then release the backend.
+
+        After it returns nothing deleted lingers in the backend's logs. Closing twice
+        is a no-op.
+        """
+
+    # --- directory ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def create_account(
+        self,
+        username: str,
+        device: DeviceKeys,
+        one_time_keys: list[OneTimeKey],
+        fallback_key: OneTimeKey | None,
+        day: str,
+    ) -> None:
+        """Create an account with its first device and that device's keys, atomically.
+
+        Signatures must already be verified. ``day`` (``YYYY-MM-DD``) becomes both the
+        account's and the device's created and last-active day.
+
+        Raises:
+            RequestRefused: ``username_taken`` if the username exists (nothing is written).
+        """
+
+    @abc.abstractmethod
+    async def device_keys(self, device: DeviceAddress) -> DeviceKeys | None:
+        """The device's public keys, or None if the account or the device does not exist."""
+
+    @abc.abstractmethod
+    async def touch_device(self, device: DeviceAddress, day: str) -> None:
+        """Record that the device was active on ``day``; a no-op when it already is."""
+
+    @abc.abstractmethod
+    async def get_devices(self, username: str) -> list[DeviceKeys]:
+        """Every device of an account, ordered by device id.
+
+        Raises:
+            RequestRefused: ``unknown_user``.
+        """
+
+    @abc.abstractmethod
+    async def upload_keys(
+        self,
+        device: DeviceAddress,
+        one_time_keys: list[OneTimeKey],
+        fallback_key: OneTimeKey | None,
+        max_one_time_keys: int,
+    ) -> int:
+        """Add one-time keys (and replace the fallback key if one is given), atomically.
+
+        Signatures must already be verified. A key id the device already holds is kept
+        once. Returns how many unclaimed one-time keys the device holds afterwards.
+
+        Raises:
+            RequestRefused: ``too_many_items`` if the device would then hold more than
+                ``max_one_time_keys`` unclaimed keys (nothing is written).
+        """
+
+    @abc.abstractmethod
+    async def count_one_time_keys(self, device: DeviceAddress) -> int:
+        """How many unclaimed one-time keys the device holds (0 for an unknown device)."""
+
+    @abc.abstractmethod
+    async def claim_keys(self, username: str, device_ids: list[str] | None) -> list[ClaimedDevice]:
+        """Claim one key of each listed device (every device if None), in device id order.
+
+        Each device gives one of its one-time keys, which is deleted in the same atomic
+        step, so no two claims ever get the same one-time key. A device with none left
+        gives its fallback key (``fallback=True``, not deleted); with neither, the
+        entry's ``one_time_key`` is None.
+
+        Raises:
+            RequestRefused: ``unknown_user``, or ``unknown_device`` if a listed device id
+                does not exist (nothing is claimed).
+        """
+
+    # --- mailbox -----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def store_envelopes(
+        self,
+        sender: DeviceAddress,
+        envelopes: list[OutboundEnvelope],
+        expires_at: int,
+        max_queue: int,
+    ) -> list[DeviceAddress]:
+        """Store envelopes durably for their devices: all of them, or none.
+
+        When this returns, the envelopes survive a crash of the server. An envelope id
+        the recipient device already has queued is stored once (a resend is a no-op).
+        ``expires_at`` is in seconds since the Unix epoch. Returns the distinct recipient
+        devices, for the router to wake.
+
+        Raises:
+            RequestRefused: ``unknown_user`` or ``unknown_device`` for a recipient that
+                does not exist, ``queue_full`` if a recipient would then have more than
+                ``max_queue`` envelopes waiting.
+        """
+
+    @abc.abstractmethod
+    async def last_seq(self, device: DeviceAddress) -> int:
+        """The ``seq`` of the newest envelope waiting for the device, 0 if there is none."""
+
+    @abc.abstractmethod
+    async def pending(
+        self, device: DeviceAddress, after_seq: int, limit: int
+    ) -> list[PendingEnvelope]:
+        """Up to ``limit`` envelopes waiting for the device with ``seq > after_seq``.
+
+        Ordered by ``seq``, which grows in the order envelopes were stored (commit
+        order), so a reader that remembers the last seq it saw never misses a later
+        envelope.
+        """
+
+    @abc.abstractmethod
+    async def ack(self, device: DeviceAddress, envelope_ids: list[str]) -> int:
+        """Delete these envelopes of the device (ids it does not have are ignored).
+
+        Returns how many were deleted. Deleted ciphertext must not stay recoverable
+        from the backend's files once the backend has been idle for a moment.
+        """
+
+    @abc.abstractmethod
+    async def queue_length(self, device: DeviceAddress) -> int:
+        """How many envelopes wait for the device (0 for an unknown device)."""
+
+    @abc.abstractmethod
+    async def sweep_expired(self, now: int) -> int:
+        """Delete every envelope with ``expires_at <= now``; returns how many."""
+
+    # --- operator ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def disclose(self, username: str) -> dict[str, Any]:
+        """Everything held about one account, as JSON-ready data, never ciphertext.
+
+        Keys: ``username``, ``created_day``, ``devices`` (each: ``device_id``,
+        ``ed25519``, ``curve25519``, ``signature``, ``created_day``,
+        ``last_active_day``, ``unclaimed_one_time_keys``, ``fallback_key_held``),
+        ``queued_for_account`` (envelopes waiting for its devices: ``envelope_id``,
+        ``to_device``, ``from_user``, ``from_device``, ``size``, ``expires_day``),
+        ``queued_from_account`` (envelopes it sent that still wait: ``envelope_id``,
+        ``from_device``, ``to_user``, ``to_device``, ``size``, ``expires_day``), and
+        ``not_held`` (:data:`NOT_HELD`).
+
+        Raises:
+            UnknownContact: no account has this username.
+        """
+
+    @abc.abstractmethod
+    async def stats(self) -> dict[str, int]:
+        """Counts for the operator: ``accounts``, ``devices``, ``one_time_keys``,
+        ``queued_envelopes``, ``queued_bytes``."""

@@ -1,0 +1,803 @@
+"""``SqliteStorage``: the embedded default backend, one SQLite file in the data directory.
+
+Durability and deletion:
+
+* WAL with ``synchronous=FULL``: a commit is on disk when it returns.
+* Every write goes through one writer thread that commits in groups: it takes all
+  operations queued so far, runs each in its own savepoint inside one transaction,
+  commits once (one fsync for the group), then resolves each caller's future on the
+  event loop. So "answer only after the durable write" costs one fsync per group,
+  not per request.
+* ``secure_delete=ON`` zeroes deleted rows in the pages; once the writer has been
+  idle for :data:`IDLE_CHECKPOINT_SECONDS` after a write it runs
+  ``wal_checkpoint(TRUNCATE)``, so no deleted ciphertext stays in the WAL either.
+
+Reads run on the event loop's thread over a second connection: they are short
+indexed lookups, and in WAL mode a reader never waits for the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from obrolan.errors import InvalidState, RequestRefused, StorageError, UnknownContact
+from obrolan.protocol.codes import ErrorCode
+from obrolan.protocol.frames import (
+    ClaimedDevice,
+    DeviceKeys,
+    Envelope,
+    OneTimeKey,
+    OutboundEnvelope,
+)
+from obrolan.server.address import DeviceAddress
+from obrolan.server.storage.base import NOT_HELD, PendingEnvelope, Storage
+
+__all__ = ["IDLE_CHECKPOINT_SECONDS", "SCHEMA_VERSION", "SqliteStorage"]
+
+_logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_Op = Callable[[sqlite3.Connection], Any]
+
+IDLE_CHECKPOINT_SECONDS = 0.5
+"""How long the writer waits without work before it truncates the WAL."""
+_MAX_GROUP = 512
+"""Most operations committed in one transaction."""
+_BUSY_TIMEOUT_MS = 2000
+
+_SCHEMA_V1 = (
+    """
+    CREATE TABLE accounts (
+        username TEXT PRIMARY KEY,
+        created_day TEXT NOT NULL
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE devices (
+        id INTEGER PRIMARY KEY,
+        username TEXT NOT NULL REFERENCES accounts (username) ON DELETE CASCADE,
+        device_id TEXT NOT NULL,
+        ed25519 TEXT NOT NULL,
+        curve25519 TEXT NOT NULL,
+        signature TEXT NOT NULL,
+        created_day TEXT NOT NULL,
+        last_active_day TEXT NOT NULL,
+        -- envelopes waiting in mailbox, kept in step by every mailbox write, so that
+        -- a send checks the queue limit without counting rows
+        queued INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (username, device_id)
+    )
+    """,
+    """
+    CREATE TABLE one_time_keys (
+        id INTEGER PRIMARY KEY,
+        device INTEGER NOT NULL REFERENCES devices (id) ON DELETE CASCADE,
+        key_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        signature TEXT NOT NULL,
+        UNIQUE (device, key_id)
+    )
+    """,
+    """
+    CREATE TABLE fallback_keys (
+        device INTEGER PRIMARY KEY REFERENCES devices (id) ON DELETE CASCADE,
+        key_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        signature TEXT NOT NULL
+    )
+    """,
+    # AUTOINCREMENT: a seq is never reused after deletes, so seq grows in commit order
+    # (there is one writer) and a delivery cursor never skips a new envelope.
+    """
+    CREATE TABLE mailbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        device INTEGER NOT NULL REFERENCES devices (id) ON DELETE CASCADE,
+        envelope_id TEXT NOT NULL,
+        from_user TEXT NOT NULL,
+        from_device TEXT NOT NULL,
+        ciphertext BLOB NOT NULL,
+        expires_at INTEGER NOT NULL,
+        UNIQUE (device, envelope_id)
+    )
+    """,
+    "CREATE INDEX mailbox_by_device ON mailbox (device, seq)",
+    "CREATE INDEX mailbox_by_expiry ON mailbox (expires_at)",
+)
+
+
+def _migrate_to_v1(conn: sqlite3.Connection) -> None:
+    for statement in _SCHEMA_V1:
+        conn.execute(statement)
+
+
+_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_to_v1,)
+"""``_MIGRATIONS[n]`` brings a database from schema version n to n + 1."""
+SCHEMA_VERSION = len(_MIGRATIONS)
+"""The ``PRAGMA user_version`` this code writes and reads."""
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Bring the schema to :data:`SCHEMA_VERSION`, one transaction per step."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StorageError(
+            f"{path} has schema version {version}, newer than this obrolan "
+            f"understands ({SCHEMA_VERSION}); upgrade obrolan"
+        )
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            _MIGRATIONS[target - 1](conn)
+            conn.execute(f"PRAGMA user_version = {target}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        _logger.info("database schema migrated to version %d", target)
+
+
+def _open(path: Path, *, read_only: bool) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit) with our pragmas."""
+    try:
+        if read_only:
+            conn = sqlite3.connect(
+                f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None
+            )
+        else:
+            conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        if not read_only:
+            conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA secure_delete = ON")
+        conn.execute("PRAGMA foreign_keys = ON")
+    except sqlite3.Error as exc:
+        raise StorageError(f"cannot open the server database {path}: {exc}") from None
+    return conn
+
+
+# --- the writer -------------------------------------------------------------------------
+
+
+_Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
+"""A caller's future, and the result or exception to resolve it with."""
+
+
+def _settle(outcomes: list[_Outcome]) -> None:
+    """Resolve the futures of one committed group (runs on the event loop)."""
+    for future, result, exc in outcomes:
+        if future.cancelled():
+            continue
+        if exc is None:
+            future.set_result(result)
+        else:
+            future.set_exception(exc)
+
+
+class _Writer:
+    """The one thread that writes to the database, committing queued operations in groups."""
+
+    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop) -> None:
+        self._path = path
+        self._loop = loop
+        self._queue: queue.SimpleQueue[tuple[_Op, asyncio.Future[Any]] | None] = queue.SimpleQueue()
+        self._ready: asyncio.Future[None] = loop.create_future()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="obrolan-sqlite-writer", daemon=True)
+
+    async def start(self) -> None:
+        """Start the thread; returns once the database is open and migrated."""
+        self._thread.start()
+        await self._ready
+
+    def submit(self, op: _Op) -> asyncio.Future[Any]:
+        """Queue ``op(conn)``; the future resolves after the commit that contains it."""
+        if self._stopped:
+            raise InvalidState("the storage is closed")
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._queue.put((op, future))
+        return future
+
+    async def stop(self) -> None:
+        """Finish queued operations, checkpoint, close the connection and end the thread."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._queue.put(None)
+        await asyncio.to_thread(self._thread.join)
+
+    def _run(self) -> None:
+        try:
+            conn = _open(self._path, read_only=False)
+            _migrate(conn, self._path)
+        except sqlite3.Error as exc:
+            failure = StorageError(f"cannot set up the server database {self._path}: {exc}")
+            self._resolve([(self._ready, None, failure)])
+            return
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller of start()
+            self._resolve([(self._ready, None, exc)])
+            return
+        self._resolve([(self._ready, None, None)])
+        dirty = False  # written since the last checkpoint
+        while True:
+            try:
+                item = self._queue.get(timeout=IDLE_CHECKPOINT_SECONDS if dirty else None)
+            except queue.Empty:
+                dirty = not _checkpoint(conn)
+                continue
+            if item is None:
+                break
+            group, stop = self._take_group(item)
+            changes = conn.total_changes
+            self._commit_group(conn, group)
+            dirty = dirty or conn.total_changes != changes
+            if stop:
+                break
+        _checkpoint(conn)
+        conn.close()
+
+    def _take_group(
+        self, first: tuple[_Op, asyncio.Future[Any]]
+    ) -> tuple[list[tuple[_Op, asyncio.Future[Any]]], bool]:
+        """``first`` and whatever else is queued now; True if the stop marker was among it."""
+        group = [first]
+        while len(group) < _MAX_GROUP:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                return group, True
+            group.append(item)
+        return group, False
+
+    def _commit_group(
+        self, conn: sqlite3.Connection, group: list[tuple[_Op, asyncio.Future[Any]]]
+    ) -> None:
+        outcomes: list[_Outcome] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op, future in group:
+                # A savepoint per operation: one refused request leaves the others intact.
+                conn.execute("SAVEPOINT op")
+                try:
+                    result = op(conn)
+                except Exception as exc:  # noqa: BLE001 - handed to the caller's future
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    outcomes.append((future, None, exc))
+                else:
+                    conn.execute("RELEASE op")
+                    outcomes.append((future, result, None))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            _logger.error("database write failed, %d requests refused: %s", len(group), exc)
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # SQLite already rolled back (e.g. after an I/O error)
+            failure = StorageError(f"database write failed: {exc}")
+            outcomes = [(future, None, failure) for _, future in group]
+        self._resolve(outcomes)
+
+    def _resolve(self, outcomes: list[_Outcome]) -> None:
+        self._loop.call_soon_threadsafe(_settle, outcomes)
+
+
+def _checkpoint(conn: sqlite3.Connection) -> bool:
+    """Copy the WAL into the database and truncate it; False if a reader held it up."""
+    try:
+        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    except sqlite3.Error as exc:
+        _logger.error("WAL checkpoint failed: %s", exc)
+        return True
+    return bool(busy == 0)
+
+
+# --- write operations (run on the writer thread, inside a savepoint) ----------------------
+
+
+def _device_rowid(conn: sqlite3.Connection, username: str, device_id: str) -> int:
+    row = conn.execute(
+        "SELECT id FROM devices WHERE username = ? AND device_id = ?", (username, device_id)
+    ).fetchone()
+    if row is not None:
+        return int(row[0])
+    if conn.execute("SELECT 1 FROM accounts WHERE username = ?", (username,)).fetchone():
+        raise RequestRefused(ErrorCode.UNKNOWN_DEVICE, f"user {username} has no device {device_id}")
+    raise RequestRefused(ErrorCode.UNKNOWN_USER, f"no user {username}")
+
+
+def _insert_keys(
+    conn: sqlite3.Connection,
+    rowid: int,
+    one_time_keys: Sequence[OneTimeKey],
+    fallback_key: OneTimeKey | None,
+) -> None:
+    conn.executemany(
+        "INSERT OR IGNORE INTO one_time_keys (device, key_id, key, signature) VALUES (?, ?, ?, ?)",
+        [(rowid, k.key_id, k.key, k.signature) for k in one_time_keys],
+    )
+    if fallback_key is not None:
+        conn.execute(
+            "INSERT OR REPLACE INTO fallback_keys (device, key_id, key, signature) VALUES (?, ?, ?, ?)",
+            (rowid, fallback_key.key_id, fallback_key.key, fallback_key.signature),
+        )
+
+
+def _create_account(
+    conn: sqlite3.Connection,
+    username: str,
+    device: DeviceKeys,
+    one_time_keys: list[OneTimeKey],
+    fallback_key: OneTimeKey | None,
+    day: str,
+) -> None:
+    try:
+        conn.execute("INSERT INTO accounts (username, created_day) VALUES (?, ?)", (username, day))
+    except sqlite3.IntegrityError:
+        raise RequestRefused(ErrorCode.USERNAME_TAKEN, f"username {username} is taken") from None
+    cursor = conn.execute(
+        "INSERT INTO devices (username, device_id, ed25519, curve25519, signature, created_day,"
+        " last_active_day) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (username, device.device_id, device.ed25519, device.curve25519, device.signature, day, day),
+    )
+    assert cursor.lastrowid is not None
+    _insert_keys(conn, cursor.lastrowid, one_time_keys, fallback_key)
+
+
+def _touch_device(conn: sqlite3.Connection, device: DeviceAddress, day: str) -> None:
+    conn.execute(
+        "UPDATE devices SET last_active_day = ?"
+        " WHERE username = ? AND device_id = ? AND last_active_day <> ?",
+        (day, device.username, device.device_id, day),
+    )
+
+
+def _upload_keys(
+    conn: sqlite3.Connection,
+    device: DeviceAddress,
+    one_time_keys: list[OneTimeKey],
+    fallback_key: OneTimeKey | None,
+    max_one_time_keys: int,
+) -> int:
+    rowid = _device_rowid(conn, *device)
+    _insert_keys(conn, rowid, one_time_keys, fallback_key)
+    (count,) = conn.execute(
+        "SELECT COUNT(*) FROM one_time_keys WHERE device = ?", (rowid,)
+    ).fetchone()
+    if count > max_one_time_keys:
+        raise RequestRefused(
+            ErrorCode.TOO_MANY_ITEMS,
+            f"device would hold {count} one-time keys, limit is {max_one_time_keys}",
+        )
+    return int(count)
+
+
+def _claim_keys(
+    conn: sqlite3.Connection, username: str, device_ids: list[str] | None
+) -> list[ClaimedDevice]:
+    rows = conn.execute(
+        "SELECT id, device_id, ed25519, curve25519, signature FROM devices"
+        " WHERE username = ? ORDER BY device_id",
+        (username,),
+    ).fetchall()
+    if not rows:
+        raise RequestRefused(ErrorCode.UNKNOWN_USER, f"no user {username}")
+    if device_ids is not None:
+        by_id = {row[1]: row for row in rows}
+        for device_id in device_ids:
+            if device_id not in by_id:
+                raise RequestRefused(
+                    ErrorCode.UNKNOWN_DEVICE, f"user {username} has no device {device_id}"
+                )
+        rows = [by_id[device_id] for device_id in sorted(set(device_ids))]
+    claimed = []
+    for rowid, device_id, ed25519, curve25519, signature in rows:
+        keys = DeviceKeys(
+            device_id=device_id, ed25519=ed25519, curve25519=curve25519, signature=signature
+        )
+        taken = conn.execute(
+            "DELETE FROM one_time_keys WHERE id ="
+            " (SELECT id FROM one_time_keys WHERE device = ? ORDER BY id LIMIT 1)"
+            " RETURNING key_id, key, signature",
+            (rowid,),
+        ).fetchall()
+        if taken:
+            claimed.append(ClaimedDevice(device=keys, one_time_key=OneTimeKey(*taken[0])))
+            continue
+        fallback = conn.execute(
+            "SELECT key_id, key, signature FROM fallback_keys WHERE device = ?", (rowid,)
+        ).fetchone()
+        claimed.append(
+            ClaimedDevice(
+                device=keys,
+                one_time_key=OneTimeKey(*fallback) if fallback else None,
+                fallback=fallback is not None,
+            )
+        )
+    return claimed
+
+
+def _store_envelopes(
+    conn: sqlite3.Connection,
+    sender: DeviceAddress,
+    envelopes: list[OutboundEnvelope],
+    expires_at: int,
+    max_queue: int,
+) -> list[DeviceAddress]:
+    by_recipient: dict[DeviceAddress, list[OutboundEnvelope]] = {}
+    for envelope in envelopes:
+        by_recipient.setdefault(DeviceAddress(envelope.to_user, envelope.to_device), []).append(
+            envelope
+        )
+    from_user, from_device = sender
+    for recipient, group in by_recipient.items():
+        rowid = _device_rowid(conn, *recipient)
+        added = conn.executemany(
+            "INSERT OR IGNORE INTO mailbox"
+            " (device, envelope_id, from_user, from_device, ciphertext, expires_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (rowid, e.envelope_id, from_user, from_device, e.ciphertext, expires_at)
+                for e in group
+            ],
+        ).rowcount
+        if added:
+            ((queued,),) = conn.execute(
+                "UPDATE devices SET queued = queued + ? WHERE id = ? RETURNING queued",
+                (added, rowid),
+            ).fetchall()
+            if queued > max_queue:
+                raise RequestRefused(
+                    ErrorCode.QUEUE_FULL,
+                    f"device {recipient} would have {queued} envelopes waiting, limit is {max_queue}",
+                )
+    return list(by_recipient)
+
+
+def _ack(conn: sqlite3.Connection, device: DeviceAddress, envelope_ids: list[str]) -> int:
+    row = conn.execute(
+        "SELECT id FROM devices WHERE username = ? AND device_id = ?", tuple(device)
+    ).fetchone()
+    if row is None:
+        return 0
+    rowid = row[0]
+    deleted = conn.executemany(
+        "DELETE FROM mailbox WHERE device = ? AND envelope_id = ?",
+        [(rowid, i) for i in envelope_ids],
+    ).rowcount
+    if deleted:
+        conn.execute("UPDATE devices SET queued = queued - ? WHERE id = ?", (deleted, rowid))
+    return deleted
+
+
+def _sweep_expired(conn: sqlite3.Connection, now: int) -> int:
+    rows = conn.execute(
+        "DELETE FROM mailbox WHERE expires_at <= ? RETURNING device", (now,)
+    ).fetchall()
+    per_device = collections.Counter(row[0] for row in rows)
+    conn.executemany(
+        "UPDATE devices SET queued = queued - ? WHERE id = ?",
+        [(count, rowid) for rowid, count in per_device.items()],
+    )
+    return len(rows)
+
+
+def _expires_day(expires_at: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(expires_at))
+
+
+# --- the backend ------------------------------------------------------------------------
+
+
+class SqliteStorage(Storage):
+    """Storage in one SQLite file.
+
+    Args:
+        path: the database file (created with its schema if missing, unless read-only).
+        read_only: open an existing database for reading only, e.g. for ``obrolan admin``
+            while the server runs; write methods then raise :class:`InvalidState`.
+    """
+
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        self._path = path
+        self._read_only = read_only
+        self._writer: _Writer | None = None
+        self._reader: sqlite3.Connection | None = None
+        # Device row ids never change and devices are never deleted (schema v1), so the
+        # hot read path (pending) resolves an address once per device and process.
+        self._rowids: dict[DeviceAddress, int] = {}
+
+    # --- lifecycle
+
+    async def start(self) -> None:
+        if self._read_only:
+            if not self._path.is_file():
+                raise StorageError(f"no server database at {self._path}")
+            reader = _open(self._path, read_only=True)
+            version = reader.execute("PRAGMA user_version").fetchone()[0]
+            if version != SCHEMA_VERSION:
+                reader.close()
+                raise StorageError(
+                    f"{self._path} has schema version {version}, this obrolan reads {SCHEMA_VERSION}"
+                )
+        else:
+            self._writer = _Writer(self._path, asyncio.get_running_loop())
+            await self._writer.start()
+            reader = _open(self._path, read_only=False)
+            reader.execute("PRAGMA query_only = ON")
+        self._reader = reader
+
+    async def close(self) -> None:
+        # The reader goes first: the writer's final TRUNCATE checkpoint waits for readers.
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        if self._writer is not None:
+            await self._writer.stop()
+            self._writer = None
+
+    def _read(self) -> sqlite3.Connection:
+        if self._reader is None:
+            raise InvalidState(
+                "storage not started or already closed; did you forget to call start()?"
+            )
+        return self._reader
+
+    def _write(self, op: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        if self._writer is None:
+            if self._read_only:
+                raise InvalidState("storage was opened read-only")
+            raise InvalidState(
+                "storage not started or already closed; did you forget to call start()?"
+            )
+        return self._writer.submit(lambda conn: op(conn, *args))
+
+    def _rowid(self, device: DeviceAddress) -> int | None:
+        rowid = self._rowids.get(device)
+        if rowid is None:
+            row = (
+                self._read()
+                .execute(
+                    "SELECT id FROM devices WHERE username = ? AND device_id = ?", tuple(device)
+                )
+                .fetchone()
+            )
+            if row is None:
+                return None
+            rowid = self._rowids[device] = row[0]
+        return rowid
+
+    # --- directory
+
+    async def create_account(
+        self,
+        username: str,
+        device: DeviceKeys,
+        one_time_keys: list[OneTimeKey],
+        fallback_key: OneTimeKey | None,
+        day: str,
+    ) -> None:
+        await self._write(_create_account, username, device, one_time_keys, fallback_key, day)
+
+    async def device_keys(self, device: DeviceAddress) -> DeviceKeys | None:
+        row = (
+            self._read()
+            .execute(
+                "SELECT device_id, ed25519, curve25519, signature FROM devices"
+                " WHERE username = ? AND device_id = ?",
+                tuple(device),
+            )
+            .fetchone()
+        )
+        return DeviceKeys(*row) if row else None
+
+    async def touch_device(self, device: DeviceAddress, day: str) -> None:
+        await self._write(_touch_device, device, day)
+
+    async def get_devices(self, username: str) -> list[DeviceKeys]:
+        rows = (
+            self._read()
+            .execute(
+                "SELECT device_id, ed25519, curve25519, signature FROM devices"
+                " WHERE username = ? ORDER BY device_id",
+                (username,),
+            )
+            .fetchall()
+        )
+        if not rows:
+            raise RequestRefused(ErrorCode.UNKNOWN_USER, f"no user {username}")
+        return [DeviceKeys(*row) for row in rows]
+
+    async def upload_keys(
+        self,
+        device: DeviceAddress,
+        one_time_keys: list[OneTimeKey],
+        fallback_key: OneTimeKey | None,
+        max_one_time_keys: int,
+    ) -> int:
+        return await self._write(
+            _upload_keys, device, one_time_keys, fallback_key, max_one_time_keys
+        )
+
+    async def count_one_time_keys(self, device: DeviceAddress) -> int:
+        rowid = self._rowid(device)
+        if rowid is None:
+            return 0
+        (count,) = (
+            self._read()
+            .execute("SELECT COUNT(*) FROM one_time_keys WHERE device = ?", (rowid,))
+            .fetchone()
+        )
+        return int(count)
+
+    async def claim_keys(self, username: str, device_ids: list[str] | None) -> list[ClaimedDevice]:
+        return await self._write(_claim_keys, username, device_ids)
+
+    # --- mailbox
+
+    async def store_envelopes(
+        self,
+        sender: DeviceAddress,
+        envelopes: list[OutboundEnvelope],
+        expires_at: int,
+        max_queue: int,
+    ) -> list[DeviceAddress]:
+        return await self._write(_store_envelopes, sender, envelopes, expires_at, max_queue)
+
+    async def last_seq(self, device: DeviceAddress) -> int:
+        rowid = self._rowid(device)
+        if rowid is None:
+            return 0
+        (seq,) = (
+            self._read()
+            .execute("SELECT MAX(seq) FROM mailbox WHERE device = ?", (rowid,))
+            .fetchone()
+        )
+        return int(seq or 0)
+
+    async def pending(
+        self, device: DeviceAddress, after_seq: int, limit: int
+    ) -> list[PendingEnvelope]:
+        rowid = self._rowid(device)
+        if rowid is None:
+            return []
+        rows = (
+            self._read()
+            .execute(
+                "SELECT seq, envelope_id, from_user, from_device, ciphertext FROM mailbox"
+                " WHERE device = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (rowid, after_seq, limit),
+            )
+            .fetchall()
+        )
+        return [
+            (seq, Envelope(envelope_id, user, dev, data))
+            for seq, envelope_id, user, dev, data in rows
+        ]
+
+    async def ack(self, device: DeviceAddress, envelope_ids: list[str]) -> int:
+        return await self._write(_ack, device, envelope_ids)
+
+    async def queue_length(self, device: DeviceAddress) -> int:
+        row = (
+            self._read()
+            .execute(
+                "SELECT queued FROM devices WHERE username = ? AND device_id = ?", tuple(device)
+            )
+            .fetchone()
+        )
+        return int(row[0]) if row else 0
+
+    async def sweep_expired(self, now: int) -> int:
+        return await self._write(_sweep_expired, now)
+
+    # --- operator
+
+    async def disclose(self, username: str) -> dict[str, Any]:
+        db = self._read()
+        account = db.execute(
+            "SELECT created_day FROM accounts WHERE username = ?", (username,)
+        ).fetchone()
+        if account is None:
+            raise UnknownContact(username)
+        devices = [
+            {
+                "device_id": device_id,
+                "ed25519": ed25519,
+                "curve25519": curve25519,
+                "signature": signature,
+                "created_day": created_day,
+                "last_active_day": last_active_day,
+                "unclaimed_one_time_keys": one_time_keys,
+                "fallback_key_held": bool(fallback),
+            }
+            for (
+                device_id,
+                ed25519,
+                curve25519,
+                signature,
+                created_day,
+                last_active_day,
+                one_time_keys,
+                fallback,
+            ) in db.execute(
+                "SELECT d.device_id, d.ed25519, d.curve25519, d.signature, d.created_day,"
+                " d.last_active_day,"
+                " (SELECT COUNT(*) FROM one_time_keys k WHERE k.device = d.id),"
+                " EXISTS (SELECT 1 FROM fallback_keys f WHERE f.device = d.id)"
+                " FROM devices d WHERE d.username = ? ORDER BY d.device_id",
+                (username,),
+            )
+        ]
+        queued_for = [
+            {
+                "envelope_id": envelope_id,
+                "to_device": to_device,
+                "from_user": from_user,
+                "from_device": from_device,
+                "size": size,
+                "expires_day": _expires_day(expires_at),
+            }
+            for envelope_id, to_device, from_user, from_device, size, expires_at in db.execute(
+                "SELECT m.envelope_id, d.device_id, m.from_user, m.from_device,"
+                " length(m.ciphertext), m.expires_at"
+                " FROM mailbox m JOIN devices d ON d.id = m.device"
+                " WHERE d.username = ? ORDER BY m.seq",
+                (username,),
+            )
+        ]
+        queued_from = [
+            {
+                "envelope_id": envelope_id,
+                "from_device": from_device,
+                "to_user": to_user,
+                "to_device": to_device,
+                "size": size,
+                "expires_day": _expires_day(expires_at),
+            }
+            for envelope_id, from_device, to_user, to_device, size, expires_at in db.execute(
+                "SELECT m.envelope_id, m.from_device, d.username, d.device_id,"
+                " length(m.ciphertext), m.expires_at"
+                " FROM mailbox m JOIN devices d ON d.id = m.device"
+                " WHERE m.from_user = ? ORDER BY m.seq",
+                (username,),
+            )
+        ]
+        return {
+            "username": username,
+            "created_day": account[0],
+            "devices": devices,
+            "queued_for_account": queued_for,
+            "queued_from_account": queued_from,
+            "not_held": list(NOT_HELD),
+        }
+
+    async def stats(self) -> dict[str, int]:
+        accounts, devices, one_time_keys, queued, queued_bytes = (
+            self._read()
+            .execute(
+                "SELECT (SELECT COUNT(*) FROM accounts), (SELECT COUNT(*) FROM devices),"
+                " (SELECT COUNT(*) FROM one_time_keys), (SELECT COUNT(*) FROM mailbox),"
+                " (SELECT COALESCE(SUM(length(ciphertext)), 0) FROM mailbox)"
+            )
+            .fetchone()
+        )
+        return {
+            "accounts": accounts,
+            "devices": devices,
+            "one_time_keys": one_time_keys,
+            "queued_envelopes": queued,
+            "queued_bytes": queued_bytes,
+        }
