@@ -148,6 +148,26 @@ def test_codec_accepts_any_member_order_and_whitespace() -> None:
     assert frames.decode_client_frame(data) == frames.Ack(envelope_ids=[EID])
 
 
+def test_codec_accepts_json_escapes_in_strings() -> None:
+    """Escaped characters (``\\u0062``, ``\\/``) decode like the plain ones, base64 included."""
+    data = (
+        b'{"type":"send","id":1,"envelopes":[{"envelope_id":"5EomZR0NIGk3eDtIlVeCcQ",'
+        b'"to_user":"\\u0062ob","to_device":"phone","ciphertext":"+\\/8="}]}'
+    )
+    frame = frames.decode_client_frame(data)
+    assert isinstance(frame, frames.Send)
+    assert frame.envelopes[0].to_user == "bob" and frame.envelopes[0].ciphertext == b"\xfb\xff"
+
+
+def test_content_accepts_kind_after_other_members() -> None:
+    """The ``kind`` tag of content may come anywhere in its object, as JSON allows."""
+    plain = json.loads(sample("plaintext"))
+    kind = plain["content"].pop("kind")
+    plain["content"]["kind"] = kind
+    reordered = json.dumps(plain).encode()
+    assert content.decode_plaintext(reordered) == content.decode_plaintext(sample("plaintext"))
+
+
 # --- errors ----------------------------------------------------------------------------------
 
 
