@@ -114,7 +114,7 @@ class RawDevice:
 
     def fallback_key(self) -> OneTimeKey:
         """A new signed fallback key."""
-        self.account.generate_fallback_key()  # type: ignore[attr-defined]  (missing from the stubs)
+        self.account.generate_fallback_key()  # type: ignore[attr-defined]
         ((key_id, key),) = self.account.fallback_key.items()  # type: ignore[attr-defined]
         self.account.mark_keys_as_published()
         return self._signed(key_id, key)

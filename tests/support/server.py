@@ -19,9 +19,11 @@ import os
 import re
 import selectors
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -69,6 +71,20 @@ class ServerProcess:
     def database(self) -> Path:
         """The server's SQLite file."""
         return self.data_dir / "obrolan.db"
+
+    def mailbox(self) -> list[tuple[str, str, str, bytes]]:
+        """The mailbox as the database file holds it now, in queue order.
+
+        Each row is ``(recipient "user/device", envelope_id, sender "user/device", ciphertext)``;
+        read with Python's own sqlite3, beside the running server.
+        """
+        with closing(sqlite3.connect(f"{self.database.as_uri()}?mode=ro", uri=True)) as db:
+            rows = db.execute(
+                "SELECT d.username || '/' || d.device_id, m.envelope_id,"
+                " m.from_user || '/' || m.from_device, m.ciphertext"
+                " FROM mailbox m JOIN devices d ON d.id = m.device ORDER BY m.seq"
+            ).fetchall()
+        return [(to, envelope_id, sender, bytes(data)) for to, envelope_id, sender, data in rows]
 
     @property
     def log_text(self) -> str:
@@ -165,7 +181,8 @@ class ServerProcess:
         return code
 
     def __enter__(self) -> Self:
-        return self.start()
+        self.start()
+        return self
 
     def __exit__(
         self,

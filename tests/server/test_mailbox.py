@@ -1,0 +1,249 @@
+"""The mailbox: durable before `sent`, delivered in order, deleted on ack, idempotent, crash-safe."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+
+from obrolan.protocol.codes import ErrorCode
+from obrolan.protocol.frames import (
+    Ack,
+    Error,
+    Send,
+)
+from tests.server.conftest import Connect, Online
+from tests.server.exchange import delivered, offline, round_trip, send
+from tests.support.raw_client import RawDevice, envelope_id, outbound
+from tests.support.server import ServerProcess
+
+
+async def test_server_stores_envelopes_before_answering_sent(
+    server: ServerProcess, online: Online
+) -> None:
+    """When `sent` arrives, every envelope is in the database file, with the sender set by the server."""
+    alice_client, _ = await online(server, "alice")
+    bob = await offline(server, online, "bob")
+    envelopes = [outbound(bob, f"ciphertext {i}".encode()) for i in range(3)]
+    await send(alice_client, 1, *envelopes)
+    assert server.mailbox() == [
+        ("bob/phone", e.envelope_id, "alice/phone", e.ciphertext) for e in envelopes
+    ]
+
+
+async def test_server_delivers_queued_envelopes_in_order_then_drained(
+    server: ServerProcess, connect: Connect, online: Online
+) -> None:
+    """An offline device gets its queue on connect, in storage order, then one `drained`."""
+    alice_client, alice = await online(server, "alice")
+    bob = await offline(server, online, "bob")
+    envelopes = [outbound(bob, f"message {i}".encode()) for i in range(6)]
+    await send(alice_client, 1, envelopes[0], envelopes[1])
+    await send(alice_client, 2, envelopes[2])
+    await send(alice_client, 3, *envelopes[3:])
+
+    bob_client = await connect(server.ws_url)
+    await bob_client.authenticate(bob)
+    assert await bob_client.until_drained() == delivered(alice, *envelopes)
+
+
+async def test_server_deletes_acked_envelopes_from_the_database(
+    server: ServerProcess, connect: Connect, online: Online
+) -> None:
+    """After `ack` the envelopes are gone from the mailbox table; unknown ids are ignored."""
+    alice_client, _ = await online(server, "alice")
+    bob = await offline(server, online, "bob")
+    await send(alice_client, 1, outbound(bob, b"one"), outbound(bob, b"two"))
+    bob_client = await connect(server.ws_url)
+    await bob_client.authenticate(bob)
+    received = await bob_client.until_drained()
+    assert len(server.mailbox()) == 2
+
+    await bob_client.send(Ack(envelope_ids=[e.envelope_id for e in received] + [envelope_id()]))
+    await round_trip(bob_client, 1)
+    assert server.mailbox() == []
+
+
+async def test_server_pushes_to_a_connected_device_at_once(
+    server: ServerProcess, online: Online
+) -> None:
+    """A device that is online receives a new envelope without reconnecting."""
+    alice_client, alice = await online(server, "alice")
+    bob_client, bob = await online(server, "bob")
+    envelope = outbound(bob, b"live")
+    await send(alice_client, 1, envelope)
+    assert await bob_client.deliveries(1) == delivered(alice, envelope)
+
+
+async def test_server_stores_a_resent_envelope_once(
+    server: ServerProcess, connect: Connect, online: Online
+) -> None:
+    """The same envelope id sent twice (and twice in one frame) is stored and delivered once."""
+    alice_client, alice = await online(server, "alice")
+    bob = await offline(server, online, "bob")
+    envelope = outbound(bob, b"only once")
+    await send(alice_client, 1, envelope)
+    await send(alice_client, 2, envelope)
+    await send(alice_client, 3, envelope, envelope)
+    assert len(server.mailbox()) == 1
+
+    bob_client = await connect(server.ws_url)
+    await bob_client.authenticate(bob)
+    assert await bob_client.until_drained() == delivered(alice, envelope)
+
+
+async def test_server_keeps_a_sent_envelope_through_a_crash(
+    server: ServerProcess, connect: Connect, online: Online
+) -> None:
+    """kill -9 after `sent`, restart: the recipient gets the envelope exactly once."""
+    alice_client, alice = await online(server, "alice")
+    bob = await offline(server, online, "bob")
+    envelope = outbound(bob, b"survives")
+    await send(alice_client, 1, envelope)
+    server.kill()
+    server.start()
+
+    bob_client = await connect(server.ws_url)
+    await bob_client.authenticate(bob)
+    assert await bob_client.until_drained() == delivered(alice, envelope)
+    await bob_client.send(Ack(envelope_ids=[envelope.envelope_id]))
+    await round_trip(bob_client, 1)
+    await bob_client.close()
+
+    again = await connect(server.ws_url)
+    await again.authenticate(bob)
+    assert await again.until_drained() == []
+
+
+async def test_server_crash_before_sent_leaves_the_resend_idempotent(
+    server_factory: Callable[..., ServerProcess], connect: Connect, online: Online
+) -> None:
+    """Killed after the durable write but before `sent`: the sender's resend is stored once."""
+    server = server_factory(env={"OBROLAN_FAILPOINTS": "relay.after_store"})
+    alice_client, alice = await online(server, "alice")
+    bob = await offline(server, online, "bob")
+    envelope = outbound(bob, b"written, never acknowledged")
+    await alice_client.send(Send(id=1, envelopes=[envelope]))
+    await alice_client.expect_close()
+    assert server.stop() == -signal.SIGKILL  # the failpoint killed it before `sent`
+    assert len(server.mailbox()) == 1
+
+    server.env = {}
+    server.start()
+    alice_again = await connect(server.ws_url)
+    await alice_again.authenticate(alice)
+    await alice_again.until_drained()
+    await send(alice_again, 1, envelope)
+
+    bob_client = await connect(server.ws_url)
+    await bob_client.authenticate(bob)
+    assert await bob_client.until_drained() == delivered(alice, envelope)
+
+
+async def test_server_redelivers_unacked_envelopes_on_the_next_connection(
+    server: ServerProcess, connect: Connect, online: Online
+) -> None:
+    """An envelope delivered but not acked comes again on the device's next connection."""
+    alice_client, alice = await online(server, "alice")
+    bob_client, bob = await online(server, "bob")
+    envelope = outbound(bob, b"again")
+    await send(alice_client, 1, envelope)
+    assert await bob_client.deliveries(1) == delivered(alice, envelope)
+    await bob_client.close()
+
+    bob_again = await connect(server.ws_url)
+    await bob_again.authenticate(bob)
+    assert await bob_again.until_drained() == delivered(alice, envelope)
+
+
+async def test_server_keeps_at_most_the_delivery_window_unacked(
+    server: ServerProcess, connect: Connect, online: Online
+) -> None:
+    """With 300 queued, 256 (the window) are pushed; the rest and `drained` follow the acks."""
+    alice_client, _ = await online(server, "alice")
+    bob = await offline(server, online, "bob")
+    envelopes = [outbound(bob, i.to_bytes(2, "big")) for i in range(300)]
+    for n in range(3):
+        await send(alice_client, n + 1, *envelopes[n * 100 : (n + 1) * 100])
+
+    bob_client = await connect(server.ws_url)
+    window = bob_client.challenge.limits.delivery_window
+    assert window == 256
+    await bob_client.authenticate(bob)
+    first = await bob_client.deliveries(window)
+    assert len(first) == window
+    await round_trip(bob_client, 1)  # nothing more was pushed before this reply
+
+    await bob_client.send(Ack(envelope_ids=[e.envelope_id for e in first]))
+    rest = await bob_client.until_drained()
+    assert [e.envelope_id for e in first + rest] == [e.envelope_id for e in envelopes]
+
+
+async def test_server_refuses_sends_to_unknown_recipients_and_stores_nothing(
+    server: ServerProcess, online: Online
+) -> None:
+    """A frame naming an unknown user or device is refused as a whole."""
+    alice_client, _ = await online(server, "alice")
+    bob = await offline(server, online, "bob")
+    good = outbound(bob, b"good")
+    to_unknown_device = outbound(RawDevice("bob", "tablet"), b"bad")
+    to_unknown_user = outbound(RawDevice("nobody"), b"bad")
+
+    reply = await alice_client.request(Send(id=1, envelopes=[good, to_unknown_device]))
+    assert isinstance(reply, Error) and reply.id == 1 and reply.code is ErrorCode.UNKNOWN_DEVICE
+    reply = await alice_client.request(Send(id=2, envelopes=[good, to_unknown_user]))
+    assert isinstance(reply, Error) and reply.id == 2 and reply.code is ErrorCode.UNKNOWN_USER
+    assert server.mailbox() == []
+
+
+async def test_server_refuses_a_send_beyond_the_queue_limit(
+    server_factory: Callable[..., ServerProcess], online: Online
+) -> None:
+    """With --max-queue 3, a fourth waiting envelope gets queue_full; a resend does not count."""
+    server = server_factory("--max-queue", "3")
+    alice_client, _ = await online(server, "alice")
+    bob = await offline(server, online, "bob")
+    first, second, third = (outbound(bob, b"x") for _ in range(3))
+    await send(alice_client, 1, first, second)
+
+    reply = await alice_client.request(Send(id=2, envelopes=[third, outbound(bob, b"y")]))
+    assert isinstance(reply, Error) and reply.id == 2 and reply.code is ErrorCode.QUEUE_FULL
+    assert len(server.mailbox()) == 2
+    await send(alice_client, 3, first, second, third)
+    assert len(server.mailbox()) == 3
+
+
+async def test_server_refuses_too_many_envelopes_or_acks_in_one_frame(
+    server: ServerProcess, online: Online
+) -> None:
+    """More envelopes than max_envelopes_per_send, or ids than max_acks_per_frame: too_many_items."""
+    alice_client, _ = await online(server, "alice")
+    bob = await offline(server, online, "bob")
+    limits = alice_client.challenge.limits
+    reply = await alice_client.request(
+        Send(
+            id=1, envelopes=[outbound(bob, b"x") for _ in range(limits.max_envelopes_per_send + 1)]
+        )
+    )
+    assert isinstance(reply, Error) and reply.id == 1 and reply.code is ErrorCode.TOO_MANY_ITEMS
+    reply = await alice_client.request(
+        Ack(envelope_ids=[envelope_id() for _ in range(limits.max_acks_per_frame + 1)])
+    )
+    assert isinstance(reply, Error) and reply.id is None and reply.code is ErrorCode.TOO_MANY_ITEMS
+    assert server.mailbox() == []
+
+
+async def test_server_delivers_concurrent_senders_to_one_device(
+    server: ServerProcess, online: Online
+) -> None:
+    """Envelopes sent from many connections at once all arrive, each once."""
+    bob_client, bob = await online(server, "bob")
+    senders = [(await online(server, f"sender{i}"))[0] for i in range(8)]
+    batches = [[outbound(bob, f"{i}-{n}".encode()) for n in range(5)] for i in range(len(senders))]
+    await asyncio.gather(
+        *(send(client, 1, *batch) for client, batch in zip(senders, batches, strict=True))
+    )
+    received = await bob_client.deliveries(40)
+    assert sorted(e.envelope_id for e in received) == sorted(
+        e.envelope_id for batch in batches for e in batch
+    )
