@@ -8,6 +8,7 @@
      │    └── RemoteProtocolError     the peer sent something the spec forbids
      ├── RequestRefused               the server answered a request with an error frame
      ├── ServerUnreachable            no connection to the server could be made
+ ├── DeviceReplaced               another process connected as this device
      ├── InvalidMessage               a value breaks a limit (field, value, limit)
      ├── CryptoError
      │    ├── DecryptionError         a ciphertext could not be decrypted
@@ -32,6 +33,7 @@ __all__ = [
     "ConfigError",
     "CryptoError",
     "DecryptionError",
+    "DeviceReplaced",
     "IdentityChanged",
     "InvalidMessage",
     "InvalidState",
@@ -94,6 +96,19 @@ class ServerUnreachable(ObrolanError):
         super().__init__(f"cannot reach {url}: {reason}")
         self.url = url
         self.reason = reason
+
+
+class DeviceReplaced(ObrolanError):
+    """Raised when the server closed the connection because this device connected again.
+
+    Only one connection per device is served; the newer one wins (close code 4000).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this device is connected from another process (an `obrolan listen` elsewhere?); "
+            "only one connection per device is served"
+        )
 
 
 class InvalidMessage(ObrolanError):

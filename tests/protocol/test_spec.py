@@ -235,6 +235,11 @@ def test_spec_record_table_lists_every_field(struct: type[msgspec.Struct]) -> No
     check_field_table(struct, section(struct.__name__, level=3).body)
 
 
+def test_spec_info_table_lists_every_field() -> None:
+    """The `GET /v1/info` section's table lists every field of frames.Info."""
+    check_field_table(frames.Info, section("HTTP: `GET /v1/info").body)
+
+
 @pytest.mark.parametrize("tag", sorted(frames.frame_types()))
 def test_spec_frame_section_names_sender_and_state(tag: str) -> None:
     """Each frame says who sends it and in which connection state."""

@@ -45,6 +45,8 @@ from obrolan.crypto.signatures import verify_device_keys, verify_one_time_key
 from obrolan.errors import (
     ConfigError,
     CryptoError,
+    DecryptionError,
+    DeviceReplaced,
     InvalidState,
     ObrolanError,
     ProfileError,
@@ -360,8 +362,9 @@ class Client:
             else:
                 try:
                     await self._session(conn)
-                except RequestRefused as exc:
-                    if is_fatal(exc.code):
+                except (RequestRefused, DeviceReplaced) as exc:
+                    if isinstance(exc, DeviceReplaced) or is_fatal(exc.code):
+                        # Retrying cannot help: stop, and tell whoever waits.
                         self._fatal = exc
                         self._incoming.put_nowait(None)
                         self._notify()
@@ -640,14 +643,18 @@ class Client:
         return None if rowid is None else self._store.message(rowid)
 
     def _decrypt(self, sealed: content.OlmCiphertext) -> tuple[OlmSession, bytes, bool]:
+        pre_key = sealed.message_type == content.OLM_PRE_KEY
         for _, pickle in self._store.sessions_for(sealed.sender_key):
             session = OlmSession.from_pickle(pickle, self._vault.pickle_key)
-            if sealed.message_type == content.OLM_PRE_KEY and not session.matches(sealed):
+            if pre_key:
+                if session.matches(sealed):
+                    # Its session exists: a failure is a replay, never a reason for a new session.
+                    return session, session.decrypt(sealed), False
                 continue
-            with contextlib.suppress(CryptoError):
+            with contextlib.suppress(DecryptionError):
                 return session, session.decrypt(sealed), False
-        if sealed.message_type != content.OLM_PRE_KEY:
-            raise CryptoError("no session decrypts this message")
+        if not pre_key:
+            raise DecryptionError("no session decrypts this message")
         session, plaintext = self._identity.inbound_session(sealed.sender_key, sealed)
         return session, plaintext, True
 

@@ -20,6 +20,7 @@ import msgspec
 
 from obrolan.errors import (
     ConfigError,
+    DeviceReplaced,
     RemoteProtocolError,
     RequestRefused,
     ServerUnreachable,
@@ -29,6 +30,8 @@ from obrolan.protocol.codes import FATAL_CODES, ErrorCode
 
 __all__ = ["Connection", "ServerAddress"]
 
+REPLACED_CLOSE_CODE = 4000
+"""The server closes an older connection of a device with this code when a newer one arrives."""
 REQUEST_TIMEOUT = 30.0
 """Seconds to wait for the answer to one request before giving up on the connection."""
 
@@ -85,7 +88,7 @@ class ServerAddress:
 
 
 PushFrame = frames.Deliver | frames.Drained
-ObrolanErrorLike = ServerUnreachable | RequestRefused
+ObrolanErrorLike = ServerUnreachable | RequestRefused | DeviceReplaced
 
 
 class Connection:
@@ -226,7 +229,9 @@ class Connection:
         except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
             self.closed_reason = ServerUnreachable(self.address.url, _describe(exc))
         finally:
-            if self.closed_reason is None and self._ws.close_code not in (None, 1000):
+            if self._ws.close_code == REPLACED_CLOSE_CODE:
+                self.closed_reason = DeviceReplaced()
+            elif self.closed_reason is None and self._ws.close_code not in (None, 1000):
                 reason = f"the server closed the connection (code {self._ws.close_code})"
                 self.closed_reason = ServerUnreachable(self.address.url, reason)
             self._fail_pending()

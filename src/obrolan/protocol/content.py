@@ -25,7 +25,7 @@ __all__ = [
     "encode",
 ]
 
-MessageId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{16,64}$")]
+MessageId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{16,64}\Z")]
 
 OLM_PRE_KEY = 0
 """``message_type`` of an Olm pre-key message (it starts a session)."""

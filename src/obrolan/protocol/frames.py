@@ -46,16 +46,18 @@ __all__ = [
     "decode_client_frame",
     "decode_server_frame",
     "encode",
+    "frame_types",
+    "Info",
 ]
 
-Username = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_.-]{2,31}$")]
+Username = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_.-]{2,31}\Z")]
 """3 to 32 characters: lower-case letters, digits, ``_ . -``; starts with a letter or digit."""
-DeviceId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
-EnvelopeId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{16,64}$")]
-KeyId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9+/_-]{1,64}$")]
-PublicKey = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9+/]{43}$")]
+DeviceId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,32}\Z")]
+EnvelopeId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{16,64}\Z")]
+KeyId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9+/_-]{1,64}\Z")]
+PublicKey = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9+/]{43}\Z")]
 """A 32-byte Curve25519 or Ed25519 public key, unpadded base64."""
-Signature = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9+/]{86}$")]
+Signature = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9+/]{86}\Z")]
 """A 64-byte Ed25519 signature, unpadded base64."""
 RequestId = Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
 
@@ -253,6 +255,21 @@ ServerFrame = (
     Challenge | Welcome | Error | KeysUploaded | Devices | ClaimedKeys | Sent | Deliver | Drained
 )
 
+# --- HTTP bodies --------------------------------------------------------------------------
+
+
+class Info(msgspec.Struct, frozen=True):
+    """The body of ``GET /v1/info``: what a client needs before it connects."""
+
+    server: str
+    """Always ``"obrolan"``."""
+    version: str
+    """The server's software version (informative only)."""
+    versions: list[int]
+    """Protocol versions the server speaks."""
+    limits: Limits
+
+
 # --- codec --------------------------------------------------------------------------------
 
 _encoder = msgspec.json.Encoder()
@@ -267,7 +284,9 @@ def encode(frame: msgspec.Struct) -> bytes:
     return _encoder.encode(frame)
 
 
-def _refine(data: bytes | str, exc: msgspec.DecodeError, tags: frozenset[str]) -> RemoteProtocolError:
+def _refine(
+    data: bytes | str, exc: msgspec.DecodeError, tags: frozenset[str]
+) -> RemoteProtocolError:
     # Only on the error path: tell an unknown type apart from a malformed frame.
     try:
         raw = msgspec.json.decode(data)
@@ -279,6 +298,8 @@ def _refine(data: bytes | str, exc: msgspec.DecodeError, tags: frozenset[str]) -
         return RemoteProtocolError(
             f"unknown frame type {raw['type']!r}", ErrorCode.UNKNOWN_FRAME_TYPE
         )
+    if raw["type"] == "register" and str(exc).endswith("at `$.username`"):
+        return RemoteProtocolError(f"invalid username: {exc}", ErrorCode.INVALID_USERNAME)
     return RemoteProtocolError(f"malformed {raw['type']} frame: {exc}")
 
 

@@ -37,4 +37,4 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
         # A frame must hold at least one maximal envelope, base64-encoded, with room for JSON.
         needed = self.max_envelope_bytes * 4 // 3 + 64 * 1024
         if self.max_frame_bytes < needed:
-            object.__setattr__(self, "max_frame_bytes", needed)
+            msgspec.structs.force_setattr(self, "max_frame_bytes", needed)
