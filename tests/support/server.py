@@ -158,17 +158,26 @@ class ServerProcess:
         """SIGKILL the process (a crash: no shutdown code runs)."""
         self._end(signal.SIGKILL)
 
+    def send_signal(self, signum: signal.Signals) -> None:
+        """Send a signal to the running process without waiting for it."""
+        assert self._process is not None, "the server is not running"
+        self._process.send_signal(signum)
+
+    def wait(self) -> int:
+        """Wait for the process to exit on its own; returns the exit code."""
+        return self._end(None)
+
     def restart(self) -> ServerProcess:
         """Stop (gracefully) if running, then start again on the same data directory and port."""
         if self.running:
             self.stop()
         return self.start()
 
-    def _end(self, signum: signal.Signals) -> int:
+    def _end(self, signum: signal.Signals | None) -> int:
         process = self._process
         if process is None:
             return 0
-        if process.poll() is None:
+        if signum is not None and process.poll() is None:
             process.send_signal(signum)
         try:
             code = process.wait(timeout=_STOP_GUARD_SECONDS)

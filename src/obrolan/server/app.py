@@ -30,6 +30,8 @@ _logger = logging.getLogger(__name__)
 _HEARTBEAT_SECONDS = 30.0
 """A connection that does not answer a ping within half of this is closed."""
 _SHUTDOWN_SECONDS = 5.0
+_CLOSE_SECONDS = 2.0
+"""How long closing a connection waits for the client's close frame."""
 
 
 def info(limits: Limits) -> bytes:
@@ -72,6 +74,7 @@ def build_app(relay: Relay) -> web.Application:
             max_msg_size=relay.limits.max_frame_bytes,
             compress=False,  # ciphertext does not compress; deflate would only cost CPU
             heartbeat=_HEARTBEAT_SECONDS,
+            timeout=_CLOSE_SECONDS,
             decode_text=False,  # msgspec parses the UTF-8 bytes itself
         )
         await ws.prepare(request)

@@ -8,8 +8,9 @@ Durability and deletion:
   commits once (one fsync for the group), then resolves each caller's future on the
   event loop. So "answer only after the durable write" costs one fsync per group,
   not per request.
-* ``secure_delete=ON`` zeroes deleted rows in the pages; once the writer has been
-  idle for :data:`IDLE_CHECKPOINT_SECONDS` after a write it runs
+* ``secure_delete=ON`` zeroes deleted rows in the pages; once the writer has had no
+  write for :data:`IDLE_CHECKPOINT_SECONDS` (or at the latest
+  :data:`MAX_CHECKPOINT_DELAY_SECONDS` after a write) it runs
   ``wal_checkpoint(TRUNCATE)``, so no deleted ciphertext stays in the WAL either.
 
 Reads run on the event loop's thread over a second connection: they are short
@@ -41,7 +42,12 @@ from obrolan.protocol.frames import (
 from obrolan.server.address import DeviceAddress
 from obrolan.server.storage.base import NOT_HELD, PendingEnvelope, Storage
 
-__all__ = ["IDLE_CHECKPOINT_SECONDS", "SCHEMA_VERSION", "SqliteStorage"]
+__all__ = [
+    "IDLE_CHECKPOINT_SECONDS",
+    "MAX_CHECKPOINT_DELAY_SECONDS",
+    "SCHEMA_VERSION",
+    "SqliteStorage",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -49,7 +55,9 @@ T = TypeVar("T")
 _Op = Callable[[sqlite3.Connection], Any]
 
 IDLE_CHECKPOINT_SECONDS = 0.5
-"""How long the writer waits without work before it truncates the WAL."""
+"""How long the writer waits without writes before it truncates the WAL."""
+MAX_CHECKPOINT_DELAY_SECONDS = 5.0
+"""Under steady writes, the WAL is truncated at least this often."""
 _MAX_GROUP = 512
 """Most operations committed in one transaction."""
 _BUSY_TIMEOUT_MS = 2000
@@ -227,19 +235,23 @@ class _Writer:
             self._resolve([(self._ready, None, exc)])
             return
         self._resolve([(self._ready, None, None)])
-        dirty = False  # written since the last checkpoint
+        checkpoint = _CheckpointSchedule()
         while True:
-            try:
-                item = self._queue.get(timeout=IDLE_CHECKPOINT_SECONDS if dirty else None)
-            except queue.Empty:
-                dirty = not _checkpoint(conn)
+            timeout = checkpoint.seconds_left()
+            if timeout == 0.0:
+                checkpoint.done(_checkpoint(conn))
                 continue
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                continue  # the checkpoint is due now
             if item is None:
                 break
             group, stop = self._take_group(item)
             changes = conn.total_changes
             self._commit_group(conn, group)
-            dirty = dirty or conn.total_changes != changes
+            if conn.total_changes != changes:
+                checkpoint.wrote()
             if stop:
                 break
         _checkpoint(conn)
@@ -292,6 +304,38 @@ class _Writer:
 
     def _resolve(self, outcomes: list[_Outcome]) -> None:
         self._loop.call_soon_threadsafe(_settle, outcomes)
+
+
+class _CheckpointSchedule:
+    """When the writer should truncate the WAL: once idle after a write, or at the latest
+    :data:`MAX_CHECKPOINT_DELAY_SECONDS` after the first write since the last checkpoint,
+    so a steady stream of requests cannot keep deleted ciphertext in the WAL."""
+
+    def __init__(self) -> None:
+        self._first_write: float | None = None
+        self._last_write = 0.0
+
+    def wrote(self) -> None:
+        """A committed group changed the database."""
+        self._last_write = time.monotonic()
+        if self._first_write is None:
+            self._first_write = self._last_write
+
+    def seconds_left(self) -> float | None:
+        """Seconds until the checkpoint is due (0.0: now), or None if nothing was written."""
+        if self._first_write is None:
+            return None
+        due = min(
+            self._last_write + IDLE_CHECKPOINT_SECONDS,
+            self._first_write + MAX_CHECKPOINT_DELAY_SECONDS,
+        )
+        return max(0.0, due - time.monotonic())
+
+    def done(self, complete: bool) -> None:
+        """The checkpoint ran; if a reader held it up, try again after another idle period."""
+        self._first_write = None
+        if not complete:
+            self.wrote()
 
 
 def _checkpoint(conn: sqlite3.Connection) -> bool:

@@ -1,0 +1,116 @@
+"""`obrolan admin disclose` and `stats`: everything held about an account, never ciphertext."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from obrolan.protocol.frames import Ack
+from tests.server.conftest import Connect, Online
+from tests.server.exchange import offline, round_trip, send
+from tests.support.raw_client import outbound
+from tests.support.server import ServerProcess
+
+ADMIN_GUARD_SECONDS = 60
+
+
+async def admin(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m obrolan.server admin ARGS`` as the operator would."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "obrolan.server", "admin", *args],
+        capture_output=True,
+        text=True,
+        timeout=ADMIN_GUARD_SECONDS,
+        check=False,
+    )
+
+
+async def admin_json(*args: str) -> Any:
+    result = await admin(*args)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+async def test_admin_discloses_an_account_without_any_ciphertext(
+    server: ServerProcess, connect: Connect, online: Online
+) -> None:
+    """While the server runs, disclose lists keys, days and queued envelope metadata, never content."""
+    alice_client, _ = await online(server, "alice")
+    bob = await offline(server, online, "bob")
+    secrets_sent = [b"SECRET-CIPHERTEXT-ONE", b"SECRET-CIPHERTEXT-TWO"]
+    envelopes = [outbound(bob, data) for data in secrets_sent]
+    await send(alice_client, 1, *envelopes)
+    data = str(server.data_dir)
+
+    result = await admin("disclose", "bob", "--data", data)
+    assert result.returncode == 0, result.stderr
+    for secret in secrets_sent:
+        assert secret.decode() not in result.stdout
+        assert base64.b64encode(secret).decode()[:16] not in result.stdout
+    disclosed = json.loads(result.stdout)
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    expiry = re.compile(r"\d{4}-\d\d-\d\d")
+    assert disclosed["username"] == "bob" and disclosed["created_day"] == today
+    (device,) = disclosed["devices"]
+    assert device == {
+        "device_id": "phone",
+        "ed25519": bob.keys().ed25519,
+        "curve25519": bob.keys().curve25519,
+        "signature": device["signature"],
+        "created_day": today,
+        "last_active_day": today,
+        "unclaimed_one_time_keys": 5,
+        "fallback_key_held": True,
+    }
+    assert [
+        (q["envelope_id"], q["to_device"], q["from_user"], q["from_device"], q["size"])
+        for q in disclosed["queued_for_account"]
+    ] == [(e.envelope_id, "phone", "alice", "phone", len(e.ciphertext)) for e in envelopes]
+    assert all(expiry.fullmatch(q["expires_day"]) for q in disclosed["queued_for_account"])
+    assert disclosed["queued_from_account"] == []
+    assert "IP addresses" in disclosed["not_held"]
+
+    sender_side = await admin_json("disclose", "alice", "--data", data)
+    assert [
+        (q["envelope_id"], q["to_user"], q["to_device"]) for q in sender_side["queued_from_account"]
+    ] == [(e.envelope_id, "bob", "phone") for e in envelopes]
+    stats = await admin_json("stats", "--data", data)
+    assert stats == {
+        "accounts": 2,
+        "devices": 2,
+        "one_time_keys": 10,
+        "queued_envelopes": 2,
+        "queued_bytes": sum(len(s) for s in secrets_sent),
+    }
+
+    bob_client = await connect(server.ws_url)
+    await bob_client.authenticate(bob)
+    await bob_client.send(
+        Ack(envelope_ids=[e.envelope_id for e in await bob_client.until_drained()])
+    )
+    await round_trip(bob_client, 1)
+    assert (await admin_json("disclose", "bob", "--data", data))["queued_for_account"] == []
+    assert (await admin_json("disclose", "alice", "--data", data))["queued_from_account"] == []
+    assert (await admin_json("stats", "--data", data))["queued_envelopes"] == 0
+
+
+async def test_admin_answers_unknown_accounts_and_missing_data_in_one_line(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """An unknown username or a directory without a server database is one line on stderr, exit 1."""
+    unknown = await admin("disclose", "nobody", "--data", str(server.data_dir))
+    assert (unknown.returncode, unknown.stdout) == (1, "")
+    assert unknown.stderr.strip() == "obrolan: unknown user: nobody"
+
+    missing = await admin("stats", "--data", str(tmp_path / "nothing-here"))
+    assert missing.returncode == 1 and len(missing.stderr.strip().splitlines()) == 1
+    assert "no obrolan server database" in missing.stderr
+    assert not (tmp_path / "nothing-here").exists()  # reading never creates a database
