@@ -57,15 +57,19 @@ def _cpu_model() -> str:
     return match.group(1).strip() if match else platform.processor() or "unknown CPU"
 
 
-def _can_pin() -> bool:
-    return hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > LOAD_CORE
+# Decided once at import: after pin_load_generator() this process sees only its own core.
+_CAN_PIN = (
+    hasattr(os, "sched_setaffinity")
+    and {SERVER_CORE, LOAD_CORE} <= os.sched_getaffinity(0)
+    and shutil.which("taskset") is not None
+)
 
 
 def describe_machine() -> str:
     """One line naming the CPU, the cores, the kernel and Python, printed atop every run."""
     pinning = (
         f"server on core {SERVER_CORE}, load generator on core {LOAD_CORE}"
-        if _can_pin() and shutil.which("taskset")
+        if _CAN_PIN
         else "NOT pinned (needs 2 cores and taskset)"
     )
     return (
@@ -77,7 +81,7 @@ def describe_machine() -> str:
 
 def pin_load_generator() -> None:
     """Move this process onto the load generator's core, away from the server's."""
-    if _can_pin():
+    if _CAN_PIN:
         os.sched_setaffinity(0, {LOAD_CORE})
 
 
@@ -127,7 +131,7 @@ class ServerProcess:
             log_dir: where the server's stderr is kept (shown if it fails to start).
         """
         self.name = name
-        pin = ["taskset", "-c", str(SERVER_CORE)] if _can_pin() and shutil.which("taskset") else []
+        pin = ["taskset", "-c", str(SERVER_CORE)] if _CAN_PIN else []
         self.stderr_path = log_dir / f"{name}.stderr"
         self._stderr = self.stderr_path.open("wb")
         self._popen = subprocess.Popen(
@@ -165,6 +169,7 @@ class ServerProcess:
                 if match:
                     # A full pipe would block the server: drain whatever it prints later.
                     threading.Thread(target=stdout.read, daemon=True).start()
+                    self._check_pinned()
                     return match
         self.stop()
         raise RuntimeError(f"{self.name} did not start: {self._stderr_tail()}")
@@ -179,11 +184,17 @@ class ServerProcess:
         while time.monotonic() < deadline and self._popen.poll() is None:
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+                self._check_pinned()
                 return
             except OSError:
                 time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"{self.name} did not open port {port}: {self._stderr_tail()}")
+
+    def _check_pinned(self) -> None:
+        if _CAN_PIN and self.process.cpu_affinity() != [SERVER_CORE]:
+            self.stop()
+            raise RuntimeError(f"{self.name} is not pinned to core {SERVER_CORE}")
 
     def cpu_seconds(self) -> float:
         """User plus system CPU time the server has used so far."""
