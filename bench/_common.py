@@ -199,7 +199,7 @@ class ServerProcess:
     def cpu_seconds(self) -> float:
         """User plus system CPU time the server has used so far."""
         times = self.process.cpu_times()
-        return times.user + times.system
+        return float(times.user + times.system)
 
     def rss_bytes(self) -> int:
         """The server's resident set size now."""

@@ -15,6 +15,7 @@ from _wsclient import RawWebSocket
 
 from obrolan.crypto import DeviceIdentity, verify_device_keys, verify_one_time_key
 from obrolan.crypto.olm import OlmSession
+from obrolan.errors import RequestRefused
 from obrolan.protocol import frames
 from obrolan.protocol.limits import PROTOCOL_VERSION
 from obrolan.protocol.signing import auth_bytes
@@ -42,14 +43,15 @@ async def expect_frame(ws: RawWebSocket, kind: type[msgspec.Struct]) -> frames.S
     """The next frame of type ``kind``, skipping pushes such as ``drained``.
 
     Raises:
-        RuntimeError: the server answered with an error or closed the connection.
+        RequestRefused: the server answered with an error frame.
+        RuntimeError: the server closed the connection.
     """
     while True:
         frame = await receive_frame(ws)
         if isinstance(frame, kind):
             return frame
         if isinstance(frame, frames.Error):
-            raise RuntimeError(f"server refused: {frame.code} {frame.message}")
+            raise RequestRefused(frame.code, frame.message)
 
 
 class BenchDevice:
@@ -73,7 +75,8 @@ class BenchDevice:
             one_time_keys: how many signed one-time keys (plus a fallback key) to publish.
 
         Raises:
-            RuntimeError: the server refused or closed the connection.
+            RequestRefused: the server refused.
+            RuntimeError: the server closed the connection.
         """
         ws, nonce = await self._open(ws_url)
         keys = self.identity.new_one_time_keys(one_time_keys) if one_time_keys else []
@@ -93,7 +96,8 @@ class BenchDevice:
         """Open a new connection and authenticate it as this (registered) device.
 
         Raises:
-            RuntimeError: the server refused or closed the connection.
+            RequestRefused: the server refused.
+            RuntimeError: the server closed the connection.
         """
         ws, nonce = await self._open(ws_url)
         authenticate = frames.Authenticate(
@@ -110,7 +114,8 @@ class BenchDevice:
         """Claim a key of ``peer``'s device over ``ws`` and start an Olm session with it.
 
         Raises:
-            RuntimeError: the server refused, or the peer has no key to claim.
+            RequestRefused: the server refused.
+            RuntimeError: the peer has no key to claim.
             SignatureError: the claimed keys are not signed by the peer's device.
         """
         ws.send_text(frames.encode(frames.ClaimKeys(id=1, username=peer)))

@@ -59,7 +59,9 @@ class RawMqtt(asyncio.Protocol):
         async with asyncio.timeout(timeout):
             _, protocol = await loop.create_connection(lambda: cls(client_id), host, port)
             connack = protocol._expect(0)
-            variable = _string(b"MQTT") + bytes((4, 0x02)) + struct.pack("!H", 0)  # clean, no keep-alive
+            variable = (
+                _string(b"MQTT") + bytes((4, 0x02)) + struct.pack("!H", 0)
+            )  # clean, no keep-alive
             protocol._packet(0x10, variable + _string(client_id.encode()))
             code = await connack
         if code != 0:

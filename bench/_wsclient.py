@@ -57,10 +57,13 @@ class RawWebSocket(asyncio.Protocol):
         """Open ``ws://host:port/path?query`` and complete the upgrade.
 
         Raises:
+            ValueError: ``url`` is not ``ws://HOST:PORT/...``.
             RuntimeError: the server refused the upgrade.
             OSError, TimeoutError: no connection within ``timeout``.
         """
         parts = urlsplit(url)
+        if parts.scheme != "ws" or not parts.hostname or parts.port is None:
+            raise ValueError(f"expected ws://HOST:PORT/PATH, not {url!r}")
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(timeout):

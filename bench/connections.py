@@ -108,7 +108,9 @@ async def _bounded(
         return await asyncio.gather(*(one(i) for i in range(count)))
 
 
-async def register_all(devices: list[BenchDevice], workdir: Path, data: Path, concurrency: int) -> None:
+async def register_all(
+    devices: list[BenchDevice], workdir: Path, data: Path, concurrency: int
+) -> None:
     """Create every account on a server that is stopped afterwards."""
     server, base = start("obrolan", workdir, data)
     try:
@@ -177,15 +179,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0],
         epilog="Example: python bench/connections.py --count 10000",
     )
-    parser.add_argument("--count", type=int, default=2000, help=f"idle connections, at most {MAX_COUNT} (default 2000)")
-    parser.add_argument("--concurrency", type=int, default=64, help="connections being opened at once (default 64)")
-    parser.add_argument("--settle", type=float, default=2.0, help="seconds to wait before reading RSS (default 2)")
-    parser.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated, from {', '.join(TARGETS)} (default all)")
+    parser.add_argument(
+        "--count",
+        type=int,
+        default=2000,
+        help=f"idle connections, at most {MAX_COUNT} (default 2000)",
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=64, help="connections being opened at once (default 64)"
+    )
+    parser.add_argument(
+        "--settle", type=float, default=2.0, help="seconds to wait before reading RSS (default 2)"
+    )
+    parser.add_argument(
+        "--targets",
+        default=",".join(TARGETS),
+        help=f"comma-separated, from {', '.join(TARGETS)} (default all)",
+    )
     args = parser.parse_args(argv)
     args.target_list = [t for t in args.targets.split(",") if t]
     unknown = set(args.target_list) - set(TARGETS)
     if unknown:
-        parser.error(f"unknown target(s) {', '.join(sorted(unknown))}; choose from {', '.join(TARGETS)}")
+        parser.error(
+            f"unknown target(s) {', '.join(sorted(unknown))}; choose from {', '.join(TARGETS)}"
+        )
     if not 1 <= args.count <= MAX_COUNT or args.concurrency < 1 or not 0 <= args.settle <= 60:
         parser.error(f"--count must be 1..{MAX_COUNT}, --concurrency positive, --settle 0..60")
     return args
@@ -204,7 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     pin_load_generator()
     limit = raise_fd_limit()
     if limit < args.count + 100:
-        print(f"the open-file limit is {limit}: raise it (ulimit -Hn) for {args.count} connections", file=sys.stderr)
+        print(
+            f"the open-file limit is {limit}: raise it (ulimit -Hn) for {args.count} connections",
+            file=sys.stderr,
+        )
         return 2
     results = asyncio.run(run(args))
     print()
@@ -213,12 +233,17 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     for result in results:
         if result.open_after_settle != result.count:
-            print(f"{result.target}: only {result.open_after_settle} of {result.count} stayed open", file=sys.stderr)
+            print(
+                f"{result.target}: only {result.open_after_settle} of {result.count} stayed open",
+                file=sys.stderr,
+            )
             failed = True
         if result.target == "obrolan":
             per = result.bytes_per_connection
             verdict = "met" if per <= BYTES_TARGET else f"NOT met ({per / BYTES_TARGET:.1f}x)"
-            print(f"obrolan <= {BYTES_TARGET / 1000:g} kB per idle authenticated connection: {verdict} ({per / 1000:.1f} kB)")
+            print(
+                f"obrolan <= {BYTES_TARGET / 1000:g} kB per idle authenticated connection: {verdict} ({per / 1000:.1f} kB)"
+            )
             print(f"obrolan held {result.open_after_settle} concurrent authenticated connections")
     return 1 if failed else 0
 

@@ -91,7 +91,9 @@ def encode_ack(envelope_ids: list[bytes]) -> bytes:
     return _ACK_HEAD + _ACK_JOIN.join(envelope_ids) + _ACK_TAIL
 
 
-if encode_ack([b"a" * 16, b"b" * 16]) != frames.encode(frames.Ack(envelope_ids=["a" * 16, "b" * 16])):
+if encode_ack([b"a" * 16, b"b" * 16]) != frames.encode(
+    frames.Ack(envelope_ids=["a" * 16, "b" * 16])
+):
     raise RuntimeError("obrolan's ack frame changed: update bench/relay.py's template")
 
 
@@ -214,7 +216,9 @@ class Load:
             issued += due
             await asyncio.sleep(TICK)
 
-    async def run(self, target: str, server: ServerProcess, warmup: float, seconds: float) -> Measurement:
+    async def run(
+        self, target: str, server: ServerProcess, warmup: float, seconds: float
+    ) -> Measurement:
         """Send for ``warmup`` + ``seconds``, measuring the last ``seconds``, then drain."""
         start = time.perf_counter()
         self.sending = True
@@ -257,7 +261,9 @@ class Load:
 # --- envelopes ----------------------------------------------------------------------------
 
 
-def make_pool(sender: BenchDevice, receiver: BenchDevice, session: OlmSession, text_bytes: int) -> list[bytes]:
+def make_pool(
+    sender: BenchDevice, receiver: BenchDevice, session: OlmSession, text_bytes: int
+) -> list[bytes]:
     """Real envelopes' ciphertexts from ``sender`` to ``receiver``, as a client makes them."""
     text = ("obrolan benchmark message, " * (text_bytes // 27 + 1))[:text_bytes]
     pool = []
@@ -271,7 +277,9 @@ def make_pool(sender: BenchDevice, receiver: BenchDevice, session: OlmSession, t
                 message_id=f"m{number:015d}", sent_at_ms=int(time.time() * 1000), text=text
             ),
         )
-        ciphertext = session.encrypt(content.encode(plaintext), sender_key=sender.identity.curve25519)
+        ciphertext = session.encrypt(
+            content.encode(plaintext), sender_key=sender.identity.curve25519
+        )
         pool.append(content.encode(ciphertext))
     return pool
 
@@ -293,7 +301,10 @@ class FrameLink:
         self.tails: list[bytes] = []
         for ciphertext in pool:
             envelope = frames.OutboundEnvelope(
-                envelope_id=_PLACEHOLDER, to_user=to_user, to_device=DEVICE_ID, ciphertext=ciphertext
+                envelope_id=_PLACEHOLDER,
+                to_user=to_user,
+                to_device=DEVICE_ID,
+                ciphertext=ciphertext,
             )
             sample = frames.encode(frames.Send(id=0, envelopes=[envelope]))
             if not sample.startswith(_SEND_HEAD + b"0,"):
@@ -303,7 +314,9 @@ class FrameLink:
 
     def send(self, envelope_id: bytes, seq: int) -> None:
         """Queue the pool's next ciphertext under a new envelope id (request id ``seq``)."""
-        self.ws.send_text(_SEND_HEAD + b"%d" % seq + self.middle + envelope_id + self.tails[seq % POOL_SIZE])
+        self.ws.send_text(
+            _SEND_HEAD + b"%d" % seq + self.middle + envelope_id + self.tails[seq % POOL_SIZE]
+        )
 
 
 def _decode_or_record(payload: bytes, load: Load, who: str) -> frames.ServerFrame | None:
@@ -346,7 +359,12 @@ def receiver_handler(load: Load, ws: RawWebSocket) -> Callable[[bytes], None]:
 
 
 async def check_first_delivery(
-    pair: int, sender: BenchDevice, sender_ws: RawWebSocket, receiver: BenchDevice, receiver_ws: RawWebSocket, first: bytes
+    pair: int,
+    sender: BenchDevice,
+    sender_ws: RawWebSocket,
+    receiver: BenchDevice,
+    receiver_ws: RawWebSocket,
+    first: bytes,
 ) -> None:
     """Send the session's first envelope and have the receiver really decrypt it.
 
@@ -355,7 +373,10 @@ async def check_first_delivery(
             message for this receiver.
     """
     envelope = frames.OutboundEnvelope(
-        envelope_id=f"check{pair:011d}", to_user=receiver.username, to_device=DEVICE_ID, ciphertext=first
+        envelope_id=f"check{pair:011d}",
+        to_user=receiver.username,
+        to_device=DEVICE_ID,
+        ciphertext=first,
     )
     sender_ws.send_text(frames.encode(frames.Send(id=0, envelopes=[envelope])))
     await expect_frame(sender_ws, frames.Sent)
@@ -387,9 +408,13 @@ async def connect_frames(
                 opened.append(sender_ws)
                 session = await sender.claim_session(sender_ws, receiver.username)
             else:
-                receiver_ws = await RawWebSocket.connect(f"{ws_base}/ws?device={receiver.username}/{DEVICE_ID}")
+                receiver_ws = await RawWebSocket.connect(
+                    f"{ws_base}/ws?device={receiver.username}/{DEVICE_ID}"
+                )
                 opened.append(receiver_ws)
-                sender_ws = await RawWebSocket.connect(f"{ws_base}/ws?device={sender.username}/{DEVICE_ID}")
+                sender_ws = await RawWebSocket.connect(
+                    f"{ws_base}/ws?device={sender.username}/{DEVICE_ID}"
+                )
                 opened.append(sender_ws)
                 session = sender.local_session(receiver)
             pool = make_pool(sender, receiver, session, text_bytes)
@@ -398,7 +423,9 @@ async def connect_frames(
         receiver_ws.on_text = receiver_handler(load, receiver_ws)
         return FrameLink(sender_ws, receiver.username, pool)
 
-    return await asyncio.gather(*(connect(i, s, r) for i, (s, r) in enumerate(make_pairs(load.pairs))))
+    return await asyncio.gather(
+        *(connect(i, s, r) for i, (s, r) in enumerate(make_pairs(load.pairs)))
+    )
 
 
 # --- mosquitto ----------------------------------------------------------------------------
@@ -431,7 +458,9 @@ def mqtt_handler(load: Load) -> Callable[[bytes], None]:
     return handle
 
 
-async def connect_mqtt(port: int, load: Load, opened: list[RawWebSocket | RawMqtt], text_bytes: int) -> list[Link]:
+async def connect_mqtt(
+    port: int, load: Load, opened: list[RawWebSocket | RawMqtt], text_bytes: int
+) -> list[Link]:
     """Connect a subscribed receiver and a sender client per pair."""
     links: list[Link] = []
     for sender, receiver in make_pairs(load.pairs):
@@ -502,20 +531,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0],
         epilog="Example: python bench/relay.py --pairs 50 --rate 2000,0 --seconds 10",
     )
-    parser.add_argument("--pairs", type=int, default=50, help="concurrent sender/receiver pairs (default 50)")
+    parser.add_argument(
+        "--pairs", type=int, default=50, help="concurrent sender/receiver pairs (default 50)"
+    )
     parser.add_argument(
         "--rate",
         default="2000,0",
         help="total msgs/s to offer, comma-separated for several runs; 0 = flat out (default 2000,0)",
     )
-    parser.add_argument("--seconds", type=float, default=10.0, help=f"measured window per run, at most {MAX_SECONDS} (default 10)")
-    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before the window (default 2)")
     parser.add_argument(
-        "--window", type=int, default=16, help="flat out: envelopes each pair keeps in flight (default 16)"
+        "--seconds",
+        type=float,
+        default=10.0,
+        help=f"measured window per run, at most {MAX_SECONDS} (default 10)",
     )
-    parser.add_argument("--text-bytes", type=int, default=100, help="text length of each message (default 100)")
     parser.add_argument(
-        "--targets", default=",".join(TARGETS), help=f"comma-separated, from {', '.join(TARGETS)} (default all)"
+        "--warmup", type=float, default=2.0, help="unmeasured seconds before the window (default 2)"
+    )
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=16,
+        help="flat out: envelopes each pair keeps in flight (default 16)",
+    )
+    parser.add_argument(
+        "--text-bytes", type=int, default=100, help="text length of each message (default 100)"
+    )
+    parser.add_argument(
+        "--targets",
+        default=",".join(TARGETS),
+        help=f"comma-separated, from {', '.join(TARGETS)} (default all)",
     )
     args = parser.parse_args(argv)
     try:
@@ -525,10 +570,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.target_list = [t for t in args.targets.split(",") if t]
     unknown = set(args.target_list) - set(TARGETS)
     if unknown:
-        parser.error(f"unknown target(s) {', '.join(sorted(unknown))}; choose from {', '.join(TARGETS)}")
+        parser.error(
+            f"unknown target(s) {', '.join(sorted(unknown))}; choose from {', '.join(TARGETS)}"
+        )
     if not 0 < args.seconds <= MAX_SECONDS or not 0 <= args.warmup <= MAX_SECONDS:
         parser.error(f"--seconds must be in (0, {MAX_SECONDS}] and --warmup in [0, {MAX_SECONDS}]")
-    if args.pairs < 1 or args.window < 1 or any(rate < 0 for rate in args.rates) or args.text_bytes < 1:
+    if (
+        args.pairs < 1
+        or args.window < 1
+        or any(rate < 0 for rate in args.rates)
+        or args.text_bytes < 1
+    ):
         parser.error("--pairs, --window and --text-bytes must be positive, --rate not negative")
     return args
 
@@ -553,13 +605,20 @@ def summarize(results: list[Measurement]) -> None:
             if anchor is not None:
                 ratio = obrolan.cpu_us_per_message / anchor.cpu_us_per_message
                 print(f"{label}: server CPU per message, obrolan/{other} = {ratio:.1f}x")
-        print(f"{label}: obrolan <= {CPU_TARGET_US:g} µs/msg: {verdict(obrolan.cpu_us_per_message, CPU_TARGET_US)}")
+        print(
+            f"{label}: obrolan <= {CPU_TARGET_US:g} µs/msg: {verdict(obrolan.cpu_us_per_message, CPU_TARGET_US)}"
+        )
         mosquitto = by_key.get(("mosquitto", rate))
         if mosquitto is not None:
             stretch = 2 * mosquitto.cpu_us_per_message
-            print(f"{label}: stretch, within 2x of mosquitto QoS 1: {verdict(obrolan.cpu_us_per_message, stretch)}")
+            print(
+                f"{label}: stretch, within 2x of mosquitto QoS 1: {verdict(obrolan.cpu_us_per_message, stretch)}"
+            )
         if rate == LATENCY_TARGET_RATE:
-            p50, p99 = percentile(obrolan.latencies, 0.5) * 1e3, percentile(obrolan.latencies, 0.99) * 1e3
+            p50, p99 = (
+                percentile(obrolan.latencies, 0.5) * 1e3,
+                percentile(obrolan.latencies, 0.99) * 1e3,
+            )
             print(f"{label}: obrolan p50 <= {P50_TARGET_MS:g} ms: {verdict(p50, P50_TARGET_MS)}")
             print(f"{label}: obrolan p99 <= {P99_TARGET_MS:g} ms: {verdict(p99, P99_TARGET_MS)}")
 
@@ -571,10 +630,16 @@ async def run(args: argparse.Namespace) -> list[Measurement]:
         for rate in args.rates:
             for target in args.target_list:
                 if target == "mosquitto" and mosquitto_binary() is None:
-                    print("mosquitto is not installed (apt-get install mosquitto): skipped", flush=True)
+                    print(
+                        "mosquitto is not installed (apt-get install mosquitto): skipped",
+                        flush=True,
+                    )
                     continue
                 label = f"{rate} msgs/s" if rate else "flat out"
-                print(f"running {target} at {label}: {args.pairs} pairs, {args.seconds:g} s ...", flush=True)
+                print(
+                    f"running {target} at {label}: {args.pairs} pairs, {args.seconds:g} s ...",
+                    flush=True,
+                )
                 results.append(await measure(target, rate, args, Path(tmp)))
     return results
 
@@ -595,7 +660,11 @@ def main(argv: list[str] | None = None) -> int:
         for m in results
         if m.undelivered
     ]
-    problems += [(m, f"{m.skipped} scheduled sends skipped: the window was full") for m in results if m.skipped]
+    problems += [
+        (m, f"{m.skipped} scheduled sends skipped: the window was full")
+        for m in results
+        if m.skipped
+    ]
     for m, problem in problems:
         print(f"problem in {m.target} at rate {m.rate or 'max'}: {problem}", file=sys.stderr)
     return 1 if problems else 0
