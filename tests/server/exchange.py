@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+
 from obrolan.protocol.frames import (
     Deliver,
     Devices,
@@ -16,7 +19,10 @@ from tests.server.conftest import Online
 from tests.support.raw_client import RawClient, RawDevice
 from tests.support.server import ServerProcess
 
-__all__ = ["delivered", "offline", "round_trip", "send"]
+__all__ = ["POLL_GUARD_SECONDS", "delivered", "offline", "round_trip", "send", "wait_until"]
+
+POLL_GUARD_SECONDS = 15.0
+"""Polls give the server time to commit, checkpoint or sweep; they fail, never hang, past this."""
 
 
 async def send(client: RawClient, request_id: int, *envelopes: OutboundEnvelope) -> Sent:
@@ -46,3 +52,10 @@ def delivered(sender: RawDevice, *envelopes: OutboundEnvelope) -> list[Envelope]
     return [
         Envelope(e.envelope_id, sender.username, sender.device_id, e.ciphertext) for e in envelopes
     ]
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    """Poll for a state the server reaches asynchronously (no duration is asserted)."""
+    async with asyncio.timeout(POLL_GUARD_SECONDS):
+        while not condition():
+            await asyncio.sleep(0.02)

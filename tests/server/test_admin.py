@@ -14,7 +14,7 @@ from typing import Any
 
 from obrolan.protocol.frames import Ack
 from tests.server.conftest import Connect, Online
-from tests.server.exchange import offline, round_trip, send
+from tests.server.exchange import offline, send, wait_until
 from tests.support.raw_client import outbound
 from tests.support.server import ServerProcess
 
@@ -96,7 +96,7 @@ async def test_admin_discloses_an_account_without_any_ciphertext(
     await bob_client.send(
         Ack(envelope_ids=[e.envelope_id for e in await bob_client.until_drained()])
     )
-    await round_trip(bob_client, 1)
+    await wait_until(lambda: server.mailbox() == [])
     assert (await admin_json("disclose", "bob", "--data", data))["queued_for_account"] == []
     assert (await admin_json("disclose", "alice", "--data", data))["queued_from_account"] == []
     assert (await admin_json("stats", "--data", data))["queued_envelopes"] == 0

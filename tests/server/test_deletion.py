@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import Callable
 
 from obrolan.protocol.frames import Ack
 from tests.server.conftest import Connect, Online
-from tests.server.exchange import offline, round_trip, send
+from tests.server.exchange import offline, send, wait_until
 from tests.support.raw_client import outbound
 from tests.support.server import ServerProcess
-
-POLL_GUARD_SECONDS = 15.0
-"""Polls give the server's idle checkpoint or sweeper time; they fail, never hang, past this."""
 
 
 def database_bytes(server: ServerProcess) -> bytes:
@@ -23,12 +19,6 @@ def database_bytes(server: ServerProcess) -> bytes:
         for path in (server.database, server.database.with_name("obrolan.db-wal"))
         if path.exists()
     )
-
-
-async def wait_until(condition: Callable[[], bool]) -> None:
-    async with asyncio.timeout(POLL_GUARD_SECONDS):
-        while not condition():
-            await asyncio.sleep(0.05)
 
 
 async def test_server_files_hold_no_ciphertext_after_acks(
@@ -49,8 +39,7 @@ async def test_server_files_hold_no_ciphertext_after_acks(
     received = await bob_client.until_drained()
     assert len(received) == 100
     await bob_client.send(Ack(envelope_ids=[e.envelope_id for e in received]))
-    await round_trip(bob_client, 1)
-    assert server.mailbox() == []
+    await wait_until(lambda: server.mailbox() == [])
 
     def no_marker_left() -> bool:
         remaining = database_bytes(server)

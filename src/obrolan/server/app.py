@@ -11,11 +11,11 @@ import logging
 import signal
 from collections.abc import Callable
 
-import msgspec
 from aiohttp import WSMsgType, web
 
 from obrolan import __version__
 from obrolan.errors import ConfigError
+from obrolan.protocol.frames import Info, encode
 from obrolan.protocol.limits import SUPPORTED_VERSIONS, Limits
 from obrolan.server.config import ServerConfig
 from obrolan.server.logs import configure_logging
@@ -36,13 +36,10 @@ _CLOSE_SECONDS = 2.0
 
 def info(limits: Limits) -> bytes:
     """The JSON body of ``GET /v1/info``."""
-    return msgspec.json.encode(
-        {
-            "server": "obrolan",
-            "version": __version__,
-            "versions": list(SUPPORTED_VERSIONS),
-            "limits": limits,
-        }
+    return encode(
+        Info(
+            server="obrolan", version=__version__, versions=list(SUPPORTED_VERSIONS), limits=limits
+        )
     )
 
 

@@ -177,8 +177,10 @@ class Storage(abc.ABC):
     async def ack(self, device: DeviceAddress, envelope_ids: list[str]) -> int:
         """Delete these envelopes of the device (ids it does not have are ignored).
 
-        Returns how many were deleted. Deleted ciphertext must not stay recoverable
-        from the backend's files once the backend has been idle for a moment.
+        Returns how many were deleted. The deletion may become durable (and visible
+        to other readers) a moment after this returns: a crash before that redelivers
+        the envelopes, which clients drop by id. Deleted ciphertext must not stay
+        recoverable from the backend's files once the backend has been idle for a moment.
         """
 
     @abc.abstractmethod

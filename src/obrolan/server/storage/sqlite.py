@@ -7,7 +7,9 @@ Durability and deletion:
   operations queued so far, runs each in its own savepoint inside one transaction,
   commits once (one fsync for the group), then resolves each caller's future on the
   event loop. So "answer only after the durable write" costs one fsync per group,
-  not per request.
+  not per request. Acks' deletes do not wait for their commit: they share the next
+  one, at most :data:`LAZY_COMMIT_SECONDS` later (a crash before it only means a
+  redelivery, which clients drop by envelope id).
 * ``secure_delete=ON`` zeroes deleted rows in the pages; once the writer has had no
   write for :data:`IDLE_CHECKPOINT_SECONDS` (or at the latest
   :data:`MAX_CHECKPOINT_DELAY_SECONDS` after a write) it runs
@@ -44,6 +46,7 @@ from obrolan.server.storage.base import NOT_HELD, PendingEnvelope, Storage
 
 __all__ = [
     "IDLE_CHECKPOINT_SECONDS",
+    "LAZY_COMMIT_SECONDS",
     "MAX_CHECKPOINT_DELAY_SECONDS",
     "SCHEMA_VERSION",
     "SqliteStorage",
@@ -58,6 +61,8 @@ IDLE_CHECKPOINT_SECONDS = 0.5
 """How long the writer waits without writes before it truncates the WAL."""
 MAX_CHECKPOINT_DELAY_SECONDS = 5.0
 """Under steady writes, the WAL is truncated at least this often."""
+LAZY_COMMIT_SECONDS = 0.02
+"""Acks' deletes wait at most this long for a commit they can share."""
 _MAX_GROUP = 512
 """Most operations committed in one transaction."""
 _BUSY_TIMEOUT_MS = 2000
@@ -191,15 +196,20 @@ def _settle(outcomes: list[_Outcome]) -> None:
             future.set_exception(exc)
 
 
+_Job = tuple[_Op, "asyncio.Future[Any]", bool]
+"""An operation, its caller's future, and whether the caller waits for the commit."""
+
+
 class _Writer:
     """The one thread that writes to the database, committing queued operations in groups."""
 
     def __init__(self, path: Path, loop: asyncio.AbstractEventLoop) -> None:
         self._path = path
         self._loop = loop
-        self._queue: queue.SimpleQueue[tuple[_Op, asyncio.Future[Any]] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._ready: asyncio.Future[None] = loop.create_future()
         self._stopped = False
+        self._committed_changes = 0
         self._thread = threading.Thread(target=self._run, name="obrolan-sqlite-writer", daemon=True)
 
     async def start(self) -> None:
@@ -207,16 +217,22 @@ class _Writer:
         self._thread.start()
         await self._ready
 
-    def submit(self, op: _Op) -> asyncio.Future[Any]:
-        """Queue ``op(conn)``; the future resolves after the commit that contains it."""
+    def submit(self, op: _Op, *, durable: bool = True) -> asyncio.Future[Any]:
+        """Queue ``op(conn)``.
+
+        A durable operation's future resolves after the commit that contains it. Any
+        other resolves as soon as it has run; its commit follows within
+        :data:`LAZY_COMMIT_SECONDS`, with whatever else is written by then, and a crash
+        before that loses it (use it only for writes that may be repeated, like deletes).
+        """
         if self._stopped:
             raise InvalidState("the storage is closed")
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._queue.put((op, future))
+        self._queue.put((op, future, durable))
         return future
 
     async def stop(self) -> None:
-        """Finish queued operations, checkpoint, close the connection and end the thread."""
+        """Finish queued operations, commit, checkpoint, close the connection, end the thread."""
         if self._stopped:
             return
         self._stopped = True
@@ -236,30 +252,40 @@ class _Writer:
             return
         self._resolve([(self._ready, None, None)])
         checkpoint = _CheckpointSchedule()
+        commit_by: float | None = None  # an open transaction holds lazy writes until then
         while True:
-            timeout = checkpoint.seconds_left()
+            if commit_by is not None:
+                timeout: float | None = max(0.0, commit_by - time.monotonic())
+            else:
+                timeout = checkpoint.seconds_left()
             if timeout == 0.0:
-                checkpoint.done(_checkpoint(conn))
+                if commit_by is not None:
+                    self._commit(conn, [], checkpoint)
+                    commit_by = None
+                else:
+                    checkpoint.done(_checkpoint(conn))
                 continue
             try:
                 item = self._queue.get(timeout=timeout)
             except queue.Empty:
-                continue  # the checkpoint is due now
+                continue  # a commit or checkpoint is due now
             if item is None:
                 break
             group, stop = self._take_group(item)
-            changes = conn.total_changes
-            self._commit_group(conn, group)
-            if conn.total_changes != changes:
-                checkpoint.wrote()
+            waiting, durable = self._apply(conn, group)
+            if durable or stop:
+                self._commit(conn, waiting, checkpoint)
+                commit_by = None
+            elif commit_by is None and conn.in_transaction:
+                commit_by = time.monotonic() + LAZY_COMMIT_SECONDS
             if stop:
                 break
+        if conn.in_transaction:
+            self._commit(conn, [], checkpoint)
         _checkpoint(conn)
         conn.close()
 
-    def _take_group(
-        self, first: tuple[_Op, asyncio.Future[Any]]
-    ) -> tuple[list[tuple[_Op, asyncio.Future[Any]]], bool]:
+    def _take_group(self, first: _Job) -> tuple[list[_Job], bool]:
         """``first`` and whatever else is queued now; True if the stop marker was among it."""
         group = [first]
         while len(group) < _MAX_GROUP:
@@ -272,13 +298,18 @@ class _Writer:
             group.append(item)
         return group, False
 
-    def _commit_group(
-        self, conn: sqlite3.Connection, group: list[tuple[_Op, asyncio.Future[Any]]]
-    ) -> None:
-        outcomes: list[_Outcome] = []
+    def _apply(self, conn: sqlite3.Connection, group: list[_Job]) -> tuple[list[_Outcome], bool]:
+        """Run a group in the open transaction; resolve the lazy operations at once.
+
+        Returns the outcomes that wait for the commit, and whether any operation is durable.
+        """
+        waiting: list[_Outcome] = []
+        ran: list[_Outcome] = []
+        durable = False
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for op, future in group:
+            if not conn.in_transaction:
+                conn.execute("BEGIN IMMEDIATE")
+            for op, future, wait in group:
                 # A savepoint per operation: one refused request leaves the others intact.
                 conn.execute("SAVEPOINT op")
                 try:
@@ -286,21 +317,44 @@ class _Writer:
                 except Exception as exc:  # noqa: BLE001 - handed to the caller's future
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
-                    outcomes.append((future, None, exc))
+                    outcome: _Outcome = (future, None, exc)
                 else:
                     conn.execute("RELEASE op")
-                    outcomes.append((future, result, None))
+                    outcome = (future, result, None)
+                (waiting if wait else ran).append(outcome)
+                durable = durable or wait
+        except sqlite3.Error as exc:
+            self._abort(conn, exc, [future for _, future, _ in group])
+            return [], False
+        if ran:
+            self._resolve(ran)
+        return waiting, durable
+
+    def _commit(
+        self, conn: sqlite3.Connection, waiting: list[_Outcome], checkpoint: _CheckpointSchedule
+    ) -> None:
+        try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            _logger.error("database write failed, %d requests refused: %s", len(group), exc)
-            if conn.in_transaction:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass  # SQLite already rolled back (e.g. after an I/O error)
-            failure = StorageError(f"database write failed: {exc}")
-            outcomes = [(future, None, failure) for _, future in group]
-        self._resolve(outcomes)
+            self._abort(conn, exc, [future for future, _, _ in waiting])
+            return
+        if conn.total_changes != self._committed_changes:
+            self._committed_changes = conn.total_changes
+            checkpoint.wrote()
+        self._resolve(waiting)
+
+    def _abort(
+        self, conn: sqlite3.Connection, exc: sqlite3.Error, futures: list[asyncio.Future[Any]]
+    ) -> None:
+        """Roll the transaction back and fail the futures still waiting on it."""
+        _logger.error("database write failed, %d requests refused: %s", len(futures), exc)
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # SQLite already rolled back (e.g. after an I/O error)
+        failure = StorageError(f"database write failed: {exc}")
+        self._resolve([(future, None, failure) for future in futures])
 
     def _resolve(self, outcomes: list[_Outcome]) -> None:
         self._loop.call_soon_threadsafe(_settle, outcomes)
@@ -599,14 +653,14 @@ class SqliteStorage(Storage):
             )
         return self._reader
 
-    def _write(self, op: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    def _write(self, op: Callable[..., T], *args: Any, durable: bool = True) -> asyncio.Future[T]:
         if self._writer is None:
             if self._read_only:
                 raise InvalidState("storage was opened read-only")
             raise InvalidState(
                 "storage not started or already closed; did you forget to call start()?"
             )
-        return self._writer.submit(lambda conn: op(conn, *args))
+        return self._writer.submit(lambda conn: op(conn, *args), durable=durable)
 
     def _rowid(self, device: DeviceAddress) -> int | None:
         rowid = self._rowids.get(device)
@@ -732,7 +786,9 @@ class SqliteStorage(Storage):
         ]
 
     async def ack(self, device: DeviceAddress, envelope_ids: list[str]) -> int:
-        return await self._write(_ack, device, envelope_ids)
+        # A lost delete only means a redelivery, which clients drop by id: no need to wait
+        # for the fsync, and the delete shares the next commit.
+        return await self._write(_ack, device, envelope_ids, durable=False)
 
     async def queue_length(self, device: DeviceAddress) -> int:
         row = (
