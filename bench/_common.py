@@ -224,29 +224,42 @@ class ServerProcess:
         return tail or f"exit code {self._popen.poll()}"
 
 
+def _core_busy_seconds(core: int) -> float:
+    times = psutil.cpu_times(percpu=True)[core]
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
+
 @dataclass
 class CpuWindow:
-    """CPU time of the server and of this load generator over one measured window."""
+    """CPU time of the server, of this load generator and of everything else on the
+    server's core over one measured window (the last says whether the run was disturbed)."""
 
     server: ServerProcess
     wall_start: float = 0.0
     server_start: float = 0.0
     load_start: float = 0.0
+    core_start: float = 0.0
     wall: float = 0.0
     server_cpu: float = 0.0
     load_cpu: float = 0.0
+    others_cpu: float = 0.0
+    """CPU time other processes took on the server's core (0 when it is not pinned)."""
 
     def start(self) -> None:
         """Open the window."""
         self.wall_start = time.perf_counter()
         self.server_start = self.server.cpu_seconds()
         self.load_start = time.process_time()
+        self.core_start = _core_busy_seconds(SERVER_CORE) if _CAN_PIN else 0.0
 
     def stop(self) -> None:
-        """Close the window and keep the elapsed wall, server and load CPU seconds."""
+        """Close the window and keep the elapsed wall and CPU seconds."""
         self.server_cpu = self.server.cpu_seconds() - self.server_start
         self.load_cpu = time.process_time() - self.load_start
         self.wall = time.perf_counter() - self.wall_start
+        if _CAN_PIN:
+            core = _core_busy_seconds(SERVER_CORE) - self.core_start
+            self.others_cpu = max(0.0, core - self.server_cpu)
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

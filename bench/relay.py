@@ -141,6 +141,7 @@ class Measurement:
             f"{self.cpu_us_per_message:.1f}",
             f"{self.window.server_cpu / wall * 100:.0f}",
             f"{self.window.load_cpu / wall * 100:.0f}",
+            f"{self.window.others_cpu / wall * 100:.0f}",
             f"{self.rss_bytes / 2**20:.1f}",
         ]
 
@@ -155,6 +156,7 @@ HEADERS = [
     "server CPU µs/msg",
     "server CPU %",
     "load gen CPU %",
+    "others on core 0 %",
     "server RSS MB",
 ]
 
