@@ -67,16 +67,21 @@ async def test_server_never_sees_plaintext_and_keeps_no_ciphertext_after_ack(
     stored = mailbox_ciphertexts(server.data_dir)
     assert len(stored) == 100
 
-    received = await bob.sync(timeout=60)
-    assert sorted(m.text for m in received) == sorted(f"secret {m}" for m in markers)
-
     def server_bytes() -> bytes:
         return b"".join(p.read_bytes() for p in Path(server.data_dir).rglob("*") if p.is_file())
 
+    # A probe from the Olm body of each envelope (its head is the sender's public key,
+    # which the server keeps in its device table by design).
+    # Files are read one after another while the server may checkpoint: poll, never trust one read.
+    probes = [c[-48:-16] for c in stored]
+    await _wait_for(lambda: all(p in server_bytes() for p in probes))  # the probes do work
+
+    received = await bob.sync(timeout=60)
+    assert sorted(m.text for m in received) == sorted(f"secret {m}" for m in markers)
     # Deleted rows are zeroed (secure_delete) and the WAL is truncated once the server is idle.
-    await _wait_for(
-        lambda: not any(c[16:48] in server_bytes() for c in stored), timeout=30
-    )
+    await _wait_for(lambda: not any(p in server_bytes() for p in probes), timeout=30)
+    await asyncio.sleep(0.5)
+    assert not any(p in server_bytes() for p in probes)
     everything = server_bytes()
     assert not any(m.encode() in everything for m in markers)
 

@@ -111,6 +111,8 @@ class Client:
         self._state_changed = asyncio.Event()
         self._last_error: ObrolanError | None = None
         self._fatal: ObrolanError | None = None
+        self._resync = False
+        """The current connection was closed on purpose: reconnect at once."""
         self._known_devices: set[str] = set()
         """Users whose device list was fetched on the current connection."""
 
@@ -237,7 +239,8 @@ class Client:
     async def send(self, username: str, text: str) -> Message:
         """Queue a text message for ``username``; it is in the durable outbox on return.
 
-        The background connection sends it as soon as it can; :meth:`flush` waits.
+        The background connection (started if needed) sends it as soon as it can;
+        :meth:`flush` waits for that.
         """
         check_username(username)
         if username == self.username:
@@ -260,6 +263,7 @@ class Client:
             self._store.enqueue(rowid, username, payload)
         self._outbox_idle.clear()
         self._outbox_wakeup.set()
+        self.start()
         return self._store.message(rowid)
 
     def message(self, message_id: str, sender: str | None = None) -> Message | None:
@@ -282,10 +286,18 @@ class Client:
     async def sync(self, timeout: float | None = 30.0) -> list[Message]:
         """Connect, receive everything that waits, send the outbox; return what arrived.
 
+        An already connected client reconnects: the server's ``drained`` after a
+        fresh authentication is the only exact "nothing else waits". Programs that
+        stay online read :meth:`messages` instead.
+
         Raises:
             ServerUnreachable: the server could not be reached.
         """
         self.start()
+        if self._conn is not None and self._drained.is_set():
+            self._drained.clear()
+            self._resync = True
+            await self._conn.close()
         await self._wait(
             lambda: self._conn is not None and self._drained.is_set() and self._outbox_idle.is_set(),
             timeout,
@@ -371,9 +383,8 @@ class Client:
                         return
                     self._last_error = exc
                 except ServerUnreachable as exc:
-                    self._last_error = exc
-                else:
-                    self._last_error = ServerUnreachable(self.address.url, "connection closed")
+                    if not self._resync:
+                        self._last_error = exc
                 finally:
                     if self._conn is not None:  # authenticated: the server was fine until now
                         delay = BACKOFF_START
@@ -381,6 +392,9 @@ class Client:
                     self._known_devices.clear()
                     await conn.close()
                     self._notify()
+            if self._resync:
+                self._resync = False
+                continue
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, BACKOFF_MAX)
 
