@@ -7,6 +7,7 @@ import secrets
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from obrolan.errors import RemoteProtocolError
@@ -92,6 +93,14 @@ async def _binary(
     return client, ErrorCode.MALFORMED_FRAME, None
 
 
+async def _invalid_utf8(
+    server: ServerProcess, connect: Connect, online: Online
+) -> tuple[RawClient, ErrorCode, int | None]:
+    client = await _authenticated(server, connect, online)
+    await client.ws.send_frame(b'{"type": "\xff"}', aiohttp.WSMsgType.TEXT)
+    return client, ErrorCode.MALFORMED_FRAME, None
+
+
 async def _invalid_username(
     server: ServerProcess, connect: Connect, online: Online
 ) -> tuple[RawClient, ErrorCode, int | None]:
@@ -166,6 +175,7 @@ async def _oversize_envelope(
             _text('{"type": "get_devices", "id": "x", "username": "bob"}', authenticated=True),
             id="wrong-field-type",
         ),
+        pytest.param(_invalid_utf8, id="invalid-utf8"),
         pytest.param(_invalid_username, id="invalid-username"),
         pytest.param(_unknown_type, id="unknown-frame-type"),
         pytest.param(_server_frame_type, id="server-frame-from-client"),

@@ -30,6 +30,7 @@ _logger = logging.getLogger(__name__)
 _HEARTBEAT_SECONDS = 30.0
 """A connection that does not answer a ping within half of this is closed."""
 _SHUTDOWN_SECONDS = 5.0
+"""How long shutdown waits for request handlers to finish."""
 _CLOSE_SECONDS = 2.0
 """How long closing a connection waits for the client's close frame."""
 

@@ -212,6 +212,9 @@ class Session:
         except RemoteProtocolError as exc:
             await self._refuse(None, exc.code, str(exc))
             return
+        except UnicodeDecodeError:  # msgspec's answer to a text message that is not UTF-8
+            await self._refuse(None, ErrorCode.MALFORMED_FRAME, "frame is not valid UTF-8")
+            return
         request_id = getattr(frame, "id", None)
         try:
             if self.device is None:
@@ -438,8 +441,6 @@ class Session:
                     if len(rows) == room:
                         continue
                 await self._wake.wait()
-        except asyncio.CancelledError:
-            raise
         except Exception:
             _logger.exception("delivery to a device failed")
             self._close_soon(CLOSE_INTERNAL_ERROR, "internal server error")
@@ -469,10 +470,7 @@ class Session:
     async def _stop_delivery(self) -> None:
         self._cancel_delivery()
         if self._deliverer is not None:
-            try:
-                await self._deliverer
-            except asyncio.CancelledError:
-                pass
+            await asyncio.wait([self._deliverer])  # its end, without its CancelledError
             self._deliverer = None
 
     # --- replies ---------------------------------------------------------------------------
