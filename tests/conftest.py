@@ -2,7 +2,7 @@
 
 ``server`` is a real ``obrolan serve`` process on 127.0.0.1 (port 0) with a fresh
 data directory; ``server_factory`` starts more, with extra options. Both are
-stopped (SIGTERM) after the test. See ``support/`` for the helpers themselves.
+stopped (SIGTERM) after the test. The helpers themselves are in ``tests/support/``.
 """
 
 from __future__ import annotations

@@ -3,10 +3,11 @@
 The real client library hides the protocol; server tests need to send exactly the
 frames they mean, including wrong ones. Example::
 
-    alice = RawDevice("alice")
+    alice, bob = RawDevice("alice"), RawDevice("bob")
     client = await RawClient.connect(server.ws_url)
     welcome = await client.register(alice)
-    sent = await client.request(Send(id=1, envelopes=[alice_to(bob, b"...")]))
+    drained = await client.until_drained()
+    reply = await client.request(Send(id=1, envelopes=[outbound(bob, b"opaque bytes")]))
 """
 
 from __future__ import annotations
@@ -50,10 +51,10 @@ def envelope_id() -> str:
     return secrets.token_urlsafe(16)
 
 
-def outbound(to: RawDevice, ciphertext: bytes, envelope_id_: str | None = None) -> OutboundEnvelope:
-    """An envelope for ``to``'s device carrying ``ciphertext`` (opaque to the server)."""
+def outbound(to: RawDevice, ciphertext: bytes) -> OutboundEnvelope:
+    """An envelope with a fresh id for ``to``'s device, carrying ``ciphertext`` (opaque to the server)."""
     return OutboundEnvelope(
-        envelope_id=envelope_id_ or envelope_id(),
+        envelope_id=envelope_id(),
         to_user=to.username,
         to_device=to.device_id,
         ciphertext=ciphertext,

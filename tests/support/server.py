@@ -8,8 +8,8 @@ Example::
 
 The process is ``python -m obrolan.server serve --host 127.0.0.1 --port 0`` on its
 own data directory; its stdout's ready line gives the real port, its stderr goes to
-a file next to the data directory. A restart (after :meth:`ServerProcess.stop` or
-:meth:`ServerProcess.kill`) keeps the data directory and the port, so URLs that
+a file next to the data directory. Starting again after :meth:`ServerProcess.stop` or
+:meth:`ServerProcess.kill` keeps the data directory and the port, so URLs that
 clients hold stay valid.
 """
 
@@ -145,11 +145,6 @@ class ServerProcess:
                 line += chunk
         return line.decode(errors="replace").strip()
 
-    @property
-    def running(self) -> bool:
-        """True while the process has not exited."""
-        return self._process is not None and self._process.poll() is None
-
     def stop(self) -> int:
         """Send SIGTERM and wait for the graceful shutdown; returns the exit code."""
         return self._end(signal.SIGTERM)
@@ -166,12 +161,6 @@ class ServerProcess:
     def wait(self) -> int:
         """Wait for the process to exit on its own; returns the exit code."""
         return self._end(None)
-
-    def restart(self) -> ServerProcess:
-        """Stop (gracefully) if running, then start again on the same data directory and port."""
-        if self.running:
-            self.stop()
-        return self.start()
 
     def _end(self, signum: signal.Signals | None) -> int:
         process = self._process
