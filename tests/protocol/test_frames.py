@@ -252,8 +252,22 @@ def test_codec_requires_nullable_register_fallback_key_to_be_present() -> None:
     "username", ["Bob", "ab", "a" * 33, "_bob", ".bob", "bob smith", "bób", "bob\x00"]
 )
 def test_codec_reports_bad_username_as_malformed_frame(username: str) -> None:
-    """A username breaking the Username pattern makes the frame malformed (not invalid_username)."""
+    """A bad username in a lookup makes the frame malformed (invalid_username is register's)."""
     error = refusal(client_frame(type="get_devices", id=1, username=username))
+    assert error.code is ErrorCode.MALFORMED_FRAME
+
+
+@pytest.mark.parametrize("username", ["Bob", "ab", "bob\n"])
+def test_codec_reports_bad_username_in_register_as_invalid_username(username: str) -> None:
+    """``register`` with a username breaking the pattern is refused with invalid_username."""
+    sample = json.loads((DATA / "register.json").read_text())
+    error = refusal(json.dumps(sample | {"username": username}).encode())
+    assert error.code is ErrorCode.INVALID_USERNAME
+
+
+def test_codec_reports_invalid_utf8_inside_a_string_as_malformed_frame() -> None:
+    """A JSON string holding bytes that are not UTF-8 is a malformed frame, not a crash."""
+    error = refusal(b'{"type":"ack","envelope_ids":["\xff\xfe"]}')
     assert error.code is ErrorCode.MALFORMED_FRAME
 
 

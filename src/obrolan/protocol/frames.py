@@ -34,6 +34,7 @@ __all__ = [
     "Envelope",
     "Error",
     "GetDevices",
+    "Info",
     "KeysUploaded",
     "OneTimeKey",
     "OutboundEnvelope",
@@ -47,7 +48,6 @@ __all__ = [
     "decode_server_frame",
     "encode",
     "frame_types",
-    "Info",
 ]
 
 Username = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_.-]{2,31}\Z")]
@@ -313,6 +313,8 @@ def decode_client_frame(data: bytes | str) -> ClientFrame:
         return _client_decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise _refine(data, exc, _CLIENT_TAGS) from None
+    except UnicodeDecodeError:  # msgspec's answer to bytes that are not UTF-8
+        raise RemoteProtocolError("frame is not valid UTF-8") from None
 
 
 def decode_server_frame(data: bytes | str) -> ServerFrame:
@@ -325,6 +327,8 @@ def decode_server_frame(data: bytes | str) -> ServerFrame:
         return _server_decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise _refine(data, exc, _SERVER_TAGS) from None
+    except UnicodeDecodeError:  # msgspec's answer to bytes that are not UTF-8
+        raise RemoteProtocolError("frame is not valid UTF-8") from None
 
 
 def frame_types() -> dict[str, type[msgspec.Struct]]:

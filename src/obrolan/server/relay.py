@@ -212,9 +212,6 @@ class Session:
         except RemoteProtocolError as exc:
             await self._refuse(None, exc.code, str(exc))
             return
-        except UnicodeDecodeError:  # msgspec's answer to a text message that is not UTF-8
-            await self._refuse(None, ErrorCode.MALFORMED_FRAME, "frame is not valid UTF-8")
-            return
         request_id = getattr(frame, "id", None)
         try:
             if self.device is None:
