@@ -1,0 +1,94 @@
+"""The real client over TLS, across server restarts, and keeping its one-time keys stocked."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+from obrolan.client import Client
+from obrolan.protocol.frames import ClaimedKeys, ClaimKeys
+
+from tests.e2e.conftest import Cli
+from tests.support.raw_client import RawClient, RawDevice
+from tests.support.server import ServerProcess
+from tests.support.tls import SelfSignedCertificate
+
+
+def test_cli_over_tls_needs_a_trusted_certificate(
+    server_factory: Callable[..., ServerProcess], tmp_path: Path, profiles  # type: ignore[no-untyped-def]
+) -> None:
+    """https works with the server's CA given; without it the client refuses, in one line."""
+    certificate = SelfSignedCertificate(tmp_path / "tls")
+    server = server_factory(
+        "--tls-cert", str(certificate.cert_path), "--tls-key", str(certificate.key_path)
+    )
+    assert server.url.startswith("https://")
+    cli = Cli(server.url)
+
+    untrusted = cli("register", "alice", "--server", server.url, "--profile",
+                    str(profiles("alice")), "--no-passphrase")
+    assert untrusted.returncode == 1
+    assert "certificate" in untrusted.stderr and not profiles("alice").exists()
+
+    for name in ("alice", "bob"):
+        made = cli("register", name, "--server", server.url, "--profile", str(profiles(name)),
+                   "--no-passphrase", "--ca-file", str(certificate.cert_path))
+        assert made.returncode == 0, made.stderr
+    assert cli("send", "bob", "over tls", "--profile", str(profiles("alice"))).returncode == 0
+    synced = cli("sync", "--json", "--profile", str(profiles("bob")))
+    assert [m["text"] for m in synced.json()] == ["over tls"]
+
+
+async def test_client_reconnects_after_server_restart_and_keeps_streaming(
+    server: ServerProcess, pair: tuple[Client, Client]
+) -> None:
+    """A listening client survives a server crash: it reconnects (backoff) and receives later messages."""
+    alice, bob = pair
+    stream = bob.messages()
+    await alice.send("bob", "before the crash")
+    assert (await asyncio.wait_for(anext(stream), 30)).text == "before the crash"
+
+    server.kill()
+    server.start()
+    await alice.send("bob", "after the restart")
+    assert (await asyncio.wait_for(anext(stream), 60)).text == "after the restart"
+
+
+async def test_client_replenishes_one_time_keys_when_claims_use_them_up(
+    server: ServerProcess, pair: tuple[Client, Client]
+) -> None:
+    """Claims drain bob's one-time keys; on his next connection the client uploads new ones."""
+    _, bob = pair
+    claimer = RawDevice("mallory")
+    async with await RawClient.connect(server.ws_url) as raw:
+        await raw.register(claimer)
+        await raw.until_drained()
+        claimed_ids = set()
+        for request_id in range(1, 50):
+            answer = await raw.request(ClaimKeys(id=request_id, username="bob"))
+            assert isinstance(answer, ClaimedKeys)
+            (device,) = answer.devices
+            assert device.one_time_key is not None and not device.fallback
+            claimed_ids.add(device.one_time_key.key_id)
+        assert len(claimed_ids) == 49  # one left of the 50 published at registration
+
+        assert _unclaimed_keys(server, "bob") == 1
+        await bob.sync()  # bob's client sees the low count and publishes more
+        assert _unclaimed_keys(server, "bob") == 50
+        answer = await raw.request(ClaimKeys(id=99, username="bob"))
+        assert isinstance(answer, ClaimedKeys)
+        (device,) = answer.devices
+        assert device.one_time_key is not None and not device.fallback
+        assert device.one_time_key.key_id not in claimed_ids
+
+
+def _unclaimed_keys(server: ServerProcess, username: str) -> int:
+    with sqlite3.connect(f"file:{server.database}?mode=ro", uri=True) as db:
+        (count,) = db.execute(
+            "SELECT COUNT(*) FROM one_time_keys JOIN devices ON devices.id = one_time_keys.device "
+            "WHERE devices.username = ?",
+            (username,),
+        ).fetchone()
+    return int(count)
