@@ -9,7 +9,6 @@ from pathlib import Path
 
 from obrolan.client import Client
 from obrolan.protocol.frames import ClaimedKeys, ClaimKeys
-
 from tests.e2e.conftest import Cli
 from tests.support.raw_client import RawClient, RawDevice
 from tests.support.server import ServerProcess

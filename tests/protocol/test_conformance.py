@@ -41,8 +41,8 @@ def start_server(data_dir: Path, *args: str) -> tuple[subprocess.Popen[str], str
     """Start ``obrolan.server serve`` on 127.0.0.1 port 0; returns it and its URL."""
     stderr = (data_dir.parent / f"{data_dir.name}.stderr").open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "obrolan.server", "serve", "--host", "127.0.0.1", "--port", "0"]
-        + ["--data", str(data_dir), *args],
+        [sys.executable, "-m", "obrolan.server", "serve", "--host", "127.0.0.1", "--port", "0",
+         "--data", str(data_dir), *args],
         stdout=subprocess.PIPE,
         stderr=stderr,
         text=True,

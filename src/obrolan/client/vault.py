@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import Self
 
 import msgspec
-from sqlcipher3 import dbapi2  # type: ignore[import-untyped]
+from sqlcipher3 import dbapi2
 
 from obrolan.crypto.keys import KEY_BYTES, Argon2Params, derive_key, random_key, subkey
 from obrolan.errors import (

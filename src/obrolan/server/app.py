@@ -7,6 +7,7 @@ There is no access log: it would hold clients' IP addresses.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Callable
@@ -51,10 +52,9 @@ class _WebSocketTransport:
         self._ws = ws
 
     async def send(self, data: bytes) -> None:
-        try:
+        # A gone connection is not an error here: the receive loop ends and closes the session.
+        with contextlib.suppress(ConnectionError):
             await self._ws.send_frame(data, WSMsgType.TEXT)
-        except ConnectionError:
-            pass  # the connection is gone; the receive loop ends and closes the session
 
     async def close(self, code: int, reason: str) -> None:
         await self._ws.close(code=code, message=reason.encode())

@@ -21,10 +21,10 @@ WakeUp = Callable[[], None]
 class Router(abc.ABC):
     """Delivers wake-ups from the connection that stored envelopes to the recipients'."""
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - a no-op default, not an abstract method
         """Connect the backend. The in-process router needs nothing."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027
         """Release the backend; calling it twice is a no-op."""
 
     @abc.abstractmethod

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import queue
 import sqlite3
@@ -349,10 +350,8 @@ class _Writer:
         """Roll the transaction back and fail the futures still waiting on it."""
         _logger.error("database write failed, %d requests refused: %s", len(futures), exc)
         if conn.in_transaction:
-            try:
+            with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already
                 conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass  # SQLite already rolled back (e.g. after an I/O error)
         failure = StorageError(f"database write failed: {exc}")
         self._resolve([(future, None, failure) for future in futures])
 
