@@ -14,12 +14,18 @@ from contextlib import AbstractContextManager
 
 from obrolan.client.models import Contact, Message, MessageState
 from obrolan.client.vault import Vault
+from obrolan.errors import StorageError
 
 __all__ = ["OutboxEntry", "Store", "now_ms"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-_SCHEMA_V1 = """
+def _statements(script: str) -> list[str]:
+    """Split a script of plain statements (no triggers) on ``;``."""
+    return [statement for statement in script.split(";") if statement.strip()]
+
+
+_SCHEMA_V1 = _statements("""
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE contacts (
     username      TEXT PRIMARY KEY,
@@ -73,7 +79,59 @@ CREATE TABLE processed (
     envelope_id TEXT PRIMARY KEY,     -- dedupe: kept longer than the server's TTL
     at_ms       INTEGER NOT NULL
 );
-"""
+""")
+
+_SCHEMA_V2 = [
+    # Everyday messaging: replies, edits, delete for everyone, disappearing messages,
+    # delivery/read receipts, ordering counters.
+    "ALTER TABLE messages ADD COLUMN reply_to TEXT",
+    "ALTER TABLE messages ADD COLUMN edited_at_ms INTEGER",
+    "ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE messages ADD COLUMN expires_at_ms INTEGER",
+    "ALTER TABLE messages ADD COLUMN counter INTEGER",
+    "ALTER TABLE messages ADD COLUMN receipt TEXT",
+    "ALTER TABLE messages ADD COLUMN attachment BLOB",
+    "CREATE INDEX messages_by_expiry ON messages (expires_at_ms) WHERE expires_at_ms IS NOT NULL",
+    """CREATE TABLE edits (
+        message_rowid INTEGER NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+        text          TEXT NOT NULL,      -- the text before this edit
+        edited_at_ms  INTEGER NOT NULL
+    )""",
+    """CREATE TABLE reactions (
+        message_rowid INTEGER NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+        reactor       TEXT NOT NULL,
+        emoji         TEXT NOT NULL,
+        PRIMARY KEY (message_rowid, reactor)
+    )""",
+    """CREATE TABLE conversations (
+        peer            TEXT PRIMARY KEY,
+        accepted        INTEGER NOT NULL DEFAULT 1,  -- 0: a message request
+        blocked         INTEGER NOT NULL DEFAULT 0,
+        timer_seconds   INTEGER,                     -- disappearing messages
+        next_counter    INTEGER NOT NULL DEFAULT 1,  -- what we number our next message
+        highest_seen    INTEGER NOT NULL DEFAULT 0,  -- the peer's highest counter seen
+        missing         TEXT NOT NULL DEFAULT '[]'   -- the peer's counters not seen yet
+    )""",
+    # On-device search: an FTS5 index over the messages' current text, kept in step by
+    # triggers, so an edit, a delete or an expiry leaves nothing behind in the index.
+    """CREATE VIRTUAL TABLE messages_fts USING fts5(
+        text, content='messages', content_rowid='id', tokenize='unicode61 remove_diacritics 2'
+    )""",
+    """CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+        INSERT INTO messages_fts (rowid, text) VALUES (new.id, new.text);
+    END""",
+    """CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+        INSERT INTO messages_fts (messages_fts, rowid, text) VALUES ('delete', old.id, old.text);
+    END""",
+    """CREATE TRIGGER messages_fts_update AFTER UPDATE OF text ON messages BEGIN
+        INSERT INTO messages_fts (messages_fts, rowid, text) VALUES ('delete', old.id, old.text);
+        INSERT INTO messages_fts (rowid, text) VALUES (new.id, new.text);
+    END""",
+    "INSERT INTO messages_fts (messages_fts) VALUES ('rebuild')",
+]
+
+_MIGRATIONS: dict[int, list[str]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
+"""The statements that bring the schema from version N-1 to N."""
 
 PROCESSED_KEEP_MS = 60 * 24 * 3600 * 1000
 """Processed envelope ids are kept 60 days, twice the server's default TTL."""
@@ -117,17 +175,19 @@ class Store:
         return self._vault.transaction()
 
     def _migrate(self) -> None:
+        """Bring the schema to SCHEMA_VERSION, one version per transaction."""
         (version,) = self._db.execute("PRAGMA user_version").fetchone()
-        if version == SCHEMA_VERSION:
-            return
-        if version != 0:
-            raise RuntimeError(f"store schema {version} is newer than this obrolan knows")
-        with self.transaction():
-            # executescript() would commit on its own; run statement by statement instead.
-            for statement in _SCHEMA_V1.split(";"):
-                if statement.strip():
+        if version > SCHEMA_VERSION:
+            raise StorageError(
+                f"this profile's store has schema {version}, newer than this obrolan "
+                f"(schema {SCHEMA_VERSION}): update obrolan"
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            with self.transaction():
+                # executescript() would commit on its own; run statement by statement instead.
+                for statement in _MIGRATIONS[target]:
                     self._db.execute(statement)
-            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                self._db.execute(f"PRAGMA user_version = {target}")
 
     # --- meta ---------------------------------------------------------------------------
 
