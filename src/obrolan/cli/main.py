@@ -8,25 +8,23 @@ non-zero exit code; a traceback would be a bug.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import getpass
 import json
-import logging
-import os
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from datetime import datetime
-from pathlib import Path
-from typing import Any
-
-import platformdirs
 
 from obrolan import __version__
 from obrolan.cli import server_commands
+from obrolan.cli.common import (
+    Handler,
+    add_verb,
+    passphrase_for,
+    print_json,
+    read_passphrase,
+)
 from obrolan.client.client import Client
 from obrolan.client.models import Message, MessageState
-from obrolan.client.vault import needs_passphrase
-from obrolan.errors import ConfigError, ObrolanError, RequestRefused, ServerUnreachable
+from obrolan.errors import ObrolanError, RequestRefused, ServerUnreachable
 from obrolan.protocol.codes import ErrorCode
 
 __all__ = ["main"]
@@ -36,44 +34,6 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 SEND_TIMEOUT = 15.0
 """Seconds `obrolan send` waits for the server before leaving the message queued."""
-
-
-def default_profile() -> Path:
-    """``$OBROLAN_PROFILE``, else the user's data dir (e.g. ~/.local/share/obrolan/default)."""
-    configured = os.environ.get("OBROLAN_PROFILE")
-    if configured:
-        return Path(configured)
-    return Path(platformdirs.user_data_dir("obrolan")) / "default"
-
-
-def read_passphrase(*, confirm: bool = False) -> str:
-    """``$OBROLAN_PASSPHRASE``, else a prompt on the terminal.
-
-    Raises:
-        ConfigError: no terminal to ask on and no environment variable.
-    """
-    configured = os.environ.get("OBROLAN_PASSPHRASE")
-    if configured is not None:
-        return configured
-    if not sys.stdin.isatty():
-        raise ConfigError(
-            "a passphrase is needed: set OBROLAN_PASSPHRASE, or run in a terminal to be asked"
-        )
-    passphrase = getpass.getpass("Passphrase: ")
-    if confirm:
-        if len(passphrase) < 8:
-            raise ConfigError("choose a passphrase of at least 8 characters")
-        if getpass.getpass("Passphrase again: ") != passphrase:
-            raise ConfigError("the two passphrases differ")
-    return passphrase
-
-
-def _passphrase_for(profile: Path) -> str | None:
-    return read_passphrase() if needs_passphrase(profile) else None
-
-
-def _print_json(value: object) -> None:
-    print(json.dumps(value, ensure_ascii=False, indent=2))
 
 
 def _format_message(message: Message) -> str:
@@ -93,7 +53,7 @@ def _format_message(message: Message) -> str:
 
 def _print_messages(messages: Sequence[Message], as_json: bool) -> None:
     if as_json:
-        _print_json([m.as_json() for m in messages])
+        print_json([m.as_json() for m in messages])
         return
     for message in messages:
         print(_format_message(message), flush=True)
@@ -113,7 +73,7 @@ async def cmd_register(args: argparse.Namespace) -> int:
     finally:
         await client.close()
     if args.json:
-        _print_json(me.as_json())
+        print_json(me.as_json())
     else:
         print(f"registered {me.username} on {me.server_url} (device {me.device_id})")
         print(f"profile: {args.profile}")
@@ -121,7 +81,7 @@ async def cmd_register(args: argparse.Namespace) -> int:
 
 
 async def cmd_send(args: argparse.Namespace) -> int:
-    async with Client.open(args.profile, _passphrase_for(args.profile)) as client:
+    async with Client.open(args.profile, passphrase_for(args.profile)) as client:
         queued = await client.send(args.user, args.text)
         try:
             await client.flush(timeout=SEND_TIMEOUT)
@@ -134,14 +94,14 @@ async def cmd_send(args: argparse.Namespace) -> int:
     if message.state is MessageState.FAILED:
         raise ObrolanError(f"not sent: {message.error}")
     if args.json:
-        _print_json(message.as_json())
+        print_json(message.as_json())
     else:
         print(f"sent to {args.user}")
     return 0
 
 
 async def cmd_sync(args: argparse.Namespace) -> int:
-    async with Client.open(args.profile, _passphrase_for(args.profile)) as client:
+    async with Client.open(args.profile, passphrase_for(args.profile)) as client:
         messages = await client.sync()
     _print_messages(messages, args.json)
     if not args.json and not messages:
@@ -150,7 +110,7 @@ async def cmd_sync(args: argparse.Namespace) -> int:
 
 
 async def cmd_listen(args: argparse.Namespace) -> int:
-    async with Client.open(args.profile, _passphrase_for(args.profile)) as client:
+    async with Client.open(args.profile, passphrase_for(args.profile)) as client:
         if not args.json:
             print(f"listening as {client.username} (Ctrl-C to stop)", file=sys.stderr, flush=True)
         async for message in client.messages():
@@ -162,7 +122,7 @@ async def cmd_listen(args: argparse.Namespace) -> int:
 
 
 async def cmd_history(args: argparse.Namespace) -> int:
-    async with Client.open(args.profile, _passphrase_for(args.profile), online=False) as client:
+    async with Client.open(args.profile, passphrase_for(args.profile), online=False) as client:
         messages = client.history(args.user, args.limit)
     _print_messages(messages, args.json)
     if not args.json and not messages:
@@ -171,10 +131,10 @@ async def cmd_history(args: argparse.Namespace) -> int:
 
 
 async def cmd_contacts(args: argparse.Namespace) -> int:
-    async with Client.open(args.profile, _passphrase_for(args.profile), online=False) as client:
+    async with Client.open(args.profile, passphrase_for(args.profile), online=False) as client:
         contacts = client.contacts()
     if args.json:
-        _print_json([c.as_json() for c in contacts])
+        print_json([c.as_json() for c in contacts])
         return 0
     for contact in contacts:
         flag = "  ⚠ identity key changed: compare safety numbers" if contact.key_changed else ""
@@ -185,21 +145,21 @@ async def cmd_contacts(args: argparse.Namespace) -> int:
 
 
 async def cmd_whoami(args: argparse.Namespace) -> int:
-    async with Client.open(args.profile, _passphrase_for(args.profile), online=False) as client:
+    async with Client.open(args.profile, passphrase_for(args.profile), online=False) as client:
         me = client.whoami()
     if args.json:
-        _print_json(me.as_json())
+        print_json(me.as_json())
     else:
         print(f"{me.username} on {me.server_url}\ndevice {me.device_id}\nidentity key {me.ed25519}")
     return 0
 
 
 async def cmd_safety_number(args: argparse.Namespace) -> int:
-    async with Client.open(args.profile, _passphrase_for(args.profile), online=False) as client:
+    async with Client.open(args.profile, passphrase_for(args.profile), online=False) as client:
         number = await client.safety_number(args.user)
         changed = any(c.username == args.user and c.key_changed for c in client.contacts())
     if args.json:
-        _print_json({"username": args.user, "safety_number": number, "key_changed": changed})
+        print_json({"username": args.user, "safety_number": number, "key_changed": changed})
         return 0
     groups = number.split()
     for row in range(0, len(groups), 4):
@@ -212,9 +172,6 @@ async def cmd_safety_number(args: argparse.Namespace) -> int:
 
 # --- parser -------------------------------------------------------------------------------
 
-Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="obrolan",
@@ -223,18 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"obrolan {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    profile = argparse.ArgumentParser(add_help=False)
-    profile.add_argument(
-        "--profile", type=Path, default=None, metavar="DIR",
-        help="the device's profile folder (default: $OBROLAN_PROFILE or the user data dir)",
-    )
-    profile.add_argument("--json", action="store_true", help="print data as JSON")
-    profile.add_argument("-v", "--verbose", action="store_true", help="log what the client does")
-
     def verb(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, parents=[profile], help=help_text, description=help_text)
-        p.set_defaults(func=_run_async(handler))
-        return p
+        return add_verb(sub, name, handler, help_text)
 
     p = verb("register", cmd_register, "create an account and this device's profile")
     p.add_argument("username")
@@ -265,19 +212,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     server_commands.add_parsers(sub)
     return parser
-
-
-def _run_async(handler: Handler) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        if args.profile is None:
-            args.profile = default_profile()
-        logging.basicConfig(
-            level=logging.INFO if args.verbose else logging.ERROR,
-            format="%(levelname)s %(name)s: %(message)s",
-        )
-        return asyncio.run(handler(args))
-
-    return run
 
 
 _FRIENDLY = {

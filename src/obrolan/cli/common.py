@@ -1,0 +1,107 @@
+"""What every client verb of the ``obrolan`` command shares: profile, passphrase, output."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from obrolan.client.vault import needs_passphrase
+from obrolan.errors import ConfigError
+
+__all__ = [
+    "Handler",
+    "add_verb",
+    "default_profile",
+    "passphrase_for",
+    "print_json",
+    "read_passphrase",
+]
+
+Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+"""A client verb: an async function of the parsed arguments, returning the exit code."""
+
+
+def default_profile() -> Path:
+    """``$OBROLAN_PROFILE``, else the user's data dir (e.g. ~/.local/share/obrolan/default)."""
+    configured = os.environ.get("OBROLAN_PROFILE")
+    if configured:
+        return Path(configured)
+    return Path(platformdirs.user_data_dir("obrolan")) / "default"
+
+
+def read_passphrase(*, confirm: bool = False) -> str:
+    """``$OBROLAN_PASSPHRASE``, else a prompt on the terminal.
+
+    Raises:
+        ConfigError: no terminal to ask on and no environment variable.
+    """
+    configured = os.environ.get("OBROLAN_PASSPHRASE")
+    if configured is not None:
+        return configured
+    if not sys.stdin.isatty():
+        raise ConfigError(
+            "a passphrase is needed: set OBROLAN_PASSPHRASE, or run in a terminal to be asked"
+        )
+    passphrase = getpass.getpass("Passphrase: ")
+    if confirm:
+        if len(passphrase) < 8:
+            raise ConfigError("choose a passphrase of at least 8 characters")
+        if getpass.getpass("Passphrase again: ") != passphrase:
+            raise ConfigError("the two passphrases differ")
+    return passphrase
+
+
+def passphrase_for(profile: Path) -> str | None:
+    return read_passphrase() if needs_passphrase(profile) else None
+
+
+def print_json(value: object) -> None:
+    print(json.dumps(value, ensure_ascii=False, indent=2))
+
+
+_PROFILE_OPTIONS = argparse.ArgumentParser(add_help=False)
+_PROFILE_OPTIONS.add_argument(
+    "--profile", type=Path, default=None, metavar="DIR",
+    help="the device's profile folder (default: $OBROLAN_PROFILE or the user data dir)",
+)
+_PROFILE_OPTIONS.add_argument("--json", action="store_true", help="print data as JSON")
+_PROFILE_OPTIONS.add_argument(
+    "-v", "--verbose", action="store_true", help="log what the client does"
+)
+
+
+def add_verb(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    handler: Handler,
+    help_text: str,
+) -> argparse.ArgumentParser:
+    """Add a client verb taking --profile, --json and --verbose; returns its parser."""
+    parser = sub.add_parser(name, parents=[_PROFILE_OPTIONS], help=help_text, description=help_text)
+    parser.set_defaults(func=_run_async(handler))
+    return parser
+
+
+def _run_async(handler: Handler) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        if args.profile is None:
+            args.profile = default_profile()
+        logging.basicConfig(
+            level=logging.INFO if args.verbose else logging.ERROR,
+            format="%(levelname)s %(name)s: %(message)s",
+        )
+        return asyncio.run(handler(args))
+
+    return run
+
+
