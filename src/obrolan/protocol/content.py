@@ -8,17 +8,26 @@ can interoperate.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
 from obrolan.protocol.frames import DeviceId, PublicKey, Username
 
 __all__ = [
+    "DELETE_WINDOW_MS",
+    "EPHEMERAL",
+    "Attachment",
     "Content",
+    "Delete",
+    "Edit",
     "OlmCiphertext",
     "Plaintext",
+    "Reaction",
+    "Receipt",
     "Text",
+    "Timer",
+    "Typing",
     "decode_content",
     "decode_olm_ciphertext",
     "decode_plaintext",
@@ -43,20 +52,107 @@ class OlmCiphertext(msgspec.Struct, frozen=True):
     """The Olm message, as vodozemac's ``AnyOlmMessage.to_parts()`` gives it."""
 
 
-class Text(msgspec.Struct, frozen=True, tag_field="kind", tag="text"):
-    """A text message."""
+BlobId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{16,64}\Z")]
+Emoji = Annotated[str, msgspec.Meta(max_length=32)]
+"""One emoji (a short grapheme cluster); the empty string withdraws a reaction."""
+ReceiptStatus = Literal["delivered", "read"]
+TimerSeconds = Annotated[int, msgspec.Meta(ge=1, le=365 * 24 * 3600)]
+
+
+class Attachment(msgspec.Struct, frozen=True, omit_defaults=True):
+    """An encrypted file on the server's blob store, and what it takes to read it."""
+
+    blob_id: BlobId
+    key: bytes
+    """32-byte AES-256-GCM key, fresh for this file."""
+    sha256: bytes
+    """SHA-256 of the whole encrypted blob as uploaded (checked before decrypting)."""
+    size: int
+    """Plaintext size in bytes."""
+    chunk_size: int
+    """Plaintext bytes per encrypted chunk (the last may be shorter)."""
+    name: str
+    mime: str
+    thumbnail: bytes | None = None
+    """For images: a small JPEG preview, carried inside this (encrypted) message."""
+
+
+class Text(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="kind", tag="text"):
+    """A text message, perhaps replying to another, perhaps carrying a file."""
 
     message_id: MessageId
     sent_at_ms: int
     """The sender's clock, milliseconds since the Unix epoch (shown, never trusted)."""
     text: str
+    reply_to: MessageId | None = None
+    """The message this one quotes."""
+    attachment: Attachment | None = None
+    expires_in_seconds: int | None = None
+    """Disappearing: every device deletes it this long after it arrives (or was sent)."""
 
 
-Content = Text
-"""Every kind of content; more kinds join this union as they are added."""
+class Reaction(msgspec.Struct, frozen=True, tag_field="kind", tag="reaction"):
+    """One emoji per person per message; a new one replaces the old, "" withdraws it."""
+
+    message_id: MessageId
+    sent_at_ms: int
+    target: MessageId
+    emoji: Emoji
 
 
-class Plaintext(msgspec.Struct, frozen=True):
+class Edit(msgspec.Struct, frozen=True, tag_field="kind", tag="edit"):
+    """The sender replaces the text of one of their own messages."""
+
+    message_id: MessageId
+    sent_at_ms: int
+    target: MessageId
+    text: str
+
+
+class Delete(msgspec.Struct, frozen=True, tag_field="kind", tag="delete"):
+    """The sender deletes one of their own messages for everyone (within the window)."""
+
+    message_id: MessageId
+    sent_at_ms: int
+    target: MessageId
+
+
+class Receipt(msgspec.Struct, frozen=True, tag_field="kind", tag="receipt"):
+    """The recipient's device has stored (delivered) or shown (read) these messages."""
+
+    message_id: MessageId
+    sent_at_ms: int
+    targets: list[MessageId]
+    status: ReceiptStatus
+
+
+class Typing(msgspec.Struct, frozen=True, tag_field="kind", tag="typing"):
+    """The sender started or stopped typing in this conversation."""
+
+    message_id: MessageId
+    sent_at_ms: int
+    active: bool
+
+
+class Timer(msgspec.Struct, frozen=True, tag_field="kind", tag="timer"):
+    """The conversation's disappearing-message timer changes (null turns it off)."""
+
+    message_id: MessageId
+    sent_at_ms: int
+    seconds: TimerSeconds | None
+
+
+Content = Text | Reaction | Edit | Delete | Receipt | Typing | Timer
+"""Every kind of content, told apart by ``kind``."""
+
+EPHEMERAL = (Receipt, Typing)
+"""Kinds that carry no counter: they are never stored as conversation events."""
+
+DELETE_WINDOW_MS = 48 * 3600 * 1000
+"""How long after sending a message its sender may delete it for everyone."""
+
+
+class Plaintext(msgspec.Struct, frozen=True, omit_defaults=True):
     """The decrypted body, naming both ends so the server cannot redirect it."""
 
     sender: Username
@@ -64,6 +160,10 @@ class Plaintext(msgspec.Struct, frozen=True):
     recipient: Username
     recipient_device: DeviceId
     content: Content
+    counter: int | None = None
+    """The sender's number for this event in this conversation (1, 2, …); null for
+    receipts and typing. A missing number after a later one arrived means the server
+    withheld or lost a message."""
 
 
 _encoder = msgspec.json.Encoder()
