@@ -51,10 +51,14 @@ class Cli:
         assert "Traceback" not in done.stderr, done.stderr
         return CliResult(done.returncode, done.stdout, done.stderr)
 
-    def register(self, username: str, profile: Path) -> CliResult:
+    def register(self, username: str, profile: Path, *, accept: tuple[str, ...] = ()) -> CliResult:
+        """Register ``username``; ``accept`` names people whose messages are not requests."""
         result = self("register", username, "--server", self.server_url, "--profile", str(profile),
                       "--no-passphrase")
         assert result.returncode == 0, result.stderr
+        for peer in accept:
+            accepted = self("requests", "accept", peer, "--profile", str(profile))
+            assert accepted.returncode == 0, accepted.stderr
         return result
 
 
@@ -74,6 +78,8 @@ async def pair(server, profiles) -> AsyncIterator[tuple[Client, Client]]:  # typ
     """alice and bob, registered, as in-process clients (not yet connected)."""
     alice = await Client.register(profiles("alice"), server.url, "alice", None)
     bob = await Client.register(profiles("bob"), server.url, "bob", None)
+    alice.accept("bob")  # they know each other: no message requests between them
+    bob.accept("alice")
     try:
         yield alice, bob
     finally:
@@ -89,10 +95,15 @@ def wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
         time.sleep(0.05)
 
 
-def mailbox_rows(data_dir: Path) -> int:
-    """How many envelopes the server's database holds, read from the file itself."""
+def mailbox_rows(data_dir: Path, to: str | None = None) -> int:
+    """How many envelopes the server's database holds (for user ``to``), read from the file."""
+    query = "SELECT COUNT(*) FROM mailbox"
+    params: tuple[str, ...] = ()
+    if to is not None:
+        query += " JOIN devices ON devices.id = mailbox.device WHERE devices.username = ?"
+        params = (to,)
     with sqlite3.connect(f"file:{data_dir / 'obrolan.db'}?mode=ro", uri=True) as db:
-        (count,) = db.execute("SELECT COUNT(*) FROM mailbox").fetchone()
+        (count,) = db.execute(query, params).fetchone()
     return int(count)
 
 

@@ -42,6 +42,9 @@ async def test_offline_recipient_gets_message_on_connect_and_mailbox_empties(
 
     received = await bob.sync()
     assert [m.text for m in received] == [f"while you were away {i}" for i in range(3)]
+    await _wait_for(lambda: mailbox_rows(server.data_dir, to="bob") == 0)
+    assert mailbox_rows(server.data_dir, to="alice") == 1  # bob's delivery receipt waits for her
+    await alice.sync()
     await _wait_for(lambda: mailbox_rows(server.data_dir) == 0)
 
 
@@ -91,6 +94,8 @@ async def test_disclose_after_chatting_holds_no_ciphertext_plaintext_or_contacts
 ) -> None:
     """`admin disclose` prints the account's keys and days, and nothing of the conversation."""
     alice, bob = pair
+    for client in pair:
+        client.set_receipts(False)  # no receipt left waiting: the mailbox ends empty
     marker = f"MARKER-{uuid.uuid4().hex}"
     await alice.send("bob", marker)
     await alice.flush(timeout=30)

@@ -14,8 +14,8 @@ from tests.e2e.conftest import Cli
 @pytest.fixture
 def two(cli: Cli, profiles) -> tuple[Path, Path]:  # type: ignore[no-untyped-def]
     alice, bob = profiles("alice"), profiles("bob")
-    cli.register("alice", alice)
-    cli.register("bob", bob)
+    cli.register("alice", alice, accept=("bob",))
+    cli.register("bob", bob, accept=("alice",))
     return alice, bob
 
 

@@ -35,6 +35,7 @@ def test_cli_over_tls_needs_a_trusted_certificate(
         made = cli("register", name, "--server", server.url, "--profile", str(profiles(name)),
                    "--no-passphrase", "--ca-file", str(certificate.cert_path))
         assert made.returncode == 0, made.stderr
+    assert cli("requests", "accept", "alice", "--profile", str(profiles("bob"))).returncode == 0
     assert cli("send", "bob", "over tls", "--profile", str(profiles("alice"))).returncode == 0
     synced = cli("sync", "--json", "--profile", str(profiles("bob")))
     assert [m["text"] for m in synced.json()] == ["over tls"]

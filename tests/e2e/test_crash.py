@@ -24,8 +24,8 @@ def _texts(result) -> list[str]:  # type: ignore[no-untyped-def]
 @pytest.fixture
 def two(cli: Cli, profiles) -> tuple[Path, Path]:  # type: ignore[no-untyped-def]
     alice, bob = profiles("alice"), profiles("bob")
-    cli.register("alice", alice)
-    cli.register("bob", bob)
+    cli.register("alice", alice, accept=("bob",))
+    cli.register("bob", bob, accept=("alice",))
     return alice, bob
 
 
@@ -90,7 +90,7 @@ def test_receiver_killed_before_ack_shows_message_once_and_session_still_works(
     alice, bob = two
     assert cli("send", "bob", "first", "--profile", str(alice)).returncode == 0
     assert cli("sync", "--profile", str(bob), failpoints=point).returncode == KILLED
-    assert mailbox_rows(server.data_dir) == 1  # never acked
+    assert mailbox_rows(server.data_dir, to="bob") == 1  # never acked
 
     assert _texts(cli("sync", "--json", "--profile", str(bob))) == shown_after_restart
     assert [m["text"] for m in cli("history", "alice", "--json", "--profile", str(bob)).json()] == ["first"]
@@ -99,4 +99,4 @@ def test_receiver_killed_before_ack_shows_message_once_and_session_still_works(
     assert _texts(cli("sync", "--json", "--profile", str(bob))) == ["second"]
     assert cli("send", "alice", "reply", "--profile", str(bob)).returncode == 0
     assert _texts(cli("sync", "--json", "--profile", str(alice))) == ["reply"]
-    wait_until(lambda: mailbox_rows(server.data_dir) == 0)
+    wait_until(lambda: mailbox_rows(server.data_dir, to="alice") == 0)

@@ -8,13 +8,13 @@ non-zero exit code; a traceback would be a bug.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Sequence
-from datetime import datetime
 
 from obrolan import __version__
-from obrolan.cli import server_commands
+from obrolan.cli import conversation_commands, server_commands
 from obrolan.cli.common import (
     Handler,
     add_verb,
@@ -22,8 +22,9 @@ from obrolan.cli.common import (
     print_json,
     read_passphrase,
 )
+from obrolan.cli.render import format_event, print_messages
 from obrolan.client.client import Client
-from obrolan.client.models import Message, MessageState
+from obrolan.client.models import MessageState
 from obrolan.errors import ObrolanError, RequestRefused, ServerUnreachable
 from obrolan.protocol.codes import ErrorCode
 
@@ -34,29 +35,6 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 SEND_TIMEOUT = 15.0
 """Seconds `obrolan send` waits for the server before leaving the message queued."""
-
-
-def _format_message(message: Message) -> str:
-    when = datetime.fromtimestamp(message.sent_at_ms / 1000).strftime("%Y-%m-%d %H:%M")
-    if message.state is MessageState.FAILED and not message.outgoing:
-        return f"{when} ⚠ {message.warning}"
-    arrow = f"{message.sender} → {message.peer}" if message.outgoing else message.sender
-    marks = {
-        MessageState.QUEUED: " (queued)",
-        MessageState.FAILED: f" (not sent: {message.error})",
-    }.get(message.state, "")
-    line = f"{when} {arrow}: {message.text}{marks}"
-    if message.warning:
-        line += f"\n    ⚠ {message.warning}"
-    return line
-
-
-def _print_messages(messages: Sequence[Message], as_json: bool) -> None:
-    if as_json:
-        print_json([m.as_json() for m in messages])
-        return
-    for message in messages:
-        print(_format_message(message), flush=True)
 
 
 # --- client verbs -------------------------------------------------------------------------
@@ -82,7 +60,8 @@ async def cmd_register(args: argparse.Namespace) -> int:
 
 async def cmd_send(args: argparse.Namespace) -> int:
     async with Client.open(args.profile, passphrase_for(args.profile)) as client:
-        queued = await client.send(args.user, args.text)
+        reply_to = None if args.reply_to is None else client.resolve(args.reply_to).message_id
+        queued = await client.send(args.user, args.text, reply_to=reply_to)
         try:
             await client.flush(timeout=SEND_TIMEOUT)
         except ServerUnreachable as exc:
@@ -103,9 +82,18 @@ async def cmd_send(args: argparse.Namespace) -> int:
 async def cmd_sync(args: argparse.Namespace) -> int:
     async with Client.open(args.profile, passphrase_for(args.profile)) as client:
         messages = await client.sync()
-    _print_messages(messages, args.json)
-    if not args.json and not messages:
-        print("no new messages", file=sys.stderr)
+        for peer in {m.peer for m in messages}:
+            await client.mark_read(peer)
+        requests = client.requests()
+        with contextlib.suppress(ServerUnreachable):
+            await client.flush(timeout=SEND_TIMEOUT)  # the read receipts
+    print_messages(messages, args.json)
+    if not args.json:
+        if not messages:
+            print("no new messages", file=sys.stderr)
+        if requests:
+            print(f"message requests from {', '.join(requests)}: see `obrolan requests`",
+                  file=sys.stderr)
     return 0
 
 
@@ -113,18 +101,21 @@ async def cmd_listen(args: argparse.Namespace) -> int:
     async with Client.open(args.profile, passphrase_for(args.profile)) as client:
         if not args.json:
             print(f"listening as {client.username} (Ctrl-C to stop)", file=sys.stderr, flush=True)
-        async for message in client.messages():
+        async for event in client.events():
             if args.json:
-                print(json.dumps(message.as_json(), ensure_ascii=False), flush=True)
-            else:
-                print(_format_message(message), flush=True)
+                print(json.dumps(event.as_json(), ensure_ascii=False), flush=True)
+            elif (line := format_event(event)) is not None:
+                print(line, flush=True)
+            if event.kind == "message":
+                await client.mark_read(event.peer)
     return 0
 
 
 async def cmd_history(args: argparse.Namespace) -> int:
     async with Client.open(args.profile, passphrase_for(args.profile), online=False) as client:
         messages = client.history(args.user, args.limit)
-    _print_messages(messages, args.json)
+        await client.mark_read(args.user)  # the receipts go out with the next sync or send
+    print_messages(messages, args.json)
     if not args.json and not messages:
         print(f"no messages with {args.user}", file=sys.stderr)
     return 0
@@ -196,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("send", cmd_send, "send a text message")
     p.add_argument("user")
     p.add_argument("text")
+    p.add_argument("--reply-to", metavar="MESSAGE", help="quote a message (its id, or the start of it)")
 
     verb("sync", cmd_sync, "fetch and print what is waiting, send the outbox, exit")
     verb("listen", cmd_listen, "print messages as they arrive, until Ctrl-C")
@@ -210,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("safety-number", cmd_safety_number, "print the safety number to compare with a contact")
     p.add_argument("user")
 
+    conversation_commands.add_parsers(sub)
     server_commands.add_parsers(sub)
     return parser
 

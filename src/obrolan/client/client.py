@@ -22,20 +22,19 @@ inbox and the outbox never interleave on one session.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import os
 import random
-import re
-import secrets
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 
 import msgspec
 
 from obrolan.client.connection import Connection, ServerAddress, is_fatal
-from obrolan.client.models import Contact, Message, MessageState, Whoami
+from obrolan.client.conversation import Conversations
+from obrolan.client.ids import check_username, new_id
+from obrolan.client.models import Contact, Event, Message, MessageState, Whoami
 from obrolan.client.store import OutboxEntry, Store, now_ms
 from obrolan.client.vault import Vault, create_vault, open_vault
 from obrolan.crypto.device import DeviceIdentity
@@ -67,23 +66,7 @@ log = logging.getLogger("obrolan.client")
 
 BACKOFF_START = 0.5
 BACKOFF_MAX = 30.0
-_USERNAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{2,31}$")
 _PROFILE_FILES = ("profile.json", "key", "store.db", "store.db-wal", "store.db-shm")
-
-
-def new_id() -> str:
-    """A random 128-bit id, base64url without padding (envelope and message ids)."""
-    return base64.urlsafe_b64encode(secrets.token_bytes(16)).rstrip(b"=").decode()
-
-
-def check_username(username: str) -> str:
-    """Return ``username`` if it is well formed, else raise ConfigError."""
-    if not _USERNAME.match(username):
-        raise ConfigError(
-            f"invalid username {username!r}: use 3-32 lower-case letters, digits, '_', '.' "
-            f"or '-', starting with a letter or digit"
-        )
-    return username
 
 
 class Client:
@@ -103,8 +86,10 @@ class Client:
         )
         self._conn: Connection | None = None
         self._runner: asyncio.Task[None] | None = None
-        self._incoming: asyncio.Queue[Message | None] = asyncio.Queue()
-        """Stored incoming messages; None wakes a reader after a fatal error."""
+        self._expirer: asyncio.Task[None] | None = None
+        self._conversations = Conversations(store, self.username, profile_dir / "attachments")
+        self._events: asyncio.Queue[Event | None] = asyncio.Queue()
+        """What happened, after it was stored; None wakes a reader after a fatal error."""
         self._outbox_wakeup = asyncio.Event()
         self._outbox_idle = asyncio.Event()
         self._drained = asyncio.Event()
@@ -202,7 +187,9 @@ class Client:
             identity = DeviceIdentity.from_pickle(
                 _required(store.get_meta("account")), vault.pickle_key
             )
-            return cls(profile_dir, vault, store, identity)
+            client = cls(profile_dir, vault, store, identity)
+            client.expire()  # nothing past its timer is ever shown, online or not
+            return client
         except BaseException:
             vault.close()
             raise
@@ -211,14 +198,30 @@ class Client:
         """Connect in the background (idempotent)."""
         if self._runner is None:
             self._runner = asyncio.create_task(self._run(), name="obrolan-client")
+            self._expirer = asyncio.create_task(self._expire_loop(), name="obrolan-expiry")
+
+    def expire(self) -> int:
+        """Delete the messages whose disappearing timer ran out; returns how many."""
+        before = self._store.message_count()
+        with self._store.transaction():
+            self._conversations.expire()
+        return before - self._store.message_count()
+
+    async def _expire_loop(self) -> None:
+        while True:
+            self.expire()
+            upcoming = self._store.next_expiry()
+            delay = 60.0 if upcoming is None else max(0.0, (upcoming - now_ms()) / 1000)
+            await asyncio.sleep(min(delay, 60.0) + 0.01)
 
     async def close(self) -> None:
         """Disconnect and close the local store; queued messages stay queued."""
-        if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
-            self._runner = None
+        for task in (self._runner, self._expirer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._runner = self._expirer = None
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
@@ -236,35 +239,141 @@ class Client:
             self._identity.curve25519,
         )
 
-    async def send(self, username: str, text: str) -> Message:
+    async def send(self, username: str, text: str, *, reply_to: str | None = None) -> Message:
         """Queue a text message for ``username``; it is in the durable outbox on return.
 
         The background connection (started if needed) sends it as soon as it can;
-        :meth:`flush` waits for that.
+        :meth:`flush` waits for that. ``reply_to`` quotes a message of the conversation.
         """
         check_username(username)
         if username == self.username:
             raise ConfigError("you cannot send a message to yourself on a single device")
-        message_id = new_id()
-        sent_at = now_ms()
-        payload = content.encode(content.Text(message_id=message_id, sent_at_ms=sent_at, text=text))
         with self._store.transaction():
-            rowid = self._store.add_message(
-                message_id=message_id,
-                peer=username,
-                sender=self.username,
-                sender_device=self.device_id,
-                outgoing=True,
-                text=text,
-                sent_at_ms=sent_at,
-                state=MessageState.QUEUED,
+            rowid, body = self._conversations.prepare_text(
+                username, new_id(), text, reply_to, None, self.device_id
             )
-            assert rowid is not None, "fresh message ids never collide"
-            self._store.enqueue(rowid, username, payload)
+            self._queue(username, body, message_rowid=rowid)
+        return self._store.message(rowid)
+
+    def resolve(self, message_ref: str) -> Message:
+        """The message whose id is, or starts with, ``message_ref`` (as `history` shows it).
+
+        Raises:
+            ConfigError: no message, or several, match.
+        """
+        matches = self._store.find_by_prefix(message_ref)
+        if not matches:
+            raise ConfigError(f"no message {message_ref!r} on this device")
+        if len(matches) > 1:
+            raise ConfigError(f"{message_ref!r} matches {len(matches)} messages: give more of its id")
+        return matches[0][1]
+
+    async def react(self, message: Message, emoji: str) -> None:
+        """React to a message with one emoji (replacing ours), or "" to withdraw it."""
+        rowid = self._row_of(message)
+        with self._store.transaction():
+            self._conversations.react(rowid, emoji)
+            self._queue(message.peer, content.Reaction(
+                message_id=new_id(), sent_at_ms=now_ms(), target=message.message_id, emoji=emoji
+            ))
+
+    async def edit(self, message: Message, text: str) -> None:
+        """Replace the text of one of our messages; the peer sees it as edited."""
+        rowid = self._row_of(message)
+        at = now_ms()
+        with self._store.transaction():
+            self._conversations.edit(rowid, message, text, at)
+            self._queue(message.peer, content.Edit(
+                message_id=new_id(), sent_at_ms=at, target=message.message_id, text=text
+            ))
+
+    async def delete(self, message: Message) -> None:
+        """Delete one of our messages for everyone (within 48 hours of sending it)."""
+        rowid = self._row_of(message)
+        at = now_ms()
+        with self._store.transaction():
+            self._conversations.delete(rowid, message, at)
+            self._queue(message.peer, content.Delete(
+                message_id=new_id(), sent_at_ms=at, target=message.message_id
+            ))
+
+    async def set_timer(self, username: str, seconds: int | None) -> None:
+        """Turn disappearing messages on (``seconds``) or off (None) for a conversation."""
+        check_username(username)
+        message_id = new_id()
+        with self._store.transaction():
+            self._conversations.set_timer(username, seconds, message_id)
+            self._queue(username, content.Timer(message_id=message_id, sent_at_ms=now_ms(),
+                                                seconds=seconds))
+
+    async def typing(self, username: str, active: bool) -> bool:
+        """Tell ``username`` we started or stopped typing; False when offline (not sent)."""
+        if self._conn is None:
+            return False
+        with self._store.transaction():
+            self._queue(username, content.Typing(message_id=new_id(), sent_at_ms=now_ms(),
+                                                 active=active))
+        return True
+
+    async def mark_read(self, username: str) -> int:
+        """Report the peer's messages as read (if receipts are on); returns how many."""
+        unread = self._store.unread_from(username)
+        if not unread:
+            return 0
+        with self._store.transaction():
+            self._store.mark_read(username, unread)
+            if self.receipts:
+                self._queue(username, content.Receipt(
+                    message_id=new_id(), sent_at_ms=now_ms(), targets=unread, status="read"
+                ))
+        return len(unread)
+
+    @property
+    def receipts(self) -> bool:
+        """Whether this device sends delivery and read receipts (default on)."""
+        return self._store.get_meta("receipts") != "off"
+
+    def set_receipts(self, enabled: bool) -> None:
+        with self._store.transaction():
+            self._store.set_meta("receipts", "on" if enabled else "off")
+
+    def requests(self) -> list[str]:
+        """People whose first messages wait for this user to accept them."""
+        return [c.peer for c in self._store.conversations() if not c.accepted and not c.blocked]
+
+    def accept(self, username: str) -> None:
+        """Accept a message request: the conversation becomes a normal one."""
+        with self._store.transaction():
+            self._store.open_conversation(username, accepted=True)
+            self._store.set_conversation(username, accepted=True, blocked=False)
+
+    def block(self, username: str, blocked: bool = True) -> None:
+        """Drop everything ``username`` sends from now on, silently (or stop doing so)."""
+        check_username(username)
+        with self._store.transaction():
+            self._store.open_conversation(username, accepted=not blocked)
+            self._store.set_conversation(username, blocked=blocked)
+
+    def blocked(self) -> list[str]:
+        return [c.peer for c in self._store.conversations() if c.blocked]
+
+    def timer(self, username: str) -> int | None:
+        conversation = self._store.conversation(username)
+        return None if conversation is None else conversation.timer_seconds
+
+    def _row_of(self, message: Message) -> int:
+        found = self._store.find(message.peer, message.message_id)
+        if found is None:
+            raise ConfigError(f"no message {message.message_id} on this device")
+        return found[0]
+
+    def _queue(self, peer: str, body: content.Content, *, message_rowid: int | None = None) -> None:
+        """Put an event in the outbox (inside the caller's transaction) and wake the sender."""
+        counter = None if isinstance(body, content.EPHEMERAL) else self._store.next_counter(peer)
+        self._store.enqueue(peer, content.encode(body), message_rowid=message_rowid, counter=counter)
         self._outbox_idle.clear()
         self._outbox_wakeup.set()
         self.start()
-        return self._store.message(rowid)
 
     def message(self, message_id: str, sender: str | None = None) -> Message | None:
         """A stored message by id (the latest state)."""
@@ -303,21 +412,27 @@ class Client:
             timeout,
         )
         received = []
-        while not self._incoming.empty():
-            message = self._incoming.get_nowait()
-            if message is not None:
-                received.append(message)
+        while not self._events.empty():
+            event = self._events.get_nowait()
+            if event is not None and event.kind == "message" and event.message is not None:
+                received.append(event.message)
         return received
 
     async def messages(self) -> AsyncIterator[Message]:
-        """Incoming messages as they are stored, forever (connects if needed)."""
+        """Incoming messages (and notices) as they are stored, forever (connects if needed)."""
+        async for event in self.events():
+            if event.kind == "message" and event.message is not None:
+                yield event.message
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Everything that happens, as it is stored: messages, updates, typing, requests, gaps."""
         self.start()
         while True:
-            message = await self._incoming.get()
-            if message is None:
+            event = await self._events.get()
+            if event is None:
                 assert self._fatal is not None
                 raise self._fatal
-            yield message
+            yield event
 
     def history(self, username: str, limit: int | None = None) -> list[Message]:
         """The conversation with ``username`` as stored on this device, oldest first."""
@@ -378,7 +493,7 @@ class Client:
                     if isinstance(exc, DeviceReplaced) or is_fatal(exc.code):
                         # Retrying cannot help: stop, and tell whoever waits.
                         self._fatal = exc
-                        self._incoming.put_nowait(None)
+                        self._events.put_nowait(None)
                         self._notify()
                         return
                     self._last_error = exc
@@ -420,6 +535,9 @@ class Client:
                 if isinstance(push, frames.Deliver):
                     await self._receive(conn, push.envelopes)
                 else:
+                    with self._store.transaction():
+                        for event in self._conversations.gaps():
+                            self._events.put_nowait(event)
                     self._drained.set()
                     self._notify()
                 if outbox.done():
@@ -455,12 +573,12 @@ class Client:
         envelopes = entry.envelopes
         if entry.payload is not None:
             try:
-                envelopes = await self._encrypt(conn, entry.rowid, entry.recipient, entry.payload)
+                envelopes = await self._encrypt(conn, entry)
             except UnknownContact as exc:
-                self._fail(entry.rowid, str(exc))
+                self._fail(entry, str(exc))
                 return
             if not envelopes:
-                self._fail(entry.rowid, f"{entry.recipient} has no device that can receive messages")
+                self._fail(entry, f"{entry.recipient} has no device that can receive messages")
                 return
             failpoint("outbox.after_encrypt")
         try:
@@ -474,24 +592,28 @@ class Client:
                 )
             )
         except RequestRefused as exc:
-            if exc.code in (ErrorCode.UNKNOWN_USER, ErrorCode.UNKNOWN_DEVICE, ErrorCode.ENVELOPE_TOO_LARGE):
-                self._fail(entry.rowid, exc.message)
+            if exc.code in (
+                ErrorCode.UNKNOWN_USER, ErrorCode.UNKNOWN_DEVICE, ErrorCode.ENVELOPE_TOO_LARGE
+            ):
+                self._fail(entry, exc.message)
                 return
             raise
         failpoint("outbox.after_sent")
         with self._store.transaction():
-            self._store.set_state(entry.rowid, MessageState.SENT)
-            self._store.dequeue(entry.rowid)
+            if entry.message_rowid is not None:
+                self._store.set_state(entry.message_rowid, MessageState.SENT)
+            self._store.dequeue(entry.id)
 
-    def _fail(self, rowid: int, reason: str) -> None:
+    def _fail(self, entry: OutboxEntry, reason: str) -> None:
         with self._store.transaction():
-            self._store.set_state(rowid, MessageState.FAILED, reason)
-            self._store.dequeue(rowid)
-        log.warning("message not sent: %s", reason)
+            if entry.message_rowid is not None:
+                self._store.set_state(entry.message_rowid, MessageState.FAILED, reason)
+            self._store.dequeue(entry.id)
+        log.warning("not sent to %s: %s", entry.recipient, reason)
 
-    async def _encrypt(
-        self, conn: Connection, rowid: int, recipient: str, payload: bytes
-    ) -> list[tuple[str, str, str, bytes]]:
+    async def _encrypt(self, conn: Connection, entry: OutboxEntry) -> list[tuple[str, str, str, bytes]]:
+        recipient = entry.recipient
+        assert entry.payload is not None
         devices = await self._fetch_devices(conn, recipient)
         without_session = [d for d in devices if not self._store.sessions_for(d.curve25519)]
         one_time_keys: dict[str, frames.OneTimeKey] = {}
@@ -503,7 +625,7 @@ class Client:
             )
             assert isinstance(claimed, frames.ClaimedKeys)
             one_time_keys = self._verified_claims(recipient, devices, claimed.devices)
-        text = content.decode_content(payload)
+        body = content.decode_content(entry.payload)
         # From here to the commit: no await, so no other task touches these sessions.
         envelopes = []
         with self._store.transaction():
@@ -520,14 +642,15 @@ class Client:
                     sender_device=self.device_id,
                     recipient=recipient,
                     recipient_device=device.device_id,
-                    content=text,
+                    content=body,
+                    counter=entry.counter,
                 )
                 sealed = session.encrypt(content.encode(plaintext), self._identity.curve25519)
                 self._store.save_session(
                     device.curve25519, session.session_id, session.pickle(self._vault.pickle_key)
                 )
                 envelopes.append((new_id(), recipient, device.device_id, content.encode(sealed)))
-            self._store.save_envelopes(rowid, envelopes)
+            self._store.save_envelopes(entry.id, envelopes)
         return envelopes
 
     def _verified_claims(
@@ -596,16 +719,15 @@ class Client:
         acked = []
         for envelope in envelopes:
             if not self._store.is_processed(envelope.envelope_id):
-                message = await self._open_envelope(conn, envelope)
-                if message is not None:
-                    self._incoming.put_nowait(message)
+                for event in await self._open_envelope(conn, envelope):
+                    self._events.put_nowait(event)
             acked.append(envelope.envelope_id)
         failpoint("inbox.before_ack")
         limit = conn.challenge.limits.max_acks_per_frame
         for start in range(0, len(acked), limit):
             await conn.send(frames.Ack(envelope_ids=acked[start : start + limit]))
 
-    async def _open_envelope(self, conn: Connection, envelope: frames.Envelope) -> Message | None:
+    async def _open_envelope(self, conn: Connection, envelope: frames.Envelope) -> list[Event]:
         try:
             sealed = content.decode_olm_ciphertext(envelope.ciphertext)
         except msgspec.DecodeError:
@@ -638,23 +760,25 @@ class Client:
         if contact is not None and contact.key_changed:
             warning = f"{body.sender}'s identity key has changed"
         with self._store.transaction():
-            rowid = self._store.add_message(
-                message_id=body.content.message_id,
-                peer=body.sender,
-                sender=body.sender,
-                sender_device=body.sender_device,
-                outgoing=False,
-                text=body.content.text,
-                sent_at_ms=body.content.sent_at_ms,
-                state=MessageState.RECEIVED,
-                warning=warning,
+            events = self._conversations.receive(body, warning)
+            delivered = [
+                e.message.message_id
+                for e in events
+                if e.kind == "message" and e.message is not None
+                and e.message.state is MessageState.RECEIVED
+            ]
+            if delivered and self.receipts:
+                self._queue(body.sender, content.Receipt(
+                    message_id=new_id(), sent_at_ms=now_ms(), targets=delivered, status="delivered"
+                ))
+            self._store.save_session(
+                sealed.sender_key, session.session_id, session.pickle(self._vault.pickle_key)
             )
-            self._store.save_session(sealed.sender_key, session.session_id, session.pickle(self._vault.pickle_key))
             if new_session:
                 self._store.set_meta("account", self._identity.pickle(self._vault.pickle_key))
             self._store.mark_processed(envelope.envelope_id)
         failpoint("inbox.after_store")
-        return None if rowid is None else self._store.message(rowid)
+        return events
 
     def _decrypt(self, sealed: content.OlmCiphertext) -> tuple[OlmSession, bytes, bool]:
         pre_key = sealed.message_type == content.OLM_PRE_KEY
@@ -672,7 +796,7 @@ class Client:
         session, plaintext = self._identity.inbound_session(sealed.sender_key, sealed)
         return session, plaintext, True
 
-    def _store_undecryptable(self, envelope: frames.Envelope, reason: str) -> Message | None:
+    def _store_undecryptable(self, envelope: frames.Envelope, reason: str) -> list[Event]:
         log.warning("dropped a message from %s: %s", envelope.from_user, reason)
         with self._store.transaction():
             rowid = self._store.add_message(
@@ -681,13 +805,14 @@ class Client:
                 sender=envelope.from_user,
                 sender_device=envelope.from_device,
                 outgoing=False,
-                text="",
+                text=f"a message from {envelope.from_user} could not be read: {reason}",
                 sent_at_ms=now_ms(),
-                state=MessageState.FAILED,
-                warning=f"a message from {envelope.from_user} was dropped: {reason}",
+                state=MessageState.NOTICE,
             )
             self._store.mark_processed(envelope.envelope_id)
-        return None if rowid is None else self._store.message(rowid)
+        if rowid is None:
+            return []
+        return [Event("message", envelope.from_user, self._store.message(rowid))]
 
 
 class _Opened:

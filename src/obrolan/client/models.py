@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-__all__ = ["Contact", "Message", "MessageState", "Whoami"]
+__all__ = ["Contact", "Event", "Message", "MessageState", "Whoami"]
 
 
 class MessageState(enum.StrEnum):
@@ -19,6 +19,8 @@ class MessageState(enum.StrEnum):
     """Written by someone else and stored on this device."""
     FAILED = "failed"
     """Cannot be sent (the recipient does not exist); ``error`` says why."""
+    NOTICE = "notice"
+    """Not a message: a line the client adds (a gap, a timer change, an unreadable message)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +39,23 @@ class Message:
     state: MessageState
     error: str | None = None
     warning: str | None = None
-    """Set when the sender's identity key changed since it was pinned."""
+    """Set when the sender's identity key changed since it was pinned, and on notices."""
+    reply_to: str | None = None
+    edited_at_ms: int | None = None
+    deleted: bool = False
+    receipt: str | None = None
+    """Ours: "delivered" or "read" by the peer. Theirs: "read" once we reported it."""
+    expires_at_ms: int | None = None
+    attachment: dict[str, object] | None = None
+    """name, mime, size and blob_id of an attached file (never its key)."""
+    reactions: dict[str, str] = field(default_factory=dict)
+    """reactor → emoji."""
+    earlier_texts: tuple[str, ...] = ()
+    """The texts before each edit, oldest first."""
+
+    @property
+    def edited(self) -> bool:
+        return self.edited_at_ms is not None
 
     def as_json(self) -> dict[str, object]:
         """A JSON-ready dict (what ``--json`` prints)."""
@@ -52,6 +70,39 @@ class Message:
             "state": self.state.value,
             "error": self.error,
             "warning": self.warning,
+            "reply_to": self.reply_to,
+            "edited": self.edited,
+            "earlier_texts": list(self.earlier_texts),
+            "deleted": self.deleted,
+            "receipt": self.receipt,
+            "reactions": self.reactions,
+            "expires_at_ms": self.expires_at_ms,
+            "attachment": self.attachment,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something that happened in a conversation, as :meth:`Client.events` yields it.
+
+    ``kind`` is "message" (a new message), "update" (a message changed: reaction,
+    edit, delete, receipt), "typing" (``active`` says started or stopped),
+    "request" (a first message from someone not in contacts) or "gap" (a message
+    may be missing).
+    """
+
+    kind: str
+    peer: str
+    message: Message | None = None
+    active: bool | None = None
+
+    def as_json(self) -> dict[str, object]:
+        """A JSON-ready dict (what ``listen --json`` prints)."""
+        return {
+            "event": self.kind,
+            "peer": self.peer,
+            "message": None if self.message is None else self.message.as_json(),
+            "active": self.active,
         }
 
 

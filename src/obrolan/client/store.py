@@ -8,15 +8,16 @@ Pickles are stored as vodozemac encrypts them, under the vault's pickle key.
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 
 from obrolan.client.models import Contact, Message, MessageState
 from obrolan.client.vault import Vault
 from obrolan.errors import StorageError
 
-__all__ = ["OutboxEntry", "Store", "now_ms"]
+__all__ = ["Conversation", "OutboxEntry", "Store", "now_ms"]
 
 SCHEMA_VERSION = 2
 
@@ -110,8 +111,33 @@ _SCHEMA_V2 = [
         timer_seconds   INTEGER,                     -- disappearing messages
         next_counter    INTEGER NOT NULL DEFAULT 1,  -- what we number our next message
         highest_seen    INTEGER NOT NULL DEFAULT 0,  -- the peer's highest counter seen
-        missing         TEXT NOT NULL DEFAULT '[]'   -- the peer's counters not seen yet
+        missing         TEXT NOT NULL DEFAULT '[]',  -- the peer's counters not seen yet
+        gap_notified    TEXT NOT NULL DEFAULT '[]'   -- missing counters already shown
     )""",
+    # The outbox also carries events that are not messages (reactions, edits, receipts):
+    # rebuild it with its own id and an optional message.
+    """CREATE TABLE outbox_v2 (
+        id            INTEGER PRIMARY KEY,
+        message_rowid INTEGER REFERENCES messages (id) ON DELETE CASCADE,
+        recipient     TEXT NOT NULL,
+        payload       BLOB,               -- the content, until encrypted
+        counter       INTEGER             -- the conversation counter it carries
+    )""",
+    """INSERT INTO outbox_v2 (id, message_rowid, recipient, payload)
+        SELECT message_rowid, message_rowid, recipient, payload FROM outbox""",
+    """CREATE TABLE outbox_envelopes_v2 (
+        envelope_id TEXT PRIMARY KEY,
+        outbox_id   INTEGER NOT NULL REFERENCES outbox_v2 (id) ON DELETE CASCADE,
+        to_user     TEXT NOT NULL,
+        to_device   TEXT NOT NULL,
+        ciphertext  BLOB NOT NULL
+    )""",
+    """INSERT INTO outbox_envelopes_v2 (envelope_id, outbox_id, to_user, to_device, ciphertext)
+        SELECT envelope_id, message_rowid, to_user, to_device, ciphertext FROM outbox_envelopes""",
+    "DROP TABLE outbox_envelopes",
+    "DROP TABLE outbox",
+    "ALTER TABLE outbox_v2 RENAME TO outbox",
+    "ALTER TABLE outbox_envelopes_v2 RENAME TO outbox_envelopes",
     # On-device search: an FTS5 index over the messages' current text, kept in step by
     # triggers, so an edit, a delete or an expiry leaves nothing behind in the index.
     """CREATE VIRTUAL TABLE messages_fts USING fts5(
@@ -142,24 +168,32 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+@dataclass(slots=True)
 class OutboxEntry:
-    """A queued message and, once encrypted, its envelopes."""
+    """A queued event for one peer and, once encrypted, its envelopes."""
 
-    __slots__ = ("envelopes", "payload", "recipient", "rowid")
+    id: int
+    message_rowid: int | None
+    """The message row it sends, or None for events that are not messages."""
+    recipient: str
+    payload: bytes | None
+    """The content to encrypt, or None once ``envelopes`` hold the ciphertext."""
+    counter: int | None
+    envelopes: list[tuple[str, str, str, bytes]]
+    """(envelope_id, to_user, to_device, ciphertext) for each recipient device."""
 
-    def __init__(
-        self,
-        rowid: int,
-        recipient: str,
-        payload: bytes | None,
-        envelopes: list[tuple[str, str, str, bytes]],
-    ) -> None:
-        self.rowid = rowid
-        self.recipient = recipient
-        self.payload = payload
-        """The content to encrypt, or None once ``envelopes`` hold the ciphertext."""
-        self.envelopes = envelopes
-        """(envelope_id, to_user, to_device, ciphertext) for each recipient device."""
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    """This device's settings and bookkeeping for one peer."""
+
+    peer: str
+    accepted: bool
+    blocked: bool
+    timer_seconds: int | None
+    highest_seen: int
+    missing: list[int]
+    gap_notified: list[int]
 
 
 class Store:
@@ -320,8 +354,12 @@ class Store:
         rows = self._db.execute(query, params).fetchall()
         return [self._row_to_message(r) for r in reversed(rows)]
 
-    @staticmethod
-    def _row_to_message(row: tuple[object, ...]) -> Message:
+    def _row_to_message(self, row: tuple[object, ...]) -> Message:
+        rowid = int(row[16])  # type: ignore[call-overload]
+        attachment = None
+        if row[15] is not None:
+            meta = json.loads(row[15])  # type: ignore[arg-type]
+            attachment = {k: meta[k] for k in ("blob_id", "name", "mime", "size")}
         return Message(
             message_id=str(row[0]),
             peer=str(row[1]),
@@ -333,45 +371,259 @@ class Store:
             state=MessageState(str(row[7])),
             error=None if row[8] is None else str(row[8]),
             warning=None if row[9] is None else str(row[9]),
+            reply_to=None if row[10] is None else str(row[10]),
+            edited_at_ms=None if row[11] is None else int(row[11]),  # type: ignore[call-overload]
+            deleted=bool(row[12]),
+            receipt=None if row[13] is None else str(row[13]),
+            expires_at_ms=None if row[14] is None else int(row[14]),  # type: ignore[call-overload]
+            attachment=attachment,
+            reactions=self.reactions(rowid),
+            earlier_texts=tuple(self.earlier_texts(rowid)),
         )
 
     # --- outbox -------------------------------------------------------------------------
 
-    def enqueue(self, rowid: int, recipient: str, payload: bytes) -> None:
-        self._db.execute(
-            "INSERT INTO outbox (message_rowid, recipient, payload) VALUES (?, ?, ?)",
-            (rowid, recipient, payload),
+    def enqueue(
+        self, recipient: str, payload: bytes, *, message_rowid: int | None = None,
+        counter: int | None = None,
+    ) -> int:
+        """Queue an event for ``recipient``; returns its outbox id."""
+        cursor = self._db.execute(
+            "INSERT INTO outbox (message_rowid, recipient, payload, counter) VALUES (?, ?, ?, ?)",
+            (message_rowid, recipient, payload, counter),
         )
+        return int(cursor.lastrowid)
 
-    def outbox(self) -> Iterator[OutboxEntry]:
-        """Queued messages, oldest first, with their envelopes once encrypted."""
-        rows = self._db.execute(
-            "SELECT message_rowid, recipient, payload FROM outbox ORDER BY message_rowid"
-        ).fetchall()
-        for rowid, recipient, payload in rows:
+    def outbox(self) -> list[OutboxEntry]:
+        """Queued events, oldest first, with their envelopes once encrypted."""
+        entries = []
+        for row in self._db.execute(
+            "SELECT id, message_rowid, recipient, payload, counter FROM outbox ORDER BY id"
+        ).fetchall():
             envelopes = self._db.execute(
                 "SELECT envelope_id, to_user, to_device, ciphertext FROM outbox_envelopes "
-                "WHERE message_rowid = ? ORDER BY envelope_id",
-                (rowid,),
+                "WHERE outbox_id = ? ORDER BY envelope_id",
+                (row[0],),
             ).fetchall()
-            yield OutboxEntry(rowid, recipient, payload, [tuple(e) for e in envelopes])
+            entries.append(
+                OutboxEntry(row[0], row[1], row[2], row[3], row[4], [tuple(e) for e in envelopes])
+            )
+        return entries
 
     def outbox_size(self) -> int:
         (count,) = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()
         return int(count)
 
-    def save_envelopes(self, rowid: int, envelopes: list[tuple[str, str, str, bytes]]) -> None:
+    def save_envelopes(self, outbox_id: int, envelopes: list[tuple[str, str, str, bytes]]) -> None:
         """Keep the ciphertext so a resend sends the same bytes; the plaintext copy goes."""
         self._db.executemany(
-            "INSERT INTO outbox_envelopes (envelope_id, message_rowid, to_user, to_device, "
+            "INSERT INTO outbox_envelopes (envelope_id, outbox_id, to_user, to_device, "
             "ciphertext) VALUES (?, ?, ?, ?, ?)",
-            [(e[0], rowid, e[1], e[2], e[3]) for e in envelopes],
+            [(e[0], outbox_id, e[1], e[2], e[3]) for e in envelopes],
         )
-        self._db.execute("UPDATE outbox SET payload = NULL WHERE message_rowid = ?", (rowid,))
+        self._db.execute("UPDATE outbox SET payload = NULL WHERE id = ?", (outbox_id,))
 
-    def dequeue(self, rowid: int) -> None:
-        """Remove a message from the outbox (its envelopes go with it)."""
-        self._db.execute("DELETE FROM outbox WHERE message_rowid = ?", (rowid,))
+    def dequeue(self, outbox_id: int) -> None:
+        """Remove an event from the outbox (its envelopes go with it)."""
+        self._db.execute("DELETE FROM outbox WHERE id = ?", (outbox_id,))
+
+    # --- conversations ------------------------------------------------------------------
+
+    def conversation(self, peer: str) -> Conversation | None:
+        row = self._db.execute(
+            "SELECT peer, accepted, blocked, timer_seconds, highest_seen, missing, gap_notified "
+            "FROM conversations WHERE peer = ?",
+            (peer,),
+        ).fetchone()
+        if row is None:
+            return None
+        return Conversation(
+            row[0], bool(row[1]), bool(row[2]), row[3], row[4], json.loads(row[5]),
+            json.loads(row[6]),
+        )
+
+    def conversations(self) -> list[Conversation]:
+        peers = [r[0] for r in self._db.execute("SELECT peer FROM conversations ORDER BY peer")]
+        return [c for c in map(self.conversation, peers) if c is not None]
+
+    def open_conversation(self, peer: str, *, accepted: bool) -> Conversation:
+        """The conversation with ``peer``, created (accepted or as a request) if new."""
+        self._db.execute(
+            "INSERT OR IGNORE INTO conversations (peer, accepted) VALUES (?, ?)",
+            (peer, int(accepted)),
+        )
+        conversation = self.conversation(peer)
+        assert conversation is not None
+        return conversation
+
+    def set_conversation(self, peer: str, **changes: object) -> None:
+        """Update settings: accepted, blocked, timer_seconds (columns by name)."""
+        allowed = {"accepted", "blocked", "timer_seconds"}
+        assert set(changes) <= allowed, changes
+        for column, value in changes.items():
+            self._db.execute(
+                f"UPDATE conversations SET {column} = ? WHERE peer = ?",
+                (int(value) if isinstance(value, bool) else value, peer),
+            )
+
+    def next_counter(self, peer: str) -> int:
+        """Take the next number of our events to ``peer`` (1, 2, …)."""
+        self.open_conversation(peer, accepted=True)
+        (counter,) = self._db.execute(
+            "UPDATE conversations SET next_counter = next_counter + 1 WHERE peer = ? "
+            "RETURNING next_counter - 1",
+            (peer,),
+        ).fetchone()
+        return int(counter)
+
+    def see_counter(self, peer: str, counter: int) -> None:
+        """Record the peer's counter: fills a gap, or opens one below it."""
+        conversation = self.open_conversation(peer, accepted=False)
+        missing = set(conversation.missing)
+        highest = conversation.highest_seen
+        if counter > highest:
+            missing.update(range(highest + 1, counter))
+            highest = counter
+        missing.discard(counter)
+        self._db.execute(
+            "UPDATE conversations SET highest_seen = ?, missing = ? WHERE peer = ?",
+            (highest, json.dumps(sorted(missing)), peer),
+        )
+
+    def note_gaps_shown(self, peer: str, counters: list[int]) -> None:
+        self._db.execute(
+            "UPDATE conversations SET gap_notified = ? WHERE peer = ?",
+            (json.dumps(sorted(counters)), peer),
+        )
+
+    # --- message changes ----------------------------------------------------------------
+
+    def find(self, peer: str, message_id: str) -> tuple[int, Message] | None:
+        """A message of the conversation with ``peer`` by its id: (row id, message)."""
+        row = self._db.execute(
+            f"SELECT id, {_MESSAGE_COLUMNS} FROM messages WHERE peer = ? AND message_id = ?",
+            (peer, message_id),
+        ).fetchone()
+        return None if row is None else (int(row[0]), self._row_to_message(row[1:]))
+
+    def find_by_prefix(self, prefix: str) -> list[tuple[int, Message]]:
+        """Messages whose id starts with ``prefix`` (what people type)."""
+        rows = self._db.execute(
+            f"SELECT id, {_MESSAGE_COLUMNS} FROM messages WHERE message_id LIKE ? ESCAPE '\\' "
+            "AND state != 'notice'",
+            (prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%",),
+        ).fetchall()
+        return [(int(r[0]), self._row_to_message(r[1:])) for r in rows]
+
+    def set_reaction(self, rowid: int, reactor: str, emoji: str) -> None:
+        if emoji:
+            self._db.execute(
+                "INSERT INTO reactions (message_rowid, reactor, emoji) VALUES (?, ?, ?) "
+                "ON CONFLICT (message_rowid, reactor) DO UPDATE SET emoji = excluded.emoji",
+                (rowid, reactor, emoji),
+            )
+        else:
+            self._db.execute(
+                "DELETE FROM reactions WHERE message_rowid = ? AND reactor = ?", (rowid, reactor)
+            )
+
+    def edit(self, rowid: int, text: str, edited_at_ms: int) -> None:
+        """Replace a message's text, keeping the earlier text in ``edits``."""
+        self._db.execute(
+            "INSERT INTO edits (message_rowid, text, edited_at_ms) "
+            "SELECT id, text, ? FROM messages WHERE id = ?",
+            (edited_at_ms, rowid),
+        )
+        self._db.execute(
+            "UPDATE messages SET text = ?, edited_at_ms = ? WHERE id = ?",
+            (text, edited_at_ms, rowid),
+        )
+
+    def earlier_texts(self, rowid: int) -> list[str]:
+        return [
+            r[0]
+            for r in self._db.execute(
+                "SELECT text FROM edits WHERE message_rowid = ? ORDER BY rowid", (rowid,)
+            )
+        ]
+
+    def delete_for_everyone(self, rowid: int) -> str | None:
+        """Blank a message, its earlier texts and reactions; returns its attachment's blob id."""
+        row = self._db.execute("SELECT attachment FROM messages WHERE id = ?", (rowid,)).fetchone()
+        self._db.execute("DELETE FROM edits WHERE message_rowid = ?", (rowid,))
+        self._db.execute("DELETE FROM reactions WHERE message_rowid = ?", (rowid,))
+        self._db.execute(
+            "UPDATE messages SET text = '', deleted = 1, attachment = NULL, reply_to = NULL "
+            "WHERE id = ?",
+            (rowid,),
+        )
+        if row is None or row[0] is None:
+            return None
+        return str(json.loads(row[0])["blob_id"])
+
+    def set_receipt(self, peer: str, message_ids: list[str], status: str) -> list[int]:
+        """Mark our messages to ``peer`` delivered or read (never back from read)."""
+        changed = []
+        for message_id in message_ids:
+            row = self._db.execute(
+                "UPDATE messages SET receipt = ? WHERE peer = ? AND message_id = ? AND outgoing = 1 "
+                "AND (receipt IS NULL OR (receipt = 'delivered' AND ? = 'read')) RETURNING id",
+                (status, peer, message_id, status),
+            ).fetchone()
+            if row is not None:
+                changed.append(int(row[0]))
+        return changed
+
+    def unread_from(self, peer: str) -> list[str]:
+        """Ids of the peer's messages this device has not reported read."""
+        return [
+            r[0]
+            for r in self._db.execute(
+                "SELECT message_id FROM messages WHERE peer = ? AND outgoing = 0 "
+                "AND state = 'received' AND receipt IS NULL",
+                (peer,),
+            )
+        ]
+
+    def mark_read(self, peer: str, message_ids: list[str]) -> None:
+        self._db.executemany(
+            "UPDATE messages SET receipt = 'read' WHERE peer = ? AND message_id = ? AND outgoing = 0",
+            [(peer, m) for m in message_ids],
+        )
+
+    def set_expiry(self, rowid: int, expires_at_ms: int) -> None:
+        self._db.execute("UPDATE messages SET expires_at_ms = ? WHERE id = ?", (expires_at_ms, rowid))
+
+    def set_reply_and_attachment(self, rowid: int, reply_to: str | None, attachment: bytes | None) -> None:
+        self._db.execute(
+            "UPDATE messages SET reply_to = ?, attachment = ? WHERE id = ?",
+            (reply_to, attachment, rowid),
+        )
+
+    def expire(self, now: int) -> list[str]:
+        """Delete every message whose timer ran out; returns their attachments' blob ids."""
+        rows = self._db.execute(
+            "DELETE FROM messages WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= ? "
+            "RETURNING attachment",
+            (now,),
+        ).fetchall()
+        return [str(json.loads(r[0])["blob_id"]) for r in rows if r[0] is not None]
+
+    def message_count(self) -> int:
+        (count,) = self._db.execute("SELECT COUNT(*) FROM messages").fetchone()
+        return int(count)
+
+    def next_expiry(self) -> int | None:
+        (when,) = self._db.execute("SELECT MIN(expires_at_ms) FROM messages").fetchone()
+        return None if when is None else int(when)
+
+    def reactions(self, rowid: int) -> dict[str, str]:
+        return dict(
+            self._db.execute(
+                "SELECT reactor, emoji FROM reactions WHERE message_rowid = ? ORDER BY reactor",
+                (rowid,),
+            ).fetchall()
+        )
 
     # --- inbox dedupe -------------------------------------------------------------------
 
@@ -394,5 +646,6 @@ class Store:
 
 
 _MESSAGE_COLUMNS = (
-    "message_id, peer, sender, sender_device, outgoing, text, sent_at_ms, state, error, warning"
+    "message_id, peer, sender, sender_device, outgoing, text, sent_at_ms, state, error, warning, "
+    "reply_to, edited_at_ms, deleted, receipt, expires_at_ms, attachment, id"
 )

@@ -169,7 +169,7 @@ class Plaintext(msgspec.Struct, frozen=True, omit_defaults=True):
 _encoder = msgspec.json.Encoder()
 _olm_decoder = msgspec.json.Decoder(OlmCiphertext)
 _plain_decoder = msgspec.json.Decoder(Plaintext)
-_content_decoder = msgspec.json.Decoder(Content)
+_content_decoder: msgspec.json.Decoder[Content] = msgspec.json.Decoder(Content)
 
 
 def encode(value: msgspec.Struct) -> bytes:

@@ -1,0 +1,156 @@
+"""Verbs that change a conversation: react, edit, delete, timer, requests, block, settings."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+from obrolan.cli.common import Handler, add_verb, passphrase_for, print_json
+from obrolan.client.client import Client
+from obrolan.client.conversation import describe_timer
+from obrolan.errors import ConfigError, ServerUnreachable
+
+__all__ = ["add_parsers", "parse_duration"]
+
+SEND_TIMEOUT = 15.0
+_DURATION = re.compile(r"^(\d+)([smhd])\Z")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int | None:
+    """``"90s"``, ``"5m"``, ``"1h"``, ``"7d"`` → seconds; ``"off"`` → None."""
+    if text == "off":
+        return None
+    match = _DURATION.match(text)
+    if match is None or int(match[1]) == 0:
+        raise ConfigError(f"bad duration {text!r}: use e.g. 30s, 5m, 1h, 7d, or off")
+    return int(match[1]) * _UNIT_SECONDS[match[2]]
+
+
+async def _deliver(client: Client) -> str:
+    """Send what was queued; say so honestly when the server cannot be reached."""
+    try:
+        await client.flush(timeout=SEND_TIMEOUT)
+    except ServerUnreachable as exc:
+        print(f"obrolan: {exc}; queued, it will go with the next sync, listen or send",
+              file=sys.stderr)
+        return "queued"
+    return "sent"
+
+
+async def cmd_react(args: argparse.Namespace) -> int:
+    async with Client.open(args.profile, passphrase_for(args.profile)) as client:
+        message = client.resolve(args.message)
+        await client.react(message, "" if args.remove else args.emoji or "")
+        outcome = await _deliver(client)
+    print(f"reaction {outcome}")
+    return 0
+
+
+async def cmd_edit(args: argparse.Namespace) -> int:
+    async with Client.open(args.profile, passphrase_for(args.profile)) as client:
+        await client.edit(client.resolve(args.message), args.text)
+        outcome = await _deliver(client)
+    print(f"edit {outcome}")
+    return 0
+
+
+async def cmd_delete(args: argparse.Namespace) -> int:
+    async with Client.open(args.profile, passphrase_for(args.profile)) as client:
+        await client.delete(client.resolve(args.message))
+        outcome = await _deliver(client)
+    print(f"deleted for everyone ({outcome})")
+    return 0
+
+
+async def cmd_timer(args: argparse.Namespace) -> int:
+    async with Client.open(args.profile, passphrase_for(args.profile)) as client:
+        if args.duration is None:
+            print(f"disappearing messages with {args.user}: {describe_timer(client.timer(args.user))}")
+            return 0
+        await client.set_timer(args.user, parse_duration(args.duration))
+        outcome = await _deliver(client)
+    print(f"disappearing messages with {args.user}: {args.duration} ({outcome})")
+    return 0
+
+
+async def cmd_requests(args: argparse.Namespace) -> int:
+    async with Client.open(args.profile, passphrase_for(args.profile), online=False) as client:
+        if args.action is None:
+            waiting = client.requests()
+            if args.json:
+                print_json([
+                    {"username": peer, "messages": [m.as_json() for m in client.history(peer)]}
+                    for peer in waiting
+                ])
+            elif not waiting:
+                print("no message requests", file=sys.stderr)
+            for peer in [] if args.json else waiting:
+                count = len(client.history(peer))
+                print(f"{peer}: {count} message(s) waiting (`obrolan requests accept {peer}`)")
+            return 0
+        if args.user is None:
+            raise ConfigError(f"say whose request to {args.action}: obrolan requests {args.action} USER")
+        if args.action == "accept":
+            client.accept(args.user)
+            print(f"accepted {args.user}: `obrolan history {args.user}` shows their messages")
+        else:
+            client.block(args.user)
+            print(f"declined and blocked {args.user}")
+    return 0
+
+
+async def cmd_block(args: argparse.Namespace) -> int:
+    async with Client.open(args.profile, passphrase_for(args.profile), online=False) as client:
+        client.block(args.user, blocked=args.command == "block")
+    print(f"{args.command}ed {args.user}")
+    return 0
+
+
+async def cmd_settings(args: argparse.Namespace) -> int:
+    async with Client.open(args.profile, passphrase_for(args.profile), online=False) as client:
+        if args.receipts is not None:
+            client.set_receipts(args.receipts == "on")
+        settings = {"receipts": "on" if client.receipts else "off", "blocked": client.blocked()}
+    if args.json:
+        print_json(settings)
+    else:
+        print(f"receipts: {settings['receipts']}")
+        print(f"blocked: {', '.join(settings['blocked']) or 'nobody'}")
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the conversation verbs to the ``obrolan`` command."""
+
+    def verb(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        return add_verb(sub, name, handler, help_text)
+
+    p = verb("react", cmd_react, "react to a message with one emoji (replaces your earlier one)")
+    p.add_argument("message", metavar="MESSAGE", help="its id, or the start of it")
+    p.add_argument("emoji", nargs="?")
+    p.add_argument("--remove", action="store_true", help="withdraw your reaction")
+
+    p = verb("edit", cmd_edit, "change the text of one of your messages")
+    p.add_argument("message", metavar="MESSAGE")
+    p.add_argument("text")
+
+    p = verb("delete", cmd_delete, "delete one of your messages for everyone (within 48 hours)")
+    p.add_argument("message", metavar="MESSAGE")
+
+    p = verb("timer", cmd_timer, "show or set disappearing messages for a conversation")
+    p.add_argument("user")
+    p.add_argument("duration", nargs="?", help="e.g. 30s, 5m, 1h, 7d, or off")
+
+    p = verb("requests", cmd_requests, "list, accept or decline message requests")
+    p.add_argument("action", nargs="?", choices=["accept", "decline"])
+    p.add_argument("user", nargs="?")
+
+    p = verb("block", cmd_block, "drop everything a user sends, silently")
+    p.add_argument("user")
+    p = verb("unblock", cmd_block, "stop blocking a user")
+    p.add_argument("user")
+
+    p = verb("settings", cmd_settings, "show or change this device's settings")
+    p.add_argument("--receipts", choices=["on", "off"], help="send delivery and read receipts")

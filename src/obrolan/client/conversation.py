@@ -1,0 +1,209 @@
+"""What each kind of content does to this device's copy of a conversation.
+
+Incoming events and our own outgoing ones change the local store the same way,
+and this module is the one place that decides how: who may edit or delete
+what, which reaction wins, what is a message request, when a message
+disappears, when a gap is shown. It does no I/O beyond the store, and is called
+inside the client's transactions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from obrolan.client.ids import new_id
+from obrolan.client.models import Event, Message, MessageState
+from obrolan.client.store import Store, now_ms
+from obrolan.errors import ConfigError
+from obrolan.protocol import content
+
+__all__ = ["Conversations", "describe_timer"]
+
+
+def describe_timer(seconds: int | None) -> str:
+    """``3600`` → ``"1h"``; None → ``"off"``."""
+    if seconds is None:
+        return "off"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+class Conversations:
+    """The rules of a conversation, applied to the local store."""
+
+    def __init__(self, store: Store, me: str, attachments_dir: Path) -> None:
+        self._store = store
+        self._me = me
+        self._attachments = attachments_dir
+
+    # --- incoming -----------------------------------------------------------------------
+
+    def receive(self, plaintext: content.Plaintext, warning: str | None) -> list[Event]:
+        """Apply what ``plaintext.sender`` sent; returns what the user should see."""
+        peer = plaintext.sender
+        known = self._store.conversation(peer)
+        if known is not None and known.blocked:
+            return []  # dropped silently: the sender learns nothing
+        conversation = self._store.open_conversation(peer, accepted=False)
+        if plaintext.counter is not None:
+            self._store.see_counter(peer, plaintext.counter)
+        body = plaintext.content
+        if isinstance(body, content.Text):
+            return self._receive_text(plaintext, body, warning, conversation.accepted)
+        if isinstance(body, content.Typing):
+            return [Event("typing", peer, active=body.active)]
+        if isinstance(body, content.Receipt):
+            rows = self._store.set_receipt(peer, body.targets, body.status)
+            return [Event("update", peer, self._store.message(r)) for r in rows]
+        if isinstance(body, content.Timer):
+            return [self._timer_changed(peer, peer, body.message_id, body.seconds)]
+        target = self._store.find(peer, body.target)
+        if target is None:
+            return []
+        rowid, message = target
+        if isinstance(body, content.Reaction):
+            self._store.set_reaction(rowid, peer, body.emoji)
+        elif message.sender != peer or message.deleted:
+            return []  # only the sender edits or deletes a message, and only once deleted
+        elif isinstance(body, content.Edit):
+            self._store.edit(rowid, body.text, body.sent_at_ms)
+        elif body.sent_at_ms - message.sent_at_ms <= content.DELETE_WINDOW_MS:
+            self._forget_file(self._store.delete_for_everyone(rowid))
+        else:
+            return []
+        return [Event("update", peer, self._store.message(rowid))]
+
+    def _receive_text(
+        self, plaintext: content.Plaintext, body: content.Text, warning: str | None, accepted: bool
+    ) -> list[Event]:
+        peer = plaintext.sender
+        rowid = self._store.add_message(
+            message_id=body.message_id,
+            peer=peer,
+            sender=peer,
+            sender_device=plaintext.sender_device,
+            outgoing=False,
+            text=body.text,
+            sent_at_ms=body.sent_at_ms,
+            state=MessageState.RECEIVED,
+            warning=warning,
+        )
+        if rowid is None:
+            return []
+        self._store.set_reply_and_attachment(
+            rowid, body.reply_to, None if body.attachment is None else content.encode(body.attachment)
+        )
+        if body.expires_in_seconds is not None:
+            self._store.set_expiry(rowid, now_ms() + body.expires_in_seconds * 1000)
+        return [Event("message" if accepted else "request", peer, self._store.message(rowid))]
+
+    def gaps(self) -> list[Event]:
+        """After the server drained: a notice for each peer counter still missing."""
+        events = []
+        for conversation in self._store.conversations():
+            new = [c for c in conversation.missing if c not in conversation.gap_notified]
+            if not new:
+                continue
+            self._store.note_gaps_shown(conversation.peer, conversation.missing)
+            notice = self._notice(
+                conversation.peer,
+                f"{len(new)} message(s) from {conversation.peer} may be missing: "
+                f"the server did not deliver them",
+            )
+            events.append(Event("gap", conversation.peer, notice))
+        return events
+
+    # --- outgoing -----------------------------------------------------------------------
+
+    def prepare_text(
+        self, peer: str, message_id: str, text: str, reply_to: str | None,
+        attachment: content.Attachment | None, my_device: str,
+    ) -> tuple[int, content.Text]:
+        """Store our new message; returns its row and the content to send."""
+        conversation = self._store.open_conversation(peer, accepted=True)
+        if not conversation.accepted:
+            self._store.set_conversation(peer, accepted=True)  # replying accepts a request
+        if reply_to is not None and self._store.find(peer, reply_to) is None:
+            raise ConfigError(f"no message {reply_to} in your conversation with {peer}")
+        body = content.Text(
+            message_id=message_id,
+            sent_at_ms=now_ms(),
+            text=text,
+            reply_to=reply_to,
+            attachment=attachment,
+            expires_in_seconds=conversation.timer_seconds,
+        )
+        rowid = self._store.add_message(
+            message_id=message_id, peer=peer, sender=self._me, sender_device=my_device,
+            outgoing=True, text=text, sent_at_ms=body.sent_at_ms, state=MessageState.QUEUED,
+        )
+        assert rowid is not None, "fresh message ids never collide"
+        self._store.set_reply_and_attachment(
+            rowid, reply_to, None if attachment is None else content.encode(attachment)
+        )
+        if body.expires_in_seconds is not None:
+            self._store.set_expiry(rowid, body.sent_at_ms + body.expires_in_seconds * 1000)
+        return rowid, body
+
+    def react(self, rowid: int, emoji: str) -> None:
+        self._store.set_reaction(rowid, self._me, emoji)
+
+    def edit(self, rowid: int, message: Message, text: str, at_ms: int) -> None:
+        self._check_own(message, "edit")
+        self._store.edit(rowid, text, at_ms)
+
+    def delete(self, rowid: int, message: Message, at_ms: int) -> None:
+        self._check_own(message, "delete")
+        if at_ms - message.sent_at_ms > content.DELETE_WINDOW_MS:
+            raise ConfigError("messages can be deleted for everyone only within 48 hours")
+        self._forget_file(self._store.delete_for_everyone(rowid))
+
+    def set_timer(self, peer: str, seconds: int | None, message_id: str) -> Event:
+        self._store.open_conversation(peer, accepted=True)
+        return self._timer_changed(peer, self._me, message_id, seconds)
+
+    # --- shared -------------------------------------------------------------------------
+
+    def expire(self) -> list[str]:
+        """Delete the messages whose timer ran out (store, search index, files)."""
+        blob_ids = self._store.expire(now_ms())
+        for blob_id in blob_ids:
+            self._forget_file(blob_id)
+        return blob_ids
+
+    def _timer_changed(self, peer: str, who: str, message_id: str, seconds: int | None) -> Event:
+        self._store.set_conversation(peer, timer_seconds=seconds)
+        text = (
+            f"{who} turned off disappearing messages"
+            if seconds is None
+            else f"{who} set disappearing messages to {describe_timer(seconds)}"
+        )
+        return Event("update", peer, self._notice(peer, text, message_id))
+
+    def _notice(self, peer: str, text: str, message_id: str | None = None) -> Message:
+        rowid = self._store.add_message(
+            message_id=message_id or new_id(),
+            peer=peer,
+            sender=peer,
+            sender_device="",
+            outgoing=False,
+            text=text,
+            sent_at_ms=now_ms(),
+            state=MessageState.NOTICE,
+        )
+        assert rowid is not None
+        return self._store.message(rowid)
+
+    def _check_own(self, message: Message, verb: str) -> None:
+        if not message.outgoing:
+            raise ConfigError(f"you can only {verb} your own messages")
+        if message.deleted:
+            raise ConfigError("that message was deleted")
+
+    def _forget_file(self, blob_id: str | None) -> None:
+        if blob_id is not None:
+            with contextlib.suppress(FileNotFoundError):
+                (self._attachments / blob_id).unlink()

@@ -1,0 +1,28 @@
+"""Ids the client makes, and the username check it does before asking the server."""
+
+from __future__ import annotations
+
+import base64
+import re
+import secrets
+
+from obrolan.errors import ConfigError
+
+__all__ = ["check_username", "new_id"]
+
+_USERNAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{2,31}\Z")
+
+
+def new_id() -> str:
+    """A random 128-bit id, base64url without padding (envelope, message and blob ids)."""
+    return base64.urlsafe_b64encode(secrets.token_bytes(16)).rstrip(b"=").decode()
+
+
+def check_username(username: str) -> str:
+    """Return ``username`` if it is well formed, else raise ConfigError."""
+    if not _USERNAME.match(username):
+        raise ConfigError(
+            f"invalid username {username!r}: use 3-32 lower-case letters, digits, '_', '.' "
+            f"or '-', starting with a letter or digit"
+        )
+    return username
