@@ -113,7 +113,7 @@ class Conversations:
                 f"{len(new)} message(s) from {conversation.peer} may be missing: "
                 f"the server did not deliver them",
             )
-            events.append(Event("gap", conversation.peer, notice))
+            events.append(Event("message", conversation.peer, notice))
         return events
 
     # --- outgoing -----------------------------------------------------------------------
@@ -181,7 +181,7 @@ class Conversations:
             if seconds is None
             else f"{who} set disappearing messages to {describe_timer(seconds)}"
         )
-        return Event("update", peer, self._notice(peer, text, message_id))
+        return Event("message", peer, self._notice(peer, text, message_id))
 
     def _notice(self, peer: str, text: str, message_id: str | None = None) -> Message:
         rowid = self._store.add_message(

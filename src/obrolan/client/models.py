@@ -85,10 +85,10 @@ class Message:
 class Event:
     """Something that happened in a conversation, as :meth:`Client.events` yields it.
 
-    ``kind`` is "message" (a new message), "update" (a message changed: reaction,
-    edit, delete, receipt), "typing" (``active`` says started or stopped),
-    "request" (a first message from someone not in contacts) or "gap" (a message
-    may be missing).
+    ``kind`` is "message" (a new line in a conversation: a message, or a notice such
+    as "a message may be missing" or a timer change), "update" (a message changed:
+    reaction, edit, delete, receipt), "typing" (``active`` says started or stopped)
+    or "request" (a message from someone not accepted yet; it waits in requests).
     """
 
     kind: str

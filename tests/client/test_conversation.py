@@ -1,0 +1,136 @@
+"""The conversation rules on a real SQLCipher store: who may change what, and gaps."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from obrolan.client.conversation import Conversations
+from obrolan.client.ids import new_id
+from obrolan.client.models import MessageState
+from obrolan.client.store import Store, now_ms
+from obrolan.client.vault import create_vault
+from obrolan.protocol import content
+
+HOUR_MS = 3600 * 1000
+
+
+@pytest.fixture
+def bob(tmp_path: Path) -> Iterator[tuple[Store, Conversations]]:
+    """bob's device: a real store, with alice already accepted."""
+    vault = create_vault(tmp_path / "bob", None)
+    store = Store(vault)
+    rules = Conversations(store, "bob", tmp_path / "bob" / "attachments")
+    with store.transaction():
+        store.open_conversation("alice", accepted=True)
+    yield store, rules
+    vault.close()
+
+
+def _from(sender: str, body: content.Content, counter: int | None = None) -> content.Plaintext:
+    return content.Plaintext(
+        sender=sender, sender_device="d1", recipient="bob", recipient_device="d2",
+        content=body, counter=counter,
+    )
+
+
+def _text(text: str, sent_at_ms: int | None = None) -> content.Text:
+    return content.Text(message_id=new_id(), sent_at_ms=sent_at_ms or now_ms(), text=text)
+
+
+def _receive(store: Store, rules: Conversations, plaintext: content.Plaintext) -> list[str]:
+    with store.transaction():
+        return [event.kind for event in rules.receive(plaintext, None)]
+
+
+def test_conversation_ignores_edit_and_delete_of_someone_elses_message(
+    bob: tuple[Store, Conversations],
+) -> None:
+    """carol cannot edit or delete alice's message, even inside a conversation they share."""
+    store, rules = bob
+    original = _text("alice wrote this")
+    _receive(store, rules, _from("alice", original))
+    # A forged edit arrives in carol's conversation, targeting alice's message id.
+    forged_edit = content.Edit(
+        message_id=new_id(), sent_at_ms=now_ms(), target=original.message_id, text="forged"
+    )
+    assert _receive(store, rules, _from("carol", forged_edit)) == []
+    forged_delete = content.Delete(
+        message_id=new_id(), sent_at_ms=now_ms(), target=original.message_id
+    )
+    assert _receive(store, rules, _from("carol", forged_delete)) == []
+    (message,) = store.history("alice")
+    assert (message.text, message.deleted, message.edited) == ("alice wrote this", False, False)
+
+
+def test_conversation_honours_delete_only_within_the_window(
+    bob: tuple[Store, Conversations],
+) -> None:
+    """A delete sent 49 hours after its message is ignored; one sent after 1 hour applies."""
+    store, rules = bob
+    old = _text("old", sent_at_ms=now_ms() - 50 * HOUR_MS)
+    recent = _text("recent", sent_at_ms=now_ms() - HOUR_MS)
+    for body in (old, recent):
+        _receive(store, rules, _from("alice", body))
+    for target in (old, recent):
+        delete = content.Delete(
+            message_id=new_id(), sent_at_ms=now_ms(), target=target.message_id
+        )
+        _receive(store, rules, _from("alice", delete))
+    assert [(m.text, m.deleted) for m in store.history("alice")] == [
+        ("old", False),
+        ("", True),
+    ]
+
+
+def test_conversation_keeps_one_reaction_per_person(bob: tuple[Store, Conversations]) -> None:
+    """Each person has at most one reaction on a message; "" withdraws it."""
+    store, rules = bob
+    body = _text("react to me")
+    _receive(store, rules, _from("alice", body))
+    for emoji in ("👍", "😂"):
+        reaction = content.Reaction(
+            message_id=new_id(), sent_at_ms=now_ms(), target=body.message_id, emoji=emoji
+        )
+        _receive(store, rules, _from("alice", reaction))
+    with store.transaction():
+        row = store.find("alice", body.message_id)
+        assert row is not None
+        rules.react(row[0], "🎉")
+    (message,) = store.history("alice")
+    assert message.reactions == {"alice": "😂", "bob": "🎉"}
+    withdraw = content.Reaction(
+        message_id=new_id(), sent_at_ms=now_ms(), target=body.message_id, emoji=""
+    )
+    _receive(store, rules, _from("alice", withdraw))
+    assert store.history("alice")[0].reactions == {"bob": "🎉"}
+
+
+def test_conversation_reports_a_gap_once_and_a_late_arrival_fills_it(
+    bob: tuple[Store, Conversations],
+) -> None:
+    """Counters 1 and 3 arrive: one gap notice; counter 2 arriving later closes the gap."""
+    store, rules = bob
+    _receive(store, rules, _from("alice", _text("one"), counter=1))
+    _receive(store, rules, _from("alice", _text("three"), counter=3))
+    with store.transaction():
+        (gap,) = rules.gaps()
+        assert rules.gaps() == []
+    assert gap.message is not None and gap.message.state is MessageState.NOTICE
+    _receive(store, rules, _from("alice", _text("two"), counter=2))
+    conversation = store.conversation("alice")
+    assert conversation is not None and conversation.missing == []
+
+
+def test_conversation_drops_everything_from_a_blocked_user(
+    bob: tuple[Store, Conversations],
+) -> None:
+    """A blocked user's messages are not stored at all."""
+    store, rules = bob
+    with store.transaction():
+        store.open_conversation("mallory", accepted=False)
+        store.set_conversation("mallory", blocked=True)
+    assert _receive(store, rules, _from("mallory", _text("let me in"))) == []
+    assert store.history("mallory") == []
