@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from obrolan import __version__
-from obrolan.cli import conversation_commands, server_commands
+from obrolan.cli import archive_commands, conversation_commands, server_commands
 from obrolan.cli.common import (
     Handler,
     add_verb,
@@ -203,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("user")
 
     conversation_commands.add_parsers(sub)
+    archive_commands.add_parsers(sub)
     server_commands.add_parsers(sub)
     return parser
 
