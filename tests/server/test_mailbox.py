@@ -246,3 +246,30 @@ async def test_server_delivers_concurrent_senders_to_one_device(
     assert sorted(e.envelope_id for e in received) == sorted(
         e.envelope_id for batch in batches for e in batch
     )
+
+
+async def test_server_counts_queued_envelopes_again_after_a_restart(
+    server_factory: Callable[..., ServerProcess], connect: Connect, online: Online
+) -> None:
+    """The queue limit holds across a restart, and an ack makes room again."""
+    server = server_factory("--max-queue", "3")
+    alice_client, alice = await online(server, "alice")
+    bob = await offline(server, online, "bob")
+    await send(alice_client, 1, *(outbound(bob, b"x") for _ in range(3)))
+    server.stop()
+    server.start()
+
+    alice_again = await connect(server.ws_url)
+    await alice_again.authenticate(alice)
+    await alice_again.until_drained()
+    fourth = outbound(bob, b"fourth")
+    reply = await alice_again.request(Send(id=1, envelopes=[fourth]))
+    assert isinstance(reply, Error) and reply.id == 1 and reply.code is ErrorCode.QUEUE_FULL
+
+    bob_client = await connect(server.ws_url)
+    await bob_client.authenticate(bob)
+    received = await bob_client.until_drained()
+    await bob_client.send(Ack(envelope_ids=[received[0].envelope_id]))
+    await round_trip(bob_client, 1)  # the server has taken the ack
+    await send(alice_again, 2, fourth)
+    assert len(server.mailbox()) == 3

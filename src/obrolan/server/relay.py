@@ -364,7 +364,7 @@ class Session:
                     f"envelope {envelope.envelope_id} is {len(envelope.ciphertext)} bytes, "
                     f"limit is {limits.max_envelope_bytes}",
                 )
-        recipients = await self._storage.store_envelopes(
+        stored = await self._storage.store_envelopes(
             device,
             envelopes,
             int(time.time()) + limits.envelope_ttl_seconds,
@@ -373,8 +373,8 @@ class Session:
         failpoint("relay.after_store")
         sent = Sent(id=frame.id, envelope_ids=[e.envelope_id for e in envelopes])
         await self._transport.send(encode(sent))
-        _logger.debug("stored %d envelopes for %d devices", len(envelopes), len(recipients))
-        await self._relay.router.publish(recipients)
+        _logger.debug("stored %d envelopes for %d devices", len(envelopes), len(stored))
+        await self._relay.router.publish([batch.device for batch in stored if batch.envelopes])
 
     async def _ack(self, frame: Ack, device: DeviceAddress) -> None:
         ids = frame.envelope_ids

@@ -3,6 +3,6 @@
 Backends, one file each (only that file imports its driver): :mod:`.sqlite`.
 """
 
-from obrolan.server.storage.base import NOT_HELD, PendingEnvelope, Storage
+from obrolan.server.storage.base import NOT_HELD, PendingEnvelope, Storage, StoredEnvelopes
 
-__all__ = ["NOT_HELD", "PendingEnvelope", "Storage"]
+__all__ = ["NOT_HELD", "PendingEnvelope", "Storage", "StoredEnvelopes"]

@@ -14,7 +14,7 @@ than a day except an envelope's expiry.
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import Any, NamedTuple
 
 from obrolan.protocol.frames import (
     ClaimedDevice,
@@ -25,10 +25,28 @@ from obrolan.protocol.frames import (
 )
 from obrolan.server.address import DeviceAddress
 
-__all__ = ["NOT_HELD", "PendingEnvelope", "Storage"]
+__all__ = ["NOT_HELD", "PendingEnvelope", "Storage", "StoredEnvelopes"]
 
 PendingEnvelope = tuple[int, Envelope]
 """``(seq, envelope)``: an envelope waiting for a device and its place in the queue."""
+
+
+class StoredEnvelopes(NamedTuple):
+    """What one ``send`` stored for one recipient device.
+
+    The relay hands these straight to the device's connection on this node when that
+    connection has already delivered everything up to ``previous_seq``, instead of
+    reading them back from storage.
+    """
+
+    device: DeviceAddress
+    previous_seq: int
+    """The ``seq`` of the device's envelope stored just before these; no envelope of the
+    device lies between it and the first of ``envelopes``. -1 when the backend cannot tell
+    (the relay then reads the device's queue from storage)."""
+    envelopes: list[PendingEnvelope]
+    """The newly stored envelopes in ``seq`` order; a resend of a queued envelope is not here."""
+
 
 NOT_HELD: tuple[str, ...] = (
     "messages after delivery (deleted on acknowledgement, or when their TTL runs out)",
@@ -144,13 +162,13 @@ class Storage(abc.ABC):
         envelopes: list[OutboundEnvelope],
         expires_at: int,
         max_queue: int,
-    ) -> list[DeviceAddress]:
+    ) -> list[StoredEnvelopes]:
         """Store envelopes durably for their devices: all of them, or none.
 
         When this returns, the envelopes survive a crash of the server. An envelope id
         the recipient device already has queued is stored once (a resend is a no-op).
-        ``expires_at`` is in seconds since the Unix epoch. Returns the distinct recipient
-        devices, for the router to wake.
+        ``expires_at`` is in seconds since the Unix epoch. Returns one entry per distinct
+        recipient device, in the order the devices first appear in ``envelopes``.
 
         Raises:
             RequestRefused: ``unknown_user`` or ``unknown_device`` for a recipient that
@@ -174,13 +192,13 @@ class Storage(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def ack(self, device: DeviceAddress, envelope_ids: list[str]) -> int:
+    async def ack(self, device: DeviceAddress, envelope_ids: list[str]) -> None:
         """Delete these envelopes of the device (ids it does not have are ignored).
 
-        Returns how many were deleted. The deletion may become durable (and visible
-        to other readers) a moment after this returns: a crash before that redelivers
-        the envelopes, which clients drop by id. Deleted ciphertext must not stay
-        recoverable from the backend's files once the backend has been idle for a moment.
+        Returns at once, without waiting for the deletion: it becomes durable (and visible
+        to other readers) a moment later, and a crash before that redelivers the
+        envelopes, which clients drop by id. Deleted ciphertext must not stay recoverable
+        from the backend's files once the backend has been idle for a moment.
         """
 
     @abc.abstractmethod

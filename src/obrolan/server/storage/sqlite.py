@@ -4,16 +4,22 @@ Durability and deletion:
 
 * WAL with ``synchronous=FULL``: a commit is on disk when it returns.
 * Every write goes through one writer thread that commits in groups: it takes all
-  operations queued so far, runs each in its own savepoint inside one transaction,
-  commits once (one fsync for the group), then resolves each caller's future on the
-  event loop. So "answer only after the durable write" costs one fsync per group,
-  not per request. Acks' deletes do not wait for their commit: they share the next
-  one, at most :data:`LAZY_COMMIT_SECONDS` later (a crash before it only means a
+  operations queued so far, runs them in one transaction, commits once (one fsync for
+  the group), then resolves the callers' futures with one callback on the event loop.
+  So "answer only after the durable write" costs one fsync per group, not per request.
+  Directory operations run in a savepoint each, so that one refused request leaves the
+  others intact; mailbox writes decide every refusal before they write and need none.
+* Acks' deletes have no future: they wait, without waking the writer, for the next
+  commit, at most :data:`LAZY_COMMIT_SECONDS` later (a crash before it only means a
   redelivery, which clients drop by envelope id).
 * ``secure_delete=ON`` zeroes deleted rows in the pages; once the writer has had no
   write for :data:`IDLE_CHECKPOINT_SECONDS` (or at the latest
   :data:`MAX_CHECKPOINT_DELAY_SECONDS` after a write) it runs
   ``wal_checkpoint(TRUNCATE)``, so no deleted ciphertext stays in the WAL either.
+
+The writer keeps what the mailbox needs per message in memory instead of reading it
+back: device row ids, each device's queue length and newest ``seq``, and the next
+``seq`` (see :class:`_WriterDb`).
 
 Reads run on the event loop's thread over a second connection: they are short
 indexed lookups, and in WAL mode a reader never waits for the writer.
@@ -24,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import enum
 import logging
 import queue
 import sqlite3
@@ -31,7 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from obrolan.errors import InvalidState, RequestRefused, StorageError, UnknownContact
 from obrolan.protocol.codes import ErrorCode
@@ -43,7 +50,7 @@ from obrolan.protocol.frames import (
     OutboundEnvelope,
 )
 from obrolan.server.address import DeviceAddress
-from obrolan.server.storage.base import NOT_HELD, PendingEnvelope, Storage
+from obrolan.server.storage.base import NOT_HELD, PendingEnvelope, Storage, StoredEnvelopes
 
 __all__ = [
     "IDLE_CHECKPOINT_SECONDS",
@@ -56,7 +63,7 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-_Op = Callable[[sqlite3.Connection], Any]
+_Op = Callable[["_WriterDb"], Any]
 
 IDLE_CHECKPOINT_SECONDS = 0.5
 """How long the writer waits without writes before it truncates the WAL."""
@@ -128,12 +135,24 @@ _SCHEMA_V1 = (
 )
 
 
+_SCHEMA_V2 = (
+    # The writer keeps queue lengths in memory (see _WriterDb): no counter row to update
+    # per message.
+    "ALTER TABLE devices DROP COLUMN queued",
+)
+
+
 def _migrate_to_v1(conn: sqlite3.Connection) -> None:
     for statement in _SCHEMA_V1:
         conn.execute(statement)
 
 
-_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_to_v1,)
+def _migrate_to_v2(conn: sqlite3.Connection) -> None:
+    for statement in _SCHEMA_V2:
+        conn.execute(statement)
+
+
+_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_to_v1, _migrate_to_v2)
 """``_MIGRATIONS[n]`` brings a database from schema version n to n + 1."""
 SCHEMA_VERSION = len(_MIGRATIONS)
 """The ``PRAGMA user_version`` this code writes and reads."""
@@ -197,8 +216,20 @@ def _settle(outcomes: list[_Outcome]) -> None:
             future.set_exception(exc)
 
 
-_Job = tuple[_Op, "asyncio.Future[Any]", bool]
-"""An operation, its caller's future, and whether the caller waits for the commit."""
+class _Job(NamedTuple):
+    """A durable operation, its caller's future, and whether it runs in a savepoint."""
+
+    op: _Op
+    future: asyncio.Future[Any]
+    savepoint: bool
+
+
+class _Signal(enum.Enum):
+    """What the writer's queue carries besides jobs."""
+
+    LAZY_WORK = enum.auto()
+    """Lazy operations wait: commit them within :data:`LAZY_COMMIT_SECONDS`."""
+    STOP = enum.auto()
 
 
 class _Writer:
@@ -207,7 +238,10 @@ class _Writer:
     def __init__(self, path: Path, loop: asyncio.AbstractEventLoop) -> None:
         self._path = path
         self._loop = loop
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Job | _Signal] = queue.SimpleQueue()
+        self._lazy: collections.deque[_Op] = collections.deque()
+        # Set while a LAZY_WORK signal is on its way: later lazy ops need not wake the thread.
+        self._lazy_signaled = False
         self._ready: asyncio.Future[None] = loop.create_future()
         self._stopped = False
         self._committed_changes = 0
@@ -218,32 +252,50 @@ class _Writer:
         self._thread.start()
         await self._ready
 
-    def submit(self, op: _Op, *, durable: bool = True) -> asyncio.Future[Any]:
-        """Queue ``op(conn)``.
+    def submit(self, op: _Op, *, savepoint: bool = False) -> asyncio.Future[Any]:
+        """Queue ``op(db)``; its future resolves after the commit that contains it.
 
-        A durable operation's future resolves after the commit that contains it. Any
-        other resolves as soon as it has run; its commit follows within
-        :data:`LAZY_COMMIT_SECONDS`, with whatever else is written by then, and a crash
-        before that loses it (use it only for writes that may be repeated, like deletes).
+        With ``savepoint`` an exception from ``op`` undoes only its own writes. Without,
+        ``op`` must raise :class:`RequestRefused` only before its first write; any other
+        exception rolls back the whole group and fails every future in it.
+
+        Raises:
+            InvalidState: the writer is stopped.
         """
         if self._stopped:
             raise InvalidState("the storage is closed")
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._queue.put((op, future, durable))
+        self._queue.put(_Job(op, future, savepoint))
         return future
+
+    def submit_lazy(self, op: _Op) -> None:
+        """Queue ``op(db)`` to run and commit with the next group, within
+        :data:`LAZY_COMMIT_SECONDS`. Nobody waits for it and a crash before that commit
+        loses it: only for writes that may be repeated, like deletes. ``op`` must not raise.
+
+        Raises:
+            InvalidState: the writer is stopped.
+        """
+        if self._stopped:
+            raise InvalidState("the storage is closed")
+        self._lazy.append(op)
+        if not self._lazy_signaled:  # read after the append: see _run_group
+            self._lazy_signaled = True
+            self._queue.put(_Signal.LAZY_WORK)
 
     async def stop(self) -> None:
         """Finish queued operations, commit, checkpoint, close the connection, end the thread."""
         if self._stopped:
             return
         self._stopped = True
-        self._queue.put(None)
+        self._queue.put(_Signal.STOP)
         await asyncio.to_thread(self._thread.join)
 
     def _run(self) -> None:
         try:
             conn = _open(self._path, read_only=False)
             _migrate(conn, self._path)
+            db = _WriterDb(conn)
         except sqlite3.Error as exc:
             failure = StorageError(f"cannot set up the server database {self._path}: {exc}")
             self._resolve([(self._ready, None, failure)])
@@ -253,110 +305,116 @@ class _Writer:
             return
         self._resolve([(self._ready, None, None)])
         checkpoint = _CheckpointSchedule()
-        commit_by: float | None = None  # an open transaction holds lazy writes until then
+        self._serve(db, checkpoint)
+        self._run_group(db, [], checkpoint)  # lazy operations still waiting
+        _checkpoint(conn)
+        conn.close()
+
+    def _serve(self, db: _WriterDb, checkpoint: _CheckpointSchedule) -> None:
+        """Run groups until the stop signal."""
+        commit_by: float | None = None  # lazy operations wait for a commit until then
         while True:
             if commit_by is not None:
                 timeout: float | None = max(0.0, commit_by - time.monotonic())
             else:
                 timeout = checkpoint.seconds_left()
-            if timeout == 0.0:
+            if timeout == 0.0:  # due now, even if the queue never runs dry
                 if commit_by is not None:
-                    self._commit(conn, [], checkpoint)
+                    self._run_group(db, [], checkpoint)
                     commit_by = None
                 else:
-                    checkpoint.done(_checkpoint(conn))
+                    checkpoint.done(_checkpoint(db.conn))
                 continue
             try:
                 item = self._queue.get(timeout=timeout)
             except queue.Empty:
                 continue  # a commit or checkpoint is due now
-            if item is None:
-                break
+            if item is _Signal.STOP:
+                return
+            if item is _Signal.LAZY_WORK:
+                if commit_by is None:
+                    commit_by = time.monotonic() + LAZY_COMMIT_SECONDS
+                continue
+            assert isinstance(item, _Job)
             group, stop = self._take_group(item)
-            waiting, durable = self._apply(conn, group)
-            if durable or stop:
-                self._commit(conn, waiting, checkpoint)
-                commit_by = None
-            elif commit_by is None and conn.in_transaction:
-                commit_by = time.monotonic() + LAZY_COMMIT_SECONDS
+            self._run_group(db, group, checkpoint)
+            commit_by = None
             if stop:
-                break
-        if conn.in_transaction:
-            self._commit(conn, [], checkpoint)
-        _checkpoint(conn)
-        conn.close()
+                return
 
     def _take_group(self, first: _Job) -> tuple[list[_Job], bool]:
-        """``first`` and whatever else is queued now; True if the stop marker was among it."""
+        """``first`` and whatever else is queued now; True if the stop signal was among it."""
         group = [first]
         while len(group) < _MAX_GROUP:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item is None:
+            if item is _Signal.STOP:
                 return group, True
-            group.append(item)
+            if isinstance(item, _Job):
+                group.append(item)
+            # A LAZY_WORK signal needs nothing more: the group takes every lazy operation.
         return group, False
 
-    def _apply(self, conn: sqlite3.Connection, group: list[_Job]) -> tuple[list[_Outcome], bool]:
-        """Run a group in the open transaction; resolve the lazy operations at once.
-
-        Returns the outcomes that wait for the commit, and whether any operation is durable.
-        """
-        waiting: list[_Outcome] = []
-        ran: list[_Outcome] = []
-        durable = False
+    def _run_group(self, db: _WriterDb, group: list[_Job], checkpoint: _CheckpointSchedule) -> None:
+        """Run the waiting lazy operations and ``group`` in one transaction, commit, resolve."""
+        # Clear the flag before taking the operations: one appended after the take sees
+        # it clear and signals again, so none is left behind without a wake-up.
+        self._lazy_signaled = False
+        lazy = [self._lazy.popleft() for _ in range(len(self._lazy))]
+        if not group and not lazy:
+            return
+        conn = db.conn
+        outcomes: list[_Outcome] = []
         try:
-            if not conn.in_transaction:
-                conn.execute("BEGIN IMMEDIATE")
-            for op, future, wait in group:
-                # A savepoint per operation: one refused request leaves the others intact.
-                conn.execute("SAVEPOINT op")
-                try:
-                    result = op(conn)
-                except Exception as exc:  # noqa: BLE001 - handed to the caller's future
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    outcome: _Outcome = (future, None, exc)
-                else:
-                    conn.execute("RELEASE op")
-                    outcome = (future, result, None)
-                (waiting if wait else ran).append(outcome)
-                durable = durable or wait
-        except sqlite3.Error as exc:
-            self._abort(conn, exc, [future for _, future, _ in group])
-            return [], False
-        if ran:
-            self._resolve(ran)
-        return waiting, durable
-
-    def _commit(
-        self, conn: sqlite3.Connection, waiting: list[_Outcome], checkpoint: _CheckpointSchedule
-    ) -> None:
-        try:
+            db.ensure_loaded()
+            conn.execute("BEGIN IMMEDIATE")
+            for op in lazy:
+                op(db)
+            outcomes = [self._apply(db, job) for job in group]
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._abort(conn, exc, [future for future, _, _ in waiting])
+        except Exception as exc:  # noqa: BLE001 - sqlite3.Error, or an op that broke its contract
+            self._abort(db, exc, [job.future for job in group])
             return
         if conn.total_changes != self._committed_changes:
             self._committed_changes = conn.total_changes
             checkpoint.wrote()
-        self._resolve(waiting)
+        self._resolve(outcomes)
 
-    def _abort(
-        self, conn: sqlite3.Connection, exc: sqlite3.Error, futures: list[asyncio.Future[Any]]
-    ) -> None:
+    @staticmethod
+    def _apply(db: _WriterDb, job: _Job) -> _Outcome:
+        if not job.savepoint:
+            try:
+                return job.future, job.op(db), None
+            except RequestRefused as exc:  # decided before the op wrote anything
+                return job.future, None, exc
+        db.conn.execute("SAVEPOINT op")
+        try:
+            result = job.op(db)
+        except Exception as exc:  # noqa: BLE001 - handed to the caller's future
+            db.conn.execute("ROLLBACK TO op")
+            db.conn.execute("RELEASE op")
+            return job.future, None, exc
+        db.conn.execute("RELEASE op")
+        return job.future, result, None
+
+    def _abort(self, db: _WriterDb, exc: Exception, futures: list[asyncio.Future[Any]]) -> None:
         """Roll the transaction back and fail the futures still waiting on it."""
-        _logger.error("database write failed, %d requests refused: %s", len(futures), exc)
-        if conn.in_transaction:
+        if isinstance(exc, sqlite3.Error):
+            _logger.error("database write failed, %d requests refused: %s", len(futures), exc)
+        else:
+            _logger.error("database write failed, %d requests refused", len(futures), exc_info=exc)
+        if db.conn.in_transaction:
             with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already
-                conn.execute("ROLLBACK")
+                db.conn.execute("ROLLBACK")
+        db.forget()  # the rolled-back writes had changed the in-memory view
         failure = StorageError(f"database write failed: {exc}")
         self._resolve([(future, None, failure) for future in futures])
 
     def _resolve(self, outcomes: list[_Outcome]) -> None:
-        self._loop.call_soon_threadsafe(_settle, outcomes)
+        if outcomes:
+            self._loop.call_soon_threadsafe(_settle, outcomes)
 
 
 class _CheckpointSchedule:
@@ -401,18 +459,191 @@ def _checkpoint(conn: sqlite3.Connection) -> bool:
     return bool(busy == 0)
 
 
-# --- write operations (run on the writer thread, inside a savepoint) ----------------------
+# --- the writer's connection and its view of the mailbox --------------------------------
+
+_INSERT_ENVELOPE = (
+    "INSERT OR IGNORE INTO mailbox"
+    " (seq, device, envelope_id, from_user, from_device, ciphertext, expires_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
 
 
-def _device_rowid(conn: sqlite3.Connection, username: str, device_id: str) -> int:
-    row = conn.execute(
-        "SELECT id FROM devices WHERE username = ? AND device_id = ?", (username, device_id)
-    ).fetchone()
-    if row is not None:
-        return int(row[0])
-    if conn.execute("SELECT 1 FROM accounts WHERE username = ?", (username,)).fetchone():
-        raise RequestRefused(ErrorCode.UNKNOWN_DEVICE, f"user {username} has no device {device_id}")
-    raise RequestRefused(ErrorCode.UNKNOWN_USER, f"no user {username}")
+class _WriterDb:
+    """The writer thread's connection, and what it keeps in memory so that a message
+    costs one insert and one delete, not reads and counter updates besides.
+
+    * Device row ids by address: a device keeps its row for its whole life, so an entry
+      never changes; a miss reads the table. (Rows are deleted only by an operator's
+      cascade while the server is stopped; a row deleted while it runs makes inserts
+      fail their foreign key, which rolls the group back and clears this cache.)
+    * Each device's queue length, for the ``queue_full`` check without counting rows.
+    * Each device's newest ``seq`` and the next ``seq`` to give: the writer numbers
+      envelopes itself, so a send knows their order without reading it back.
+
+    The counts are taken once at start (one ``GROUP BY``) and kept in step by every
+    mailbox write; a rolled-back transaction makes them be counted again.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self._rowids: dict[DeviceAddress, int] = {}
+        self._queued: dict[int, int] = {}
+        self._newest: dict[int, int] = {}
+        self._next_seq = 1
+        self._loaded = False
+        self.ensure_loaded()
+
+    def forget(self) -> None:
+        """Drop the in-memory view; the next group counts again."""
+        self._rowids.clear()
+        self._loaded = False
+
+    def ensure_loaded(self) -> None:
+        """Count queue lengths and newest seqs from the table, if not done since the last
+        :meth:`forget`."""
+        if self._loaded:
+            return
+        queued: dict[int, int] = {}
+        newest: dict[int, int] = {}
+        for device, count, seq in self.conn.execute(
+            "SELECT device, COUNT(*), MAX(seq) FROM mailbox GROUP BY device"
+        ):
+            queued[device] = count
+            newest[device] = seq
+        # AUTOINCREMENT's high-water mark: a seq is never given twice, even after deletes.
+        row = self.conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'mailbox'").fetchone()
+        self._queued, self._newest = queued, newest
+        self._next_seq = max(row[0] if row else 0, *newest.values(), 0) + 1
+        self._loaded = True
+
+    def device_rowid(self, device: DeviceAddress) -> int:
+        """The device's row id.
+
+        Raises:
+            RequestRefused: ``unknown_user`` or ``unknown_device``.
+        """
+        rowid = self._rowids.get(device)
+        if rowid is not None:
+            return rowid
+        row = self.conn.execute(
+            "SELECT id FROM devices WHERE username = ? AND device_id = ?", device
+        ).fetchone()
+        if row is not None:
+            self._rowids[device] = rowid = int(row[0])
+            return rowid
+        if self.conn.execute(
+            "SELECT 1 FROM accounts WHERE username = ?", (device.username,)
+        ).fetchone():
+            raise RequestRefused(
+                ErrorCode.UNKNOWN_DEVICE, f"user {device.username} has no device {device.device_id}"
+            )
+        raise RequestRefused(ErrorCode.UNKNOWN_USER, f"no user {device.username}")
+
+    def store(
+        self,
+        sender: DeviceAddress,
+        envelopes: list[OutboundEnvelope],
+        expires_at: int,
+        max_queue: int,
+    ) -> list[StoredEnvelopes]:
+        """Insert envelopes for their devices, all or none (see ``Storage.store_envelopes``).
+
+        Raises:
+            RequestRefused: before anything is written.
+        """
+        by_recipient: dict[DeviceAddress, dict[str, OutboundEnvelope]] = {}
+        for envelope in envelopes:
+            recipient = DeviceAddress(envelope.to_user, envelope.to_device)
+            by_recipient.setdefault(recipient, {}).setdefault(envelope.envelope_id, envelope)
+        # Every refusal is decided before the first insert, so no savepoint is needed.
+        planned = []
+        for recipient, group in by_recipient.items():
+            rowid = self.device_rowid(recipient)
+            self._check_room(recipient, rowid, group, max_queue)
+            planned.append((recipient, rowid, group))
+        from_user, from_device = sender
+        stored = []
+        for recipient, rowid, group in planned:
+            first = self._next_seq
+            rows = [
+                (seq, rowid, envelope_id, from_user, from_device, envelope.ciphertext, expires_at)
+                for seq, (envelope_id, envelope) in enumerate(group.items(), first)
+            ]
+            self._next_seq = first + len(rows)
+            added = self.conn.executemany(_INSERT_ENVELOPE, rows).rowcount
+            if added < len(rows):  # resends of envelopes still queued were ignored
+                kept = {
+                    seq
+                    for (seq,) in self.conn.execute(
+                        "SELECT seq FROM mailbox WHERE device = ? AND seq >= ?", (rowid, first)
+                    )
+                }
+                rows = [row for row in rows if row[0] in kept]
+            previous = self._newest.get(rowid, 0)
+            if rows:
+                self._queued[rowid] = self._queued.get(rowid, 0) + len(rows)
+                self._newest[rowid] = rows[-1][0]
+            stored.append(
+                StoredEnvelopes(
+                    recipient,
+                    previous,
+                    [(row[0], Envelope(row[2], from_user, from_device, row[5])) for row in rows],
+                )
+            )
+        return stored
+
+    def _check_room(
+        self,
+        recipient: DeviceAddress,
+        rowid: int,
+        group: dict[str, OutboundEnvelope],
+        max_queue: int,
+    ) -> None:
+        if self._queued.get(rowid, 0) + len(group) <= max_queue:
+            return
+        # Near the limit: count from the table, where resends of queued envelopes count once.
+        (queued,) = self.conn.execute(
+            "SELECT COUNT(*) FROM mailbox WHERE device = ?", (rowid,)
+        ).fetchone()
+        self._queued[rowid] = queued
+        already = sum(
+            1
+            for envelope_id in group
+            if self.conn.execute(
+                "SELECT 1 FROM mailbox WHERE device = ? AND envelope_id = ?", (rowid, envelope_id)
+            ).fetchone()
+        )
+        waiting = queued + len(group) - already
+        if waiting > max_queue:
+            raise RequestRefused(
+                ErrorCode.QUEUE_FULL,
+                f"device {recipient} would have {waiting} envelopes waiting, limit is {max_queue}",
+            )
+
+    def ack(self, device: DeviceAddress, envelope_ids: list[str]) -> None:
+        """Delete these envelopes of the device; unknown ids and devices are ignored."""
+        try:
+            rowid = self.device_rowid(device)
+        except RequestRefused:
+            return
+        deleted = self.conn.executemany(
+            "DELETE FROM mailbox WHERE device = ? AND envelope_id = ?",
+            [(rowid, envelope_id) for envelope_id in envelope_ids],
+        ).rowcount
+        if deleted:
+            self._queued[rowid] -= deleted
+
+    def sweep(self, now: int) -> int:
+        """Delete every envelope with ``expires_at <= now``; returns how many."""
+        rows = self.conn.execute(
+            "DELETE FROM mailbox WHERE expires_at <= ? RETURNING device", (now,)
+        ).fetchall()
+        for rowid, count in collections.Counter(row[0] for row in rows).items():
+            self._queued[rowid] -= count
+        return len(rows)
+
+
+# --- directory writes (run on the writer thread, each in a savepoint) --------------------
 
 
 def _insert_keys(
@@ -433,13 +664,14 @@ def _insert_keys(
 
 
 def _create_account(
-    conn: sqlite3.Connection,
+    db: _WriterDb,
     username: str,
     device: DeviceKeys,
     one_time_keys: list[OneTimeKey],
     fallback_key: OneTimeKey | None,
     day: str,
 ) -> None:
+    conn = db.conn
     try:
         conn.execute("INSERT INTO accounts (username, created_day) VALUES (?, ?)", (username, day))
     except sqlite3.IntegrityError:
@@ -453,8 +685,8 @@ def _create_account(
     _insert_keys(conn, cursor.lastrowid, one_time_keys, fallback_key)
 
 
-def _touch_device(conn: sqlite3.Connection, device: DeviceAddress, day: str) -> None:
-    conn.execute(
+def _touch_device(db: _WriterDb, device: DeviceAddress, day: str) -> None:
+    db.conn.execute(
         "UPDATE devices SET last_active_day = ?"
         " WHERE username = ? AND device_id = ? AND last_active_day <> ?",
         (day, device.username, device.device_id, day),
@@ -462,15 +694,15 @@ def _touch_device(conn: sqlite3.Connection, device: DeviceAddress, day: str) -> 
 
 
 def _upload_keys(
-    conn: sqlite3.Connection,
+    db: _WriterDb,
     device: DeviceAddress,
     one_time_keys: list[OneTimeKey],
     fallback_key: OneTimeKey | None,
     max_one_time_keys: int,
 ) -> int:
-    rowid = _device_rowid(conn, *device)
-    _insert_keys(conn, rowid, one_time_keys, fallback_key)
-    (count,) = conn.execute(
+    rowid = db.device_rowid(device)
+    _insert_keys(db.conn, rowid, one_time_keys, fallback_key)
+    (count,) = db.conn.execute(
         "SELECT COUNT(*) FROM one_time_keys WHERE device = ?", (rowid,)
     ).fetchone()
     if count > max_one_time_keys:
@@ -481,9 +713,8 @@ def _upload_keys(
     return int(count)
 
 
-def _claim_keys(
-    conn: sqlite3.Connection, username: str, device_ids: list[str] | None
-) -> list[ClaimedDevice]:
+def _claim_keys(db: _WriterDb, username: str, device_ids: list[str] | None) -> list[ClaimedDevice]:
+    conn = db.conn
     rows = conn.execute(
         "SELECT id, device_id, ed25519, curve25519, signature FROM devices"
         " WHERE username = ? ORDER BY device_id",
@@ -524,71 +755,6 @@ def _claim_keys(
             )
         )
     return claimed
-
-
-def _store_envelopes(
-    conn: sqlite3.Connection,
-    sender: DeviceAddress,
-    envelopes: list[OutboundEnvelope],
-    expires_at: int,
-    max_queue: int,
-) -> list[DeviceAddress]:
-    by_recipient: dict[DeviceAddress, list[OutboundEnvelope]] = {}
-    for envelope in envelopes:
-        by_recipient.setdefault(DeviceAddress(envelope.to_user, envelope.to_device), []).append(
-            envelope
-        )
-    from_user, from_device = sender
-    for recipient, group in by_recipient.items():
-        rowid = _device_rowid(conn, *recipient)
-        added = conn.executemany(
-            "INSERT OR IGNORE INTO mailbox"
-            " (device, envelope_id, from_user, from_device, ciphertext, expires_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            [
-                (rowid, e.envelope_id, from_user, from_device, e.ciphertext, expires_at)
-                for e in group
-            ],
-        ).rowcount
-        if added:
-            ((queued,),) = conn.execute(
-                "UPDATE devices SET queued = queued + ? WHERE id = ? RETURNING queued",
-                (added, rowid),
-            ).fetchall()
-            if queued > max_queue:
-                raise RequestRefused(
-                    ErrorCode.QUEUE_FULL,
-                    f"device {recipient} would have {queued} envelopes waiting, limit is {max_queue}",
-                )
-    return list(by_recipient)
-
-
-def _ack(conn: sqlite3.Connection, device: DeviceAddress, envelope_ids: list[str]) -> int:
-    row = conn.execute(
-        "SELECT id FROM devices WHERE username = ? AND device_id = ?", tuple(device)
-    ).fetchone()
-    if row is None:
-        return 0
-    rowid = row[0]
-    deleted = conn.executemany(
-        "DELETE FROM mailbox WHERE device = ? AND envelope_id = ?",
-        [(rowid, i) for i in envelope_ids],
-    ).rowcount
-    if deleted:
-        conn.execute("UPDATE devices SET queued = queued - ? WHERE id = ?", (deleted, rowid))
-    return deleted
-
-
-def _sweep_expired(conn: sqlite3.Connection, now: int) -> int:
-    rows = conn.execute(
-        "DELETE FROM mailbox WHERE expires_at <= ? RETURNING device", (now,)
-    ).fetchall()
-    per_device = collections.Counter(row[0] for row in rows)
-    conn.executemany(
-        "UPDATE devices SET queued = queued - ? WHERE id = ?",
-        [(count, rowid) for rowid, count in per_device.items()],
-    )
-    return len(rows)
 
 
 def _expires_day(expires_at: int) -> str:
@@ -652,14 +818,19 @@ class SqliteStorage(Storage):
             )
         return self._reader
 
-    def _write(self, op: Callable[..., T], *args: Any, durable: bool = True) -> asyncio.Future[T]:
+    def _writer_or_fail(self) -> _Writer:
         if self._writer is None:
             if self._read_only:
                 raise InvalidState("storage was opened read-only")
             raise InvalidState(
                 "storage not started or already closed; did you forget to call start()?"
             )
-        return self._writer.submit(lambda conn: op(conn, *args), durable=durable)
+        return self._writer
+
+    def _write(
+        self, op: Callable[..., T], *args: Any, savepoint: bool = False
+    ) -> asyncio.Future[T]:
+        return self._writer_or_fail().submit(lambda db: op(db, *args), savepoint=savepoint)
 
     def _rowid(self, device: DeviceAddress) -> int | None:
         rowid = self._rowids.get(device)
@@ -686,7 +857,9 @@ class SqliteStorage(Storage):
         fallback_key: OneTimeKey | None,
         day: str,
     ) -> None:
-        await self._write(_create_account, username, device, one_time_keys, fallback_key, day)
+        await self._write(
+            _create_account, username, device, one_time_keys, fallback_key, day, savepoint=True
+        )
 
     async def device_keys(self, device: DeviceAddress) -> DeviceKeys | None:
         row = (
@@ -725,7 +898,7 @@ class SqliteStorage(Storage):
         max_one_time_keys: int,
     ) -> int:
         return await self._write(
-            _upload_keys, device, one_time_keys, fallback_key, max_one_time_keys
+            _upload_keys, device, one_time_keys, fallback_key, max_one_time_keys, savepoint=True
         )
 
     async def count_one_time_keys(self, device: DeviceAddress) -> int:
@@ -740,7 +913,7 @@ class SqliteStorage(Storage):
         return int(count)
 
     async def claim_keys(self, username: str, device_ids: list[str] | None) -> list[ClaimedDevice]:
-        return await self._write(_claim_keys, username, device_ids)
+        return await self._write(_claim_keys, username, device_ids, savepoint=True)
 
     # --- mailbox
 
@@ -750,8 +923,8 @@ class SqliteStorage(Storage):
         envelopes: list[OutboundEnvelope],
         expires_at: int,
         max_queue: int,
-    ) -> list[DeviceAddress]:
-        return await self._write(_store_envelopes, sender, envelopes, expires_at, max_queue)
+    ) -> list[StoredEnvelopes]:
+        return await self._write(_WriterDb.store, sender, envelopes, expires_at, max_queue)
 
     async def last_seq(self, device: DeviceAddress) -> int:
         rowid = self._rowid(device)
@@ -784,23 +957,24 @@ class SqliteStorage(Storage):
             for seq, envelope_id, user, dev, data in rows
         ]
 
-    async def ack(self, device: DeviceAddress, envelope_ids: list[str]) -> int:
-        # A lost delete only means a redelivery, which clients drop by id: no need to wait
-        # for the fsync, and the delete shares the next commit.
-        return await self._write(_ack, device, envelope_ids, durable=False)
+    async def ack(self, device: DeviceAddress, envelope_ids: list[str]) -> None:
+        # A lost delete only means a redelivery, which clients drop by id: nobody waits
+        # for it, and it shares the next commit.
+        self._writer_or_fail().submit_lazy(lambda db: db.ack(device, envelope_ids))
 
     async def queue_length(self, device: DeviceAddress) -> int:
-        row = (
+        rowid = self._rowid(device)
+        if rowid is None:
+            return 0
+        (count,) = (
             self._read()
-            .execute(
-                "SELECT queued FROM devices WHERE username = ? AND device_id = ?", tuple(device)
-            )
+            .execute("SELECT COUNT(*) FROM mailbox WHERE device = ?", (rowid,))
             .fetchone()
         )
-        return int(row[0]) if row else 0
+        return int(count)
 
     async def sweep_expired(self, now: int) -> int:
-        return await self._write(_sweep_expired, now)
+        return await self._write(_WriterDb.sweep, now)
 
     # --- operator
 
