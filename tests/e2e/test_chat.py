@@ -61,7 +61,8 @@ async def test_live_delivery_streams_to_a_listening_client(pair: tuple[Client, C
 async def test_server_never_sees_plaintext_and_keeps_no_ciphertext_after_ack(
     server, pair: tuple[Client, Client]  # type: ignore[no-untyped-def]
 ) -> None:
-    """100 marked messages: no marker anywhere in the data dir; no ciphertext left after acks."""
+    """100 marked messages: no marker on the server or in the devices' raw files; no ciphertext
+    left on the server after acks."""
     alice, bob = pair
     markers = [f"MARKER-{uuid.uuid4().hex}" for _ in range(100)]
     for marker in markers:
@@ -87,6 +88,14 @@ async def test_server_never_sees_plaintext_and_keeps_no_ciphertext_after_ack(
     assert not any(p in server_bytes() for p in probes)
     everything = server_bytes()
     assert not any(m.encode() in everything for m in markers)
+    # Both devices keep the history, encrypted at rest: no marker in their raw files either.
+    for client in pair:
+        history = [m.text for m in client.history("bob" if client is alice else "alice")]
+        assert len(history) == 100
+        device_bytes = b"".join(
+            p.read_bytes() for p in client.profile_dir.rglob("*") if p.is_file()
+        )
+        assert not any(m.encode() in device_bytes for m in markers)
 
 
 async def test_disclose_after_chatting_holds_no_ciphertext_plaintext_or_contacts(
