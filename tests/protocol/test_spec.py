@@ -23,7 +23,7 @@ import msgspec
 import pytest
 
 from obrolan.crypto.safety import safety_number
-from obrolan.protocol import content, frames
+from obrolan.protocol import blobs, content, frames
 from obrolan.protocol.codes import FATAL_CODES, ErrorCode
 from obrolan.protocol.limits import PROTOCOL_VERSION, Limits
 
@@ -49,6 +49,9 @@ RECORDS: list[type[msgspec.Struct]] = [
     content.Receipt,
     content.Typing,
     content.Timer,
+    blobs.BlobRecipient,
+    blobs.BlobCreated,
+    blobs.HttpError,
 ]
 NAMED_TYPES: dict[str, object] = {
     "Username": frames.Username,
@@ -250,6 +253,27 @@ def test_spec_record_table_lists_every_field(struct: type[msgspec.Struct]) -> No
 def test_spec_info_table_lists_every_field() -> None:
     """The `GET /v1/info` section's table lists every field of frames.Info."""
     check_field_table(frames.Info, section("HTTP: `GET /v1/info").body)
+
+
+def test_spec_blob_announcement_table_lists_every_field() -> None:
+    """The `POST /v1/blobs` section's table lists every field of blobs.CreateBlob."""
+    check_field_table(blobs.CreateBlob, section("POST /v1/blobs").body)
+
+
+def test_spec_blob_statuses_are_the_servers() -> None:
+    """The blob store's refusals section gives each code the status blobs.STATUS sends."""
+    text = " ".join(section("HttpError").body.split())
+    for code, status in blobs.STATUS.items():
+        assert re.search(rf"`{code.value}`[^0-9]*? {status}\b", text), code
+
+
+def test_spec_blob_request_vector_is_the_signed_bytes() -> None:
+    """The hex vector of the blob store's signed requests is what blob_request_bytes makes."""
+    (block,) = re.findall(r"```text\n(.*?)\n```", section("Signed requests").body, re.DOTALL)
+    path = "/v1/blobs/q0PKJ3vQ2Jc1ZyWm3P0sXg?offset=65552"
+    expected = blobs.blob_request_bytes("PUT", path, 1795944600, "alice", "laptop")
+    assert bytes.fromhex(block) == expected
+    assert block.count(" 00 ") == 5  # one hex group per field
 
 
 @pytest.mark.parametrize("tag", sorted(frames.frame_types()))

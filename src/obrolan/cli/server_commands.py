@@ -104,11 +104,33 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         help="most envelopes waiting for one device (default: %(default)s)",
     )
     serve.add_argument(
+        "--max-blob-bytes",
+        type=_positive_int,
+        default=100 * 1024 * 1024,
+        metavar="N",
+        help="largest encrypted attachment (default: %(default)s, 100 MiB)",
+    )
+    serve.add_argument(
+        "--blob-quota",
+        type=_positive_int,
+        default=1024 * 1024 * 1024,
+        metavar="BYTES",
+        help="most bytes of attachments one account may have stored (default: %(default)s, "
+        "1 GiB)",
+    )
+    serve.add_argument(
+        "--blob-ttl",
+        type=_positive_int,
+        default=30 * 24 * 3600,
+        metavar="SECONDS",
+        help="delete attachments not fetched within this time (default: %(default)s, 30 days)",
+    )
+    serve.add_argument(
         "--sweep-interval",
         type=_positive_float,
         default=60.0,
         metavar="SECONDS",
-        help="how often expired envelopes are deleted (default: %(default)s)",
+        help="how often expired envelopes and attachments are deleted (default: %(default)s)",
     )
     serve.add_argument(
         "--auth-timeout",
@@ -169,6 +191,9 @@ def _serve(args: argparse.Namespace) -> int:
         sweep_interval=args.sweep_interval,
         auth_timeout=args.auth_timeout,
         log_level=args.log_level,
+        max_blob_bytes=args.max_blob_bytes,
+        blob_quota_bytes=args.blob_quota,
+        blob_ttl_seconds=args.blob_ttl,
     )
     run(config, on_ready=lambda url: print(f"obrolan server listening on {url}", flush=True))
     return 0

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from obrolan.errors import ConfigError
+from obrolan.server.blobs.filesystem import BLOBS_DATABASE_NAME, FilesystemBlobStore
 from obrolan.server.config import DATABASE_NAME
 from obrolan.server.storage.base import Storage
 from obrolan.server.storage.sqlite import SqliteStorage
@@ -24,22 +25,28 @@ T = TypeVar("T")
 def disclose(data_dir: Path, username: str) -> dict[str, Any]:
     """Everything the server holds about ``username``, never ciphertext.
 
-    See :meth:`obrolan.server.storage.Storage.disclose` for the keys.
+    See :meth:`obrolan.server.storage.Storage.disclose` for the keys, and
+    :meth:`obrolan.server.blobs.BlobStore.disclose` for the blobs' keys added to them.
 
     Raises:
         UnknownContact: no account has this username.
         ConfigError: ``data_dir`` holds no server database.
     """
-    return _read(data_dir, lambda storage: storage.disclose(username))
+    held = _read(data_dir, lambda storage: storage.disclose(username))
+    no_blobs: dict[str, Any] = {"blobs_from_account": [], "blobs_for_account": []}
+    return {**held, **_read_blobs(data_dir, lambda blobs: blobs.disclose(username), no_blobs)}
 
 
 def stats(data_dir: Path) -> dict[str, int]:
-    """Counts of accounts, devices, one-time keys, queued envelopes and their bytes.
+    """Counts of accounts, devices, one-time keys, queued envelopes and their bytes,
+    and of blobs and their bytes.
 
     Raises:
         ConfigError: ``data_dir`` holds no server database.
     """
-    return _read(data_dir, lambda storage: storage.stats())
+    counts = _read(data_dir, lambda storage: storage.stats())
+    no_blobs = {"blobs": 0, "blob_bytes": 0}
+    return {**counts, **_read_blobs(data_dir, lambda blobs: blobs.stats(), no_blobs)}
 
 
 def _read(data_dir: Path, query: Callable[[Storage], Awaitable[T]]) -> T:
@@ -56,5 +63,23 @@ def _read(data_dir: Path, query: Callable[[Storage], Awaitable[T]]) -> T:
             return await query(storage)
         finally:
             await storage.close()
+
+    return asyncio.run(read())
+
+
+def _read_blobs(
+    data_dir: Path, query: Callable[[FilesystemBlobStore], Awaitable[T]], nothing: T
+) -> T:
+    """Read the blob store; ``nothing`` when the server never ran with one."""
+    if not (data_dir / BLOBS_DATABASE_NAME).is_file():
+        return nothing
+
+    async def read() -> T:
+        blobs = FilesystemBlobStore(data_dir, read_only=True)
+        await blobs.start()
+        try:
+            return await query(blobs)
+        finally:
+            await blobs.close()
 
     return asyncio.run(read())

@@ -40,6 +40,12 @@ class ServerConfig:
     auth_timeout: float = 10.0
     """Seconds a connection may stay open without authenticating."""
     log_level: str = "INFO"
+    max_blob_bytes: int = 100 * 1024 * 1024
+    """Largest encrypted attachment (blob) the server accepts, in bytes."""
+    blob_quota_bytes: int = 1024 * 1024 * 1024
+    """Most bytes of blobs one account may have on the server at once."""
+    blob_ttl_seconds: int = 30 * 24 * 3600
+    """A blob not fetched by every addressed device by then is deleted."""
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -48,6 +54,8 @@ class ServerConfig:
             raise ConfigError(f"port {self.port} is out of range; use --port 0..65535")
         if self.sweep_interval <= 0 or self.auth_timeout <= 0:
             raise ConfigError("--sweep-interval and --auth-timeout must be positive seconds")
+        if min(self.max_blob_bytes, self.blob_quota_bytes, self.blob_ttl_seconds) <= 0:
+            raise ConfigError("--max-blob-bytes, --blob-quota and --blob-ttl must be positive")
         if not isinstance(logging.getLevelName(self.log_level.upper()), int):
             raise ConfigError(
                 f"unknown log level {self.log_level!r}; use DEBUG, INFO, WARNING or ERROR"
