@@ -179,9 +179,11 @@ def test_search_without_a_searchable_word_returns_nothing(vault: Vault) -> None:
 
 
 def test_search_quotes_every_word_of_the_fts_query() -> None:
-    """The FTS5 query is quoted words, inner quotes doubled, the last one a prefix."""
-    assert fts_query('say "hi" NEAR me') == '"say" """hi""" "NEAR" "me"*'
-    assert fts_query("a\x00b") == '"a" "b"*'
+    """Quoted words, inner quotes doubled; a last word of 4+ letters (or CJK) is a prefix."""
+    assert fts_query('say "hi" NEAR me') == '"say" """hi""" "NEAR" "me"'
+    assert fts_query("see you tomo") == '"see" "you" "tomo"*'
+    assert fts_query("a\x00b") == '"a" "b"'
+    assert fts_query("日本") == '"日本"*'
 
 
 def test_search_rejects_bad_arguments_with_config_error(vault: Vault) -> None:

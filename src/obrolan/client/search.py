@@ -13,14 +13,19 @@ SQLCipher store: it is encrypted at rest like the messages themselves.
 
 What a person types is never FTS5 syntax: every word is quoted, so quotes,
 ``NEAR``, ``AND``, ``*`` or parentheses are searched as text and can never make
-the query fail. Words are ANDed; the last one also matches as a prefix, so
-``tomo`` finds "tomorrow".
+the query fail. Words are ANDed; the last one also matches as a prefix when it
+has at least :data:`MIN_PREFIX_CHARS` characters, so ``tomo`` finds "tomorrow"
+while ``the`` finds "the" only (a short word is usually typed in full, and its
+expansion to "then", "there", "they"… would cost several times the search).
+Words in scripts written without spaces (Chinese, Japanese) are always prefixes:
+the index keeps a run of them as one word.
 
 Ranking is bm25 (best first), with the newer message first among equals. Only
-the newest :data:`RANK_WINDOW` matching messages are ranked: a word found in
-most messages ("the", "ok") would otherwise make every search score hundreds of
-thousands of rows, and among that many matches relevance tells less than
-recency. A word rarer than that is ranked over the whole history.
+the newest :data:`RANK_WINDOW` matching messages are ranked: scoring a match
+reads its message's pages, and in a conversation spread over a million messages
+those are scattered (each page decrypted on its own), so a word found in many
+messages would take seconds to rank in full; among that many matches relevance
+tells less than recency anyway. A rarer word is ranked over the whole history.
 """
 
 from __future__ import annotations
@@ -34,10 +39,20 @@ from obrolan.client.ids import check_username
 from obrolan.client.store import now_ms
 from obrolan.errors import ConfigError, StorageError
 
-__all__ = ["MAX_LIMIT", "MAX_QUERY_CHARS", "RANK_WINDOW", "SearchHit", "fts_query", "search"]
+__all__ = [
+    "MAX_LIMIT",
+    "MAX_QUERY_CHARS",
+    "MIN_PREFIX_CHARS",
+    "RANK_WINDOW",
+    "SearchHit",
+    "fts_query",
+    "search",
+]
 
-RANK_WINDOW = 10_000
-"""How many of the newest matching messages are ranked by relevance."""
+RANK_WINDOW = 2_000
+"""How many of the newest matching messages are ranked by relevance (docs/performance.md)."""
+MIN_PREFIX_CHARS = 4
+"""The last word also matches longer words when it has at least this many characters."""
 MAX_LIMIT = 1000
 """Most results one search returns."""
 MAX_QUERY_CHARS = 1000
@@ -61,18 +76,28 @@ _VISIBLE = (
 # the FTS5 doclist is scanned and each row is checked against the peer's ids instead.
 _WITH_PEER = "AND +messages_fts.rowid IN (SELECT id FROM messages WHERE peer = :peer)"
 
-_WINDOW_FLOOR = """
-SELECT messages_fts.rowid FROM messages_fts JOIN messages AS m ON m.id = messages_fts.rowid
-WHERE messages_fts MATCH :query {peer} AND {visible}
-ORDER BY messages_fts.rowid DESC LIMIT 1 OFFSET :offset
-"""
+# One pass over the index, newest first, stopping after the window; then the best of it.
 _RANKED = """
-SELECT m.message_id, m.peer, m.sender, m.text, m.sent_at_ms,
-       snippet(messages_fts, 0, :open, :close, '…', :tokens), bm25(messages_fts) AS score
-FROM messages_fts JOIN messages AS m ON m.id = messages_fts.rowid
-WHERE messages_fts MATCH :query AND messages_fts.rowid >= :floor {peer} AND {visible}
-ORDER BY score, m.id DESC LIMIT :limit
+SELECT rowid, score FROM (
+    SELECT messages_fts.rowid AS rowid, bm25(messages_fts) AS score
+    FROM messages_fts JOIN messages AS m ON m.id = messages_fts.rowid
+    WHERE messages_fts MATCH :query {peer} AND {visible}
+    ORDER BY messages_fts.rowid DESC LIMIT :window
+) ORDER BY score, rowid DESC LIMIT :limit
 """
+# Snippets cost more than ranking (tens of microseconds each), so only the hits get one.
+# An exact word finds each hit by its rowid at once; a prefix would be expanded again
+# for every rowid, so its hits are picked out of one scan of their rowid range instead.
+_HITS = """
+SELECT messages_fts.rowid, m.message_id, m.peer, m.sender, m.text, m.sent_at_ms,
+       snippet(messages_fts, 0, :open, :close, '…', :tokens)
+FROM messages_fts JOIN messages AS m ON m.id = messages_fts.rowid
+WHERE messages_fts MATCH :query AND {rowids}
+"""
+_BY_ROWID = "messages_fts.rowid IN ({ids})"
+_BY_RANGE = (
+    "messages_fts.rowid BETWEEN :low AND :high AND +messages_fts.rowid IN ({ids})"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,31 +173,39 @@ def search(
         "query": match,
         "peer": with_user,
         "now": now_ms(),
-        "offset": RANK_WINDOW - 1,
+        "window": RANK_WINDOW,
         "open": marks[0],
         "close": marks[1],
         "tokens": SNIPPET_TOKENS,
         "limit": limit,
     }
     try:
-        floor = connection.execute(
-            _WINDOW_FLOOR.format(peer=peer, visible=_VISIBLE), params
-        ).fetchone()
-        params["floor"] = 0 if floor is None else floor[0]
-        rows = connection.execute(_RANKED.format(peer=peer, visible=_VISIBLE), params).fetchall()
+        ranked = connection.execute(
+            _RANKED.format(peer=peer, visible=_VISIBLE), params
+        ).fetchall()
+        if not ranked:
+            return []
+        rowids = [row[0] for row in ranked]
+        ids = ", ".join(str(int(rowid)) for rowid in rowids)
+        params.update(low=min(rowids), high=max(rowids))
+        pick = _BY_RANGE if match.endswith("*") else _BY_ROWID
+        details = {
+            row[0]: row[1:]
+            for row in connection.execute(_HITS.format(rowids=pick.format(ids=ids)), params)
+        }
     except dbapi2.Error as exc:
         raise StorageError(f"cannot search the store: {exc}") from None
     return [
         SearchHit(
-            message_id=row[0],
-            peer=row[1],
-            sender=row[2],
-            text=row[3],
-            sent_at_ms=row[4],
-            snippet=row[5],
-            rank=row[6],
+            message_id=details[rowid][0],
+            peer=details[rowid][1],
+            sender=details[rowid][2],
+            text=details[rowid][3],
+            sent_at_ms=details[rowid][4],
+            snippet=details[rowid][5],
+            rank=score,
         )
-        for row in rows
+        for rowid, score in ranked
     ]
 
 
@@ -180,7 +213,7 @@ def fts_query(text: str) -> str | None:
     """The FTS5 query for what a person typed, or None if no word in it can match.
 
     Each word becomes a quoted string (inner quotes doubled), so nothing typed is
-    read as FTS5 syntax; the last word also matches as a prefix.
+    read as FTS5 syntax; the last word may also match as a prefix (see the module).
     """
     # Control characters (a NUL ends an FTS5 string early) separate words like spaces.
     cleaned = "".join(" " if unicodedata.category(c) == "Cc" else c for c in text)
@@ -188,9 +221,15 @@ def fts_query(text: str) -> str | None:
     if not words:
         return None
     quoted = ['"' + word.replace('"', '""') + '"' for word in words]
-    quoted[-1] += "*"
+    if len(words[-1]) >= MIN_PREFIX_CHARS or _unspaced(words[-1]):
+        quoted[-1] += "*"
     return " ".join(quoted)
 
 
 def _searchable(word: str) -> bool:
     return any(unicodedata.category(c).startswith(_TOKEN_CATEGORIES) for c in word)
+
+
+def _unspaced(word: str) -> bool:
+    """True for words of East Asian wide letters, which the index does not split."""
+    return any(unicodedata.east_asian_width(c) in "WF" and c.isalpha() for c in word)
