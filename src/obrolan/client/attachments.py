@@ -29,6 +29,7 @@ sending only the bytes past the server's offset; the key and blob id wait in an
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import io
 import mimetypes
@@ -51,6 +52,7 @@ from obrolan.client.ids import new_id
 from obrolan.errors import (
     ConfigError,
     DecryptionError,
+    InvalidState,
     ObrolanError,
     RemoteProtocolError,
     RequestRefused,
@@ -96,6 +98,8 @@ REQUEST_TIMEOUT = 60.0
 """Seconds a connection attempt, or a wait for the next bytes, may take."""
 
 _LABEL = b"obrolan-attachment-v1"
+_MAX_THUMBNAIL_SOURCE_PIXELS = 24_000_000
+"""Largest image (after JPEG's reduced decoding) that gets a thumbnail: ~100 MB decoded."""
 _NOT_AN_IMAGE = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 """What Pillow raises for a file it cannot read as an image (or one too large to decode)."""
 _BATCH_BYTES = 1024 * 1024
@@ -233,6 +237,8 @@ def describe_file(path: Path) -> tuple[str, bytes | None]:
         with Image.open(path) as image:
             mime = image.get_format_mimetype() or guessed
             image.draft("RGB", (THUMBNAIL_EDGE * 2, THUMBNAIL_EDGE * 2))  # JPEG: decode small
+            if image.width * image.height > _MAX_THUMBNAIL_SOURCE_PIXELS:
+                return mime, None  # decoding it would take hundreds of megabytes
             image.thumbnail((THUMBNAIL_EDGE, THUMBNAIL_EDGE))
             preview = image.convert("RGB")
     except _NOT_AN_IMAGE:
@@ -492,7 +498,8 @@ class BlobClient:
         self, path: Path, pending: PendingUpload, size: int, total: int, progress: Progress | None
     ) -> bytes:
         """Send what the server lacks of the blob; returns the whole blob's SHA-256."""
-        for attempt in range(UPLOAD_ATTEMPTS):
+        failures = 0
+        while True:
             offset = await self._offset(pending.blob_id)
             if progress is not None:
                 progress(offset, total)
@@ -506,9 +513,10 @@ class BlobClient:
             except (RequestRefused, ServerUnreachable) as exc:
                 body.raise_local_failure()
                 retry = isinstance(exc, ServerUnreachable) or exc.code is ErrorCode.OFFSET_MISMATCH
-                if not retry or attempt == UPLOAD_ATTEMPTS - 1:
+                failures += 1
+                if not retry or failures == UPLOAD_ATTEMPTS:
                     raise
-                await asyncio.sleep(RETRY_SECONDS * 2**attempt)
+                await asyncio.sleep(RETRY_SECONDS * 2 ** (failures - 1))
                 continue
             finally:
                 body.close()
@@ -516,7 +524,6 @@ class BlobClient:
             if held != total:
                 raise RemoteProtocolError(f"the server holds {held} of {total} bytes after upload")
             return body.digest.digest()
-        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _offset(self, blob_id: str) -> int:
         response = await self._call("HEAD", wire.blob_path(blob_id))
@@ -613,7 +620,7 @@ class BlobClient:
             ServerUnreachable: no answer, or an answer that is not the blob store's.
         """
         if self._http is None:
-            raise ConfigError("use BlobClient as `async with BlobClient(...) as blobs`")
+            raise InvalidState("use BlobClient as `async with BlobClient(...) as blobs`")
         try:
             response = await self._http.request(
                 method,
@@ -691,6 +698,9 @@ class _UploadBody:
     ) -> None:
         self.digest = hashlib.sha256()
         self._batches = _sealed_batches(path, pending.key, size, pending.chunk_size)
+        # One thread of its own, so that close() runs after a batch still being sealed
+        # when the request was abandoned (a generator cannot close while it runs).
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, "obrolan-seal")
         self._offset = offset
         self._total = total
         self._progress = progress
@@ -700,7 +710,9 @@ class _UploadBody:
         position = 0
         while True:
             try:
-                batch = await asyncio.to_thread(next, self._batches, None)
+                batch = await asyncio.get_running_loop().run_in_executor(
+                    self._thread, next, self._batches, None
+                )
             except (ObrolanError, OSError) as exc:
                 self._failure = exc
                 return
@@ -720,4 +732,5 @@ class _UploadBody:
             raise self._failure
 
     def close(self) -> None:
-        self._batches.close()
+        self._thread.submit(self._batches.close)
+        self._thread.shutdown(wait=False)

@@ -62,7 +62,7 @@ def _refusal(
     status: int | None = None,
 ) -> web.Response:
     return web.Response(
-        status=status or wire.STATUS[code],
+        status=status or wire.STATUS.get(code, 400),
         body=wire.encode(wire.HttpError(code=code, message=message)),
         content_type="application/json",
         headers=headers,
