@@ -63,7 +63,7 @@ async def alice_bob(
 
 def blobs_of(client: Client) -> BlobClient:
     # Test-only: the device's signing function is not public API yet (Client.sign is proposed).
-    return BlobClient(client.address, client.username, client.device_id, client._identity.sign)
+    return BlobClient(client.address, client.username, client.device_id, client.sign)
 
 
 def random_file(path: Path, size: int) -> Path:
@@ -122,7 +122,7 @@ async def held_offset(server: ServerProcess, client: Client, blob_id: str) -> in
         wire.HEADER_USER: client.username,
         wire.HEADER_DEVICE: client.device_id,
         wire.HEADER_TIME: str(now),
-        wire.HEADER_SIGNATURE: client._identity.sign(signed),
+        wire.HEADER_SIGNATURE: client.sign(signed),
     }
     async with aiohttp.ClientSession() as http, http.head(server.url + path, headers=headers) as r:
         assert r.status == 200

@@ -89,6 +89,8 @@ async def test_admin_discloses_an_account_without_any_ciphertext(
         "one_time_keys": 10,
         "queued_envelopes": 2,
         "queued_bytes": sum(len(s) for s in secrets_sent),
+        "blobs": 0,
+        "blob_bytes": 0,
     }
 
     bob_client = await connect(server.ws_url)

@@ -30,7 +30,7 @@ from obrolan.protocol.content import Attachment, encode
 
 def blob_client(client: Client) -> BlobClient:
     # Test-only: the device's signing function is not public API yet.
-    return BlobClient(client.address, client.username, client.device_id, client._identity.sign)
+    return BlobClient(client.address, client.username, client.device_id, client.sign)
 
 
 async def upload(profile: Path, file: Path, user: str, device: str) -> Attachment:

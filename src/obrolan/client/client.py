@@ -229,6 +229,10 @@ class Client:
 
     # --- what programs call -------------------------------------------------------------
 
+    def sign(self, data: bytes) -> str:
+        """Sign with this device's Ed25519 key (blob requests and other signed protocol bytes)."""
+        return self._identity.sign(data)
+
     def whoami(self) -> Whoami:
         """This profile's account, device and server."""
         return Whoami(
