@@ -9,12 +9,17 @@ from collections.abc import Callable
 from obrolan.protocol.codes import ErrorCode
 from obrolan.protocol.frames import (
     Ack,
+    Deliver,
+    Devices,
     Error,
+    GetDevices,
+    OutboundEnvelope,
     Send,
+    Sent,
 )
 from tests.server.conftest import Connect, Online
 from tests.server.exchange import delivered, offline, round_trip, send, wait_until
-from tests.support.raw_client import RawDevice, envelope_id, outbound
+from tests.support.raw_client import RawClient, RawDevice, envelope_id, outbound
 from tests.support.server import ServerProcess
 
 
@@ -273,3 +278,74 @@ async def test_server_counts_queued_envelopes_again_after_a_restart(
     await round_trip(bob_client, 1)  # the server has taken the ack
     await send(alice_again, 2, fourth)
     assert len(server.mailbox()) == 3
+
+
+async def pipelined_sends(client: RawClient, envelopes: list[OutboundEnvelope]) -> None:
+    """Send each envelope in its own frame without waiting, then wait for every `sent`."""
+    for request_id, envelope in enumerate(envelopes, 1):
+        await client.send(Send(id=request_id, envelopes=[envelope]))
+    answered: set[int] = set()
+    while len(answered) < len(envelopes):
+        reply = await client.recv()
+        assert isinstance(reply, Sent), reply
+        answered.add(reply.id)
+
+
+async def test_server_delivers_interleaved_senders_in_storage_order_exactly_once(
+    server: ServerProcess, online: Online
+) -> None:
+    """Ten senders at once to one live device: it gets every envelope once, in mailbox order."""
+    bob_client, bob = await online(server, "bob")
+    window = bob_client.challenge.limits.delivery_window
+    senders = [(await online(server, f"sender{i}"))[0] for i in range(10)]
+    batches = [[outbound(bob, f"{i}-{n}".encode()) for n in range(30)] for i in range(10)]
+    await asyncio.gather(
+        *(pipelined_sends(client, batch) for client, batch in zip(senders, batches, strict=True))
+    )
+    stored_order = [envelope_id for _, envelope_id, _, _ in server.mailbox()]
+    assert sorted(stored_order) == sorted(e.envelope_id for batch in batches for e in batch)
+
+    first = await bob_client.deliveries(window)
+    reply = await bob_client.request(GetDevices(id=1, username="bob"))
+    assert isinstance(reply, Devices), reply  # the window held the rest back
+    await bob_client.send(Ack(envelope_ids=[e.envelope_id for e in first]))
+    rest = await bob_client.deliveries(len(stored_order) - window)
+    assert [e.envelope_id for e in first + rest] == stored_order
+
+
+async def test_server_delivers_to_an_acking_device_exactly_once_per_sender_order(
+    server: ServerProcess, online: Online
+) -> None:
+    """Ten senders at once while the device acks in bursts (the window fills and empties):
+    nothing is lost or doubled, each sender's envelopes arrive in the order it sent them,
+    and the mailbox empties."""
+    bob_client, bob = await online(server, "bob")
+    window = bob_client.challenge.limits.delivery_window
+    senders = [(await online(server, f"sender{i}"))[0] for i in range(10)]
+    batches = [[outbound(bob, f"{i}-{n}".encode()) for n in range(60)] for i in range(10)]
+    expected = sum(len(batch) for batch in batches)
+
+    async def receive_and_ack() -> list[str]:
+        received: list[str] = []
+        unacked: list[str] = []
+        while len(received) < expected:
+            frame = await bob_client.recv()
+            if isinstance(frame, Deliver):
+                ids = [e.envelope_id for e in frame.envelopes]
+                received += ids
+                unacked += ids
+            if len(unacked) >= window // 2 or len(received) == expected:
+                await bob_client.send(Ack(envelope_ids=unacked))
+                unacked = []
+        return received
+
+    receiving = asyncio.create_task(receive_and_ack())
+    await asyncio.gather(
+        *(pipelined_sends(client, batch) for client, batch in zip(senders, batches, strict=True))
+    )
+    received = await receiving
+    assert len(received) == len(set(received)) == expected
+    for batch in batches:
+        sent_order = [e.envelope_id for e in batch]
+        assert [i for i in received if i in set(sent_order)] == sent_order
+    await wait_until(lambda: server.mailbox() == [])

@@ -48,13 +48,19 @@ def info(limits: Limits) -> bytes:
 class _WebSocketTransport:
     """An aiohttp WebSocket as the relay's :class:`~obrolan.server.relay.Transport`."""
 
-    def __init__(self, ws: web.WebSocketResponse) -> None:
+    def __init__(self, ws: web.WebSocketResponse, socket: asyncio.Transport | None) -> None:
         self._ws = ws
+        self._socket = socket
 
     async def send(self, data: bytes) -> None:
+        # aiohttp writes an uncompressed frame before its first await (only a full buffer
+        # makes it wait), which is what keeps concurrent sends in call order.
         # A gone connection is not an error here: the receive loop ends and closes the session.
         with contextlib.suppress(ConnectionError):
             await self._ws.send_frame(data, WSMsgType.TEXT)
+
+    def backlogged(self) -> bool:
+        return self._socket is None or self._socket.get_write_buffer_size() > 0
 
     async def close(self, code: int, reason: str) -> None:
         await self._ws.close(code=code, message=reason.encode())
@@ -76,7 +82,7 @@ def build_app(relay: Relay) -> web.Application:
             decode_text=False,  # msgspec parses the UTF-8 bytes itself
         )
         await ws.prepare(request)
-        session = relay.connect(_WebSocketTransport(ws))
+        session = relay.connect(_WebSocketTransport(ws, request.transport))
         try:
             await session.open()
             async for message in ws:

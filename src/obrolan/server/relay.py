@@ -17,6 +17,13 @@ Frames of one connection are handled one at a time, in order. After authenticati
 a delivery task per connection pushes the device's envelopes in storage order, at
 most ``delivery_window`` unacknowledged, and sends ``drained`` once the backlog that
 existed at authentication is out.
+
+Envelopes stored while their device's connection on this node is caught up (it has
+pushed everything stored for the device before them, and its window has room) skip
+the storage round trip: the sender's handler pushes them to that connection itself
+(:meth:`Relay.hand_over`). Everything else (a backlog, a reconnect, a full window, a
+device connected to another node) goes the long way: a wake-up, then a read from
+storage in ``seq`` order.
 """
 
 from __future__ import annotations
@@ -58,7 +65,7 @@ from obrolan.protocol.limits import SUPPORTED_VERSIONS, Limits
 from obrolan.server.address import DeviceAddress
 from obrolan.server.auth import ConnectionChallenge, check_version
 from obrolan.server.routing.base import Router
-from obrolan.server.storage.base import Storage
+from obrolan.server.storage.base import Storage, StoredEnvelopes
 
 __all__ = [
     "CLOSE_GOING_AWAY",
@@ -92,7 +99,15 @@ class Transport(Protocol):
     """One connection as the relay sees it."""
 
     async def send(self, data: bytes) -> None:
-        """Send ``data`` (UTF-8 JSON) as one text message; a no-op once the connection is gone."""
+        """Send ``data`` (UTF-8 JSON) as one text message; a no-op once the connection is gone.
+
+        The message is handed to the connection before the first suspension, so messages
+        go out in the order of the calls even when several tasks send.
+        """
+
+    def backlogged(self) -> bool:
+        """True while earlier messages still wait in a buffer for the peer to read them
+        (a send would then wait), or when the connection is gone."""
 
     async def close(self, code: int, reason: str) -> None:
         """Close the connection with a WebSocket close code and reason."""
@@ -156,6 +171,21 @@ class Relay:
         if older is not None and older is not session:
             older.replaced()
 
+    async def hand_over(self, stored: list[StoredEnvelopes]) -> None:
+        """Give newly stored envelopes to their devices: to the device's connection on
+        this node if there is one, else a wake-up through the router to wherever it is."""
+        elsewhere = []
+        for batch in stored:
+            if not batch.envelopes:
+                continue  # only resends of envelopes already queued
+            session = self._by_device.get(batch.device)
+            if session is None:
+                elsewhere.append(batch.device)
+            else:
+                await session.offer(batch)
+        if elsewhere:
+            await self.router.publish(elsewhere)
+
     def detach(self, session: Session) -> None:
         """Forget a session whose connection is gone."""
         self._sessions.discard(session)
@@ -193,6 +223,17 @@ class Session:
         self._wake = asyncio.Event()
         self._wake_up = self._wake.set
         self._unacked: set[str] = set()
+        self._cursor = 0
+        """seq of the last envelope pushed; every older one was pushed, or deleted unread."""
+        self._newest_offered = 0
+        """seq of the newest envelope :meth:`offer` announced (all committed by then)."""
+        self._drained = False
+        self._parked = False
+        """The delivery task waits for a wake-up: nothing it read is still being pushed."""
+        self._parked_for_room = False
+        """It waits because the window is full: an ack must wake it."""
+        self._push_lock = asyncio.Lock()
+        """Held while envelopes are pushed, so that two pushes never interleave their frames."""
 
     # --- what the transport layer calls --------------------------------------------------
 
@@ -243,6 +284,27 @@ class Session:
         self._relay.detach(self)
 
     # --- what the relay calls ------------------------------------------------------------
+
+    async def offer(self, stored: StoredEnvelopes) -> None:
+        """Envelopes just stored for this device: push them now if this connection is
+        caught up, else wake the delivery task to read them from storage."""
+        envelopes = stored.envelopes
+        newest = envelopes[-1][0]
+        if (
+            self._parked
+            and self._drained
+            and stored.previous_seq == self._cursor
+            and len(self._unacked) + len(envelopes) <= self._limits.delivery_window
+            and not self._push_lock.locked()
+            and not self._closing
+            and not self._transport.backlogged()
+        ):
+            self._cursor = self._newest_offered = newest
+            async with self._push_lock:
+                await self._push([envelope for _, envelope in envelopes])
+            return
+        self._newest_offered = max(self._newest_offered, newest)
+        self._wake_up()
 
     def replaced(self) -> None:
         """Another connection of the same device authenticated: close this one."""
@@ -371,10 +433,10 @@ class Session:
             limits.max_queue_per_device,
         )
         failpoint("relay.after_store")
+        _logger.debug("stored %d envelopes for %d devices", len(envelopes), len(stored))
+        await self._relay.hand_over(stored)
         sent = Sent(id=frame.id, envelope_ids=[e.envelope_id for e in envelopes])
         await self._transport.send(encode(sent))
-        _logger.debug("stored %d envelopes for %d devices", len(envelopes), len(stored))
-        await self._relay.router.publish([batch.device for batch in stored if batch.envelopes])
 
     async def _ack(self, frame: Ack, device: DeviceAddress) -> None:
         ids = frame.envelope_ids
@@ -385,7 +447,7 @@ class Session:
             )
         in_flight = len(self._unacked)
         self._unacked.difference_update(ids)
-        if len(self._unacked) != in_flight:
+        if self._parked_for_room and len(self._unacked) != in_flight:
             self._wake_up()  # the window has room again
         await self._storage.ack(device, ids)
 
@@ -421,23 +483,30 @@ class Session:
     async def _deliver(self, device: DeviceAddress, backlog_end: int) -> None:
         """Push the device's envelopes in storage order, within the window; then wait for more."""
         window = self._limits.delivery_window
-        cursor = 0  # seq of the last envelope pushed on this connection
-        drained = False
         try:
             while True:
                 self._wake.clear()  # before reading: a wake-up during the read is kept
                 room = min(window - len(self._unacked), _FETCH)
                 if room > 0:
-                    rows = await self._storage.pending(device, cursor, room)
+                    offered = self._newest_offered  # committed before the read below
+                    rows = await self._storage.pending(device, self._cursor, room)
                     if rows:
-                        cursor = rows[-1][0]
-                        await self._push([envelope for _, envelope in rows])
-                    if not drained and (cursor >= backlog_end or len(rows) < room):
-                        drained = True
+                        self._cursor = rows[-1][0]
+                        async with self._push_lock:
+                            await self._push([envelope for _, envelope in rows])
+                    if len(rows) < room:  # caught up, also with every envelope offered so far
+                        self._cursor = max(self._cursor, offered)
+                    if not self._drained and (self._cursor >= backlog_end or len(rows) < room):
+                        self._drained = True
                         await self._transport.send(_DRAINED)
                     if len(rows) == room:
                         continue
-                await self._wake.wait()
+                self._parked_for_room = room <= 0
+                self._parked = True
+                try:
+                    await self._wake.wait()
+                finally:
+                    self._parked = self._parked_for_room = False
         except Exception:
             _logger.exception("delivery to a device failed")
             self._close_soon(CLOSE_INTERNAL_ERROR, "internal server error")
