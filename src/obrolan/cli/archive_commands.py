@@ -14,9 +14,8 @@ import os
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import TextIO
 
-from obrolan.cli.common import add_verb, passphrase_for, print_json
+from obrolan.cli.common import ProgressBar, add_verb, passphrase_for, print_json
 from obrolan.cli.render import SHORT_ID
 from obrolan.client.archive import export_history, import_history
 from obrolan.client.search import DEFAULT_MARKS, MAX_LIMIT, SearchHit, search
@@ -24,7 +23,7 @@ from obrolan.client.store import Store
 from obrolan.client.vault import Vault, open_vault
 from obrolan.errors import ConfigError
 
-__all__ = ["ARCHIVE_PASSPHRASE_ENV", "ProgressBar", "add_parsers", "read_archive_passphrase"]
+__all__ = ["ARCHIVE_PASSPHRASE_ENV", "add_parsers", "read_archive_passphrase"]
 
 ARCHIVE_PASSPHRASE_ENV = "OBROLAN_ARCHIVE_PASSPHRASE"
 MIN_ARCHIVE_PASSPHRASE = 8
@@ -54,51 +53,6 @@ def read_archive_passphrase(*, confirm: bool) -> str:
             f"choose an archive passphrase of at least {MIN_ARCHIVE_PASSPHRASE} characters"
         )
     return passphrase
-
-
-class ProgressBar:
-    """``export  42% [########............] 1,234/2,900 messages and files`` on a stream.
-
-    On a terminal the line is redrawn in place (``\\r``); elsewhere (a log, a pipe)
-    only the final line is written, by :meth:`finish`.
-    """
-
-    WIDTH = 20
-
-    def __init__(self, label: str, stream: TextIO) -> None:
-        self._label = label
-        self._stream = stream
-        self._tty = stream.isatty()
-        self._line = ""
-
-    def __call__(self, done: int, total: int) -> None:
-        """Draw the bar for ``done`` of ``total`` (the archive's progress callback)."""
-        line = self._render(done, total)
-        if line != self._line:
-            self._line = line
-            if self._tty:
-                self._stream.write("\r" + line)
-                self._stream.flush()
-
-    def finish(self) -> None:
-        """End the bar: its last state, on a line of its own."""
-        if self._line:
-            self._stream.write(("\r" if self._tty else "") + self._line + "\n")
-            self._stream.flush()
-
-    def abandon(self) -> None:
-        """Leave a half-drawn bar so that an error message starts on its own line."""
-        if self._tty and self._line:
-            self._stream.write("\n")
-            self._stream.flush()
-
-    def _render(self, done: int, total: int) -> str:
-        fraction = done / total if total else 1.0
-        filled = round(fraction * self.WIDTH)
-        return (
-            f"{self._label:<7} {fraction:4.0%} [{'#' * filled}{'.' * (self.WIDTH - filled)}] "
-            f"{done:,}/{total:,} messages and files"
-        )
 
 
 async def _open_store(profile: Path) -> Vault:
@@ -144,7 +98,7 @@ async def cmd_export(args: argparse.Namespace) -> int:
         )
     with await _open_store(args.profile) as vault:
         passphrase = read_archive_passphrase(confirm=True)
-        bar = ProgressBar("export", sys.stderr)
+        bar = ProgressBar("export", sys.stderr, unit="messages and files")
         try:
             summary = await asyncio.to_thread(
                 export_history, vault, out, passphrase, bar, overwrite=args.force
@@ -170,7 +124,7 @@ async def cmd_import(args: argparse.Namespace) -> int:
     with await _open_store(args.profile) as vault:
         me = Store(vault).get_meta("username")
         passphrase = read_archive_passphrase(confirm=False)
-        bar = ProgressBar("import", sys.stderr)
+        bar = ProgressBar("import", sys.stderr, unit="messages and files")
         try:
             summary = await asyncio.to_thread(import_history, vault, archive, passphrase, bar)
         except BaseException:

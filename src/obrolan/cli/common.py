@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import platformdirs
 
@@ -20,6 +20,7 @@ from obrolan.errors import ConfigError
 
 __all__ = [
     "Handler",
+    "ProgressBar",
     "add_verb",
     "default_profile",
     "passphrase_for",
@@ -105,3 +106,47 @@ def _run_async(handler: Handler) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+class ProgressBar:
+    """``export  42% [########............] 1,234/2,900 messages and files`` on a stream.
+
+    On a terminal the line is redrawn in place (``\\r``); elsewhere (a log, a pipe)
+    only the final line is written, by :meth:`finish`.
+    """
+
+    WIDTH = 20
+
+    def __init__(self, label: str, stream: TextIO, *, unit: str) -> None:
+        self._label = label
+        self._unit = unit
+        self._stream = stream
+        self._tty = stream.isatty()
+        self._line = ""
+
+    def __call__(self, done: int, total: int) -> None:
+        """Draw the bar for ``done`` of ``total`` (a progress callback)."""
+        line = self._render(done, total)
+        if line != self._line:
+            self._line = line
+            if self._tty:
+                self._stream.write("\r" + line)
+                self._stream.flush()
+
+    def finish(self) -> None:
+        """End the bar: its last state, on a line of its own."""
+        if self._line:
+            self._stream.write(("\r" if self._tty else "") + self._line + "\n")
+            self._stream.flush()
+
+    def abandon(self) -> None:
+        """Leave a half-drawn bar so that an error message starts on its own line."""
+        if self._tty and self._line:
+            self._stream.write("\n")
+            self._stream.flush()
+
+    def _render(self, done: int, total: int) -> str:
+        fraction = done / total if total else 1.0
+        filled = round(fraction * self.WIDTH)
+        return (
+            f"{self._label:<7} {fraction:4.0%} [{'#' * filled}{'.' * (self.WIDTH - filled)}] "
+            f"{done:,}/{total:,} {self._unit}"
+        )

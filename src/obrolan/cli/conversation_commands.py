@@ -11,7 +11,7 @@ from obrolan.client.client import Client
 from obrolan.client.conversation import describe_timer
 from obrolan.errors import ConfigError, ServerUnreachable
 
-__all__ = ["add_parsers", "parse_duration"]
+__all__ = ["add_parsers", "parse_duration", "parse_size"]
 
 SEND_TIMEOUT = 15.0
 _DURATION = re.compile(r"^(\d+)([smhd])\Z")
@@ -26,6 +26,14 @@ def parse_duration(text: str) -> int | None:
     if match is None or int(match[1]) == 0:
         raise ConfigError(f"bad duration {text!r}: use e.g. 30s, 5m, 1h, 7d, or off")
     return int(match[1]) * _UNIT_SECONDS[match[2]]
+
+
+def parse_size(text: str) -> int:
+    """``"512K"``, ``"5M"``, ``"1G"`` or plain bytes → bytes."""
+    match = re.match(r"^(\d+)([KMG]?)\Z", text.upper())
+    if match is None:
+        raise ConfigError(f"bad size {text!r}: use e.g. 0, 512K, 5M, 1G")
+    return int(match[1]) * {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}[match[2]]
 
 
 async def _deliver(client: Client) -> str:
@@ -112,12 +120,17 @@ async def cmd_settings(args: argparse.Namespace) -> int:
     async with Client.open(args.profile, passphrase_for(args.profile), online=False) as client:
         if args.receipts is not None:
             client.set_receipts(args.receipts == "on")
-        settings = {"receipts": "on" if client.receipts else "off", "blocked": client.blocked()}
+        if args.auto_download is not None:
+            client.set_auto_download(parse_size(args.auto_download))
+        receipts = "on" if client.receipts else "off"
+        auto_download = client.auto_download_bytes
+        blocked = client.blocked()
     if args.json:
-        print_json(settings)
+        print_json({"receipts": receipts, "auto_download_bytes": auto_download, "blocked": blocked})
     else:
-        print(f"receipts: {settings['receipts']}")
-        print(f"blocked: {', '.join(settings['blocked']) or 'nobody'}")
+        print(f"receipts: {receipts}")
+        print(f"files fetched at once up to: {auto_download:,} bytes")
+        print(f"blocked: {', '.join(blocked) or 'nobody'}")
     return 0
 
 
@@ -154,3 +167,6 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
     p = verb("settings", cmd_settings, "show or change this device's settings")
     p.add_argument("--receipts", choices=["on", "off"], help="send delivery and read receipts")
+    p.add_argument(
+        "--auto-download", metavar="SIZE", help="fetch files up to SIZE at once (e.g. 5M, 0 = never)"
+    )

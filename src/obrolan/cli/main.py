@@ -12,11 +12,13 @@ import contextlib
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from obrolan import __version__
 from obrolan.cli import archive_commands, conversation_commands, server_commands
 from obrolan.cli.common import (
     Handler,
+    ProgressBar,
     add_verb,
     passphrase_for,
     print_json,
@@ -25,7 +27,7 @@ from obrolan.cli.common import (
 from obrolan.cli.render import format_event, print_messages
 from obrolan.client.client import Client
 from obrolan.client.models import MessageState
-from obrolan.errors import ObrolanError, RequestRefused, ServerUnreachable
+from obrolan.errors import ConfigError, ObrolanError, RequestRefused, ServerUnreachable
 from obrolan.protocol.codes import ErrorCode
 
 __all__ = ["main"]
@@ -61,7 +63,20 @@ async def cmd_register(args: argparse.Namespace) -> int:
 async def cmd_send(args: argparse.Namespace) -> int:
     async with Client.open(args.profile, passphrase_for(args.profile)) as client:
         reply_to = None if args.reply_to is None else client.resolve(args.reply_to).message_id
-        queued = await client.send(args.user, args.text, reply_to=reply_to)
+        if args.file is None:
+            if not args.text:
+                raise ConfigError("say something, or attach a file with --file PATH")
+            queued = await client.send(args.user, args.text, reply_to=reply_to)
+        else:
+            bar = ProgressBar("upload", sys.stderr, unit="bytes")
+            try:
+                queued = await client.send_file(
+                    args.user, args.file, args.text or "", reply_to=reply_to, progress=bar
+                )
+            except BaseException:
+                bar.abandon()
+                raise
+            bar.finish()
         try:
             await client.flush(timeout=SEND_TIMEOUT)
         except ServerUnreachable as exc:
@@ -76,6 +91,23 @@ async def cmd_send(args: argparse.Namespace) -> int:
         print_json(message.as_json())
     else:
         print(f"sent to {args.user}")
+    return 0
+
+
+async def cmd_download(args: argparse.Namespace) -> int:
+    async with Client.open(args.profile, passphrase_for(args.profile)) as client:
+        message = client.resolve(args.message)
+        bar = ProgressBar("download", sys.stderr, unit="bytes")
+        try:
+            path = await client.download(message, args.out, progress=bar)
+        except BaseException:
+            bar.abandon()
+            raise
+        bar.finish()
+    if args.json:
+        print_json({"message_id": message.message_id, "path": str(path)})
+    else:
+        print(f"saved {path}")
     return 0
 
 
@@ -186,8 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("send", cmd_send, "send a text message")
     p.add_argument("user")
-    p.add_argument("text")
+    p.add_argument("text", nargs="?", default="")
+    p.add_argument("--file", type=Path, metavar="PATH", help="attach a file (encrypted, resumable)")
     p.add_argument("--reply-to", metavar="MESSAGE", help="quote a message (its id, or the start of it)")
+
+    p = verb("download", cmd_download, "fetch, verify and decrypt a message's file")
+    p.add_argument("message", metavar="MESSAGE", help="its id, or the start of it")
+    p.add_argument("--out", type=Path, metavar="PATH", help="file or folder (default: here)")
 
     verb("sync", cmd_sync, "fetch and print what is waiting, send the outbox, exit")
     verb("listen", cmd_listen, "print messages as they arrive, until Ctrl-C")

@@ -26,11 +26,18 @@ import contextlib
 import logging
 import os
 import random
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
+from obrolan.client.attachments import (
+    BlobClient,
+    FileUploadJournal,
+    Progress,
+    decrypt_attachment,
+)
 from obrolan.client.connection import Connection, ServerAddress, is_fatal
 from obrolan.client.conversation import Conversations
 from obrolan.client.ids import check_username, new_id
@@ -66,6 +73,8 @@ log = logging.getLogger("obrolan.client")
 
 BACKOFF_START = 0.5
 BACKOFF_MAX = 30.0
+AUTO_DOWNLOAD_BYTES = 5 * 1024 * 1024
+"""Default: files up to 5 MiB are fetched as soon as their message arrives."""
 _PROFILE_FILES = ("profile.json", "key", "store.db", "store.db-wal", "store.db-shm")
 
 
@@ -98,6 +107,8 @@ class Client:
         self._fatal: ObrolanError | None = None
         self._resync = False
         """The current connection was closed on purpose: reconnect at once."""
+        self._tasks: set[asyncio.Task[None]] = set()
+        """Background attachment work (downloads, releases)."""
         self._known_devices: set[str] = set()
         """Users whose device list was fetched on the current connection."""
 
@@ -205,6 +216,10 @@ class Client:
         before = self._store.message_count()
         with self._store.transaction():
             self._conversations.expire()
+        if self._runner is not None:  # online: tell the server; offline, the TTL cleans up
+            self._after_changes([])
+        else:
+            self._conversations.released.clear()
         return before - self._store.message_count()
 
     async def _expire_loop(self) -> None:
@@ -216,7 +231,7 @@ class Client:
 
     async def close(self) -> None:
         """Disconnect and close the local store; queued messages stay queued."""
-        for task in (self._runner, self._expirer):
+        for task in (self._runner, self._expirer, *self._tasks):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -259,6 +274,124 @@ class Client:
             self._queue(username, body, message_rowid=rowid)
         return self._store.message(rowid)
 
+    async def send_file(
+        self,
+        username: str,
+        path: Path,
+        text: str = "",
+        *,
+        reply_to: str | None = None,
+        progress: Progress | None = None,
+    ) -> Message:
+        """Encrypt and upload a file for ``username``'s devices, then queue a message with it.
+
+        The upload resumes after an interruption (run the same call again).
+
+        Raises:
+            ServerUnreachable: the upload needs the server; nothing was queued.
+            RequestRefused: ``blob_too_large``, ``quota_exceeded``, …
+            ConfigError: no such file, or ``username`` has no device.
+        """
+        check_username(username)
+        if username == self.username:
+            raise ConfigError("you cannot send a file to yourself on a single device")
+        devices = await self._fetch_devices(await self._connected(), username)
+        if not devices:
+            raise ConfigError(f"{username} has no device that can receive files")
+        async with self._blobs() as blobs:
+            attachment = await blobs.upload_file(
+                path,
+                [(username, d.device_id) for d in devices],
+                FileUploadJournal(self.profile_dir / "uploads"),
+                progress,
+            )
+        with self._store.transaction():
+            rowid, body = self._conversations.prepare_text(
+                username, new_id(), text, reply_to, attachment, self.device_id
+            )
+            self._queue(username, body, message_rowid=rowid)
+        return self._store.message(rowid)
+
+    async def download(
+        self, message: Message, out: Path | None = None, *, progress: Progress | None = None
+    ) -> Path:
+        """Fetch (unless already on this device), verify and decrypt a message's file.
+
+        ``out`` is a file or folder (default: the current folder, under the sender's
+        file name). Returns the decrypted file's path.
+
+        Raises:
+            ConfigError: the message has no file, or the output exists.
+            DecryptionError: the blob is not what the sender uploaded (nothing is written).
+        """
+        attachment = self._store.attachment_of(self._row_of(message))
+        if attachment is None:
+            raise ConfigError("that message has no file")
+        stored = self.profile_dir / "attachments" / attachment.blob_id
+        if not stored.exists():
+            async with self._blobs() as blobs:
+                stored = await blobs.download(attachment, stored.parent, progress)
+        name = Path(attachment.name).name or attachment.blob_id  # never a path from the sender
+        target = out or Path.cwd()
+        if target.is_dir():
+            target = target / name
+        await asyncio.to_thread(decrypt_attachment, stored, attachment, target)
+        return target
+
+    @property
+    def auto_download_bytes(self) -> int:
+        """Files up to this size are fetched as soon as their message arrives."""
+        return int(self._store.get_meta("auto_download_bytes") or AUTO_DOWNLOAD_BYTES)
+
+    def set_auto_download(self, size: int) -> None:
+        with self._store.transaction():
+            self._store.set_meta("auto_download_bytes", str(size))
+
+    def _blobs(self) -> BlobClient:
+        return BlobClient(self.address, self.username, self.device_id, self.sign)
+
+    async def _connected(self) -> Connection:
+        self.start()
+        await self._wait(lambda: self._conn is not None, 30.0)
+        assert self._conn is not None
+        return self._conn
+
+    def _after_changes(self, events: list[Event]) -> None:
+        """Side effects of stored events: fetch small files, release deleted ones."""
+        for event in events:
+            message = event.message
+            if event.kind != "message" or message is None or message.attachment is None:
+                continue
+            size = message.attachment.get("size")
+            if isinstance(size, int) and size <= self.auto_download_bytes:
+                self._background(self.download_to_store(message))
+        released, self._conversations.released = self._conversations.released, []
+        for blob_id in released:
+            self._background(self._release(blob_id))
+
+    async def download_to_store(self, message: Message) -> None:
+        """Fetch a message's file into this device's encrypted attachment folder."""
+        attachment = self._store.attachment_of(self._row_of(message))
+        if attachment is not None:
+            async with self._blobs() as blobs:
+                await blobs.download(attachment, self.profile_dir / "attachments")
+
+    async def _release(self, blob_id: str) -> None:
+        async with self._blobs() as blobs:
+            await blobs.mark_fetched(blob_id)
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run best-effort work (a failure is logged; the blob's TTL is the backstop)."""
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._tasks.discard(finished)
+            if not finished.cancelled() and finished.exception() is not None:
+                log.warning("attachment work failed: %s", finished.exception())
+
+        task.add_done_callback(done)
+
     def resolve(self, message_ref: str) -> Message:
         """The message whose id is, or starts with, ``message_ref`` (as `history` shows it).
 
@@ -300,6 +433,7 @@ class Client:
             self._queue(message.peer, content.Delete(
                 message_id=new_id(), sent_at_ms=at, target=message.message_id
             ))
+        self._conversations.released.clear()  # our own upload: the recipients release it
 
     async def set_timer(self, username: str, seconds: int | None) -> None:
         """Turn disappearing messages on (``seconds``) or off (None) for a conversation."""
@@ -415,6 +549,8 @@ class Client:
             lambda: self._conn is not None and self._drained.is_set() and self._outbox_idle.is_set(),
             timeout,
         )
+        if self._tasks:  # the files that arrived small enough to fetch at once
+            await asyncio.wait(set(self._tasks), timeout=timeout)
         received = []
         while not self._events.empty():
             event = self._events.get_nowait()
@@ -723,7 +859,9 @@ class Client:
         acked = []
         for envelope in envelopes:
             if not self._store.is_processed(envelope.envelope_id):
-                for event in await self._open_envelope(conn, envelope):
+                events = await self._open_envelope(conn, envelope)
+                self._after_changes(events)
+                for event in events:
                     self._events.put_nowait(event)
             acked.append(envelope.envelope_id)
         failpoint("inbox.before_ack")

@@ -38,6 +38,8 @@ class Conversations:
         self._store = store
         self._me = me
         self._attachments = attachments_dir
+        self.released: list[str] = []
+        """Blob ids of attachments whose messages are gone; the client tells the server."""
 
     # --- incoming -----------------------------------------------------------------------
 
@@ -205,5 +207,6 @@ class Conversations:
 
     def _forget_file(self, blob_id: str | None) -> None:
         if blob_id is not None:
+            self.released.append(blob_id)
             with contextlib.suppress(FileNotFoundError):
                 (self._attachments / blob_id).unlink()

@@ -13,9 +13,12 @@ import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
+import msgspec
+
 from obrolan.client.models import Contact, Message, MessageState
 from obrolan.client.vault import Vault
 from obrolan.errors import StorageError
+from obrolan.protocol.content import Attachment
 
 __all__ = ["Conversation", "OutboxEntry", "Store", "now_ms"]
 
@@ -590,6 +593,13 @@ class Store:
             "UPDATE messages SET receipt = 'read' WHERE peer = ? AND message_id = ? AND outgoing = 0",
             [(peer, m) for m in message_ids],
         )
+
+    def attachment_of(self, rowid: int) -> Attachment | None:
+        """The attachment stored with a message, its key included."""
+        row = self._db.execute("SELECT attachment FROM messages WHERE id = ?", (rowid,)).fetchone()
+        if row is None or row[0] is None:
+            return None
+        return msgspec.json.decode(row[0], type=Attachment)
 
     def set_expiry(self, rowid: int, expires_at_ms: int) -> None:
         self._db.execute("UPDATE messages SET expires_at_ms = ? WHERE id = ?", (expires_at_ms, rowid))
