@@ -18,6 +18,8 @@ from obrolan import __version__
 from obrolan.errors import ConfigError
 from obrolan.protocol.frames import Info, encode
 from obrolan.protocol.limits import SUPPORTED_VERSIONS, Limits
+from obrolan.server.blobs.filesystem import FilesystemBlobStore
+from obrolan.server.blobs.http import add_routes as add_blob_routes
 from obrolan.server.config import ServerConfig
 from obrolan.server.logs import configure_logging
 from obrolan.server.relay import Relay
@@ -120,6 +122,7 @@ async def serve(config: ServerConfig, on_ready: Callable[[str], None]) -> None:
     """
     ssl_context = config.ssl_context()
     storage = SqliteStorage(config.database)
+    blob_store = FilesystemBlobStore(config.data_dir)
     router = MemoryRouter()
     relay = Relay(
         storage,
@@ -133,8 +136,11 @@ async def serve(config: ServerConfig, on_ready: Callable[[str], None]) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await storage.start()
-    runner = web.AppRunner(build_app(relay), access_log=None, shutdown_timeout=_SHUTDOWN_SECONDS)
+    app = build_app(relay)
+    add_blob_routes(app, blob_store, storage, config)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_SECONDS)
     try:
+        await blob_store.start()
         await router.start()
         await relay.start()
         await runner.setup()
@@ -155,6 +161,7 @@ async def serve(config: ServerConfig, on_ready: Callable[[str], None]) -> None:
         await relay.close()
         await runner.cleanup()
         await router.close()
+        await blob_store.close()
         await storage.close()
     _logger.info("stopped")
 
