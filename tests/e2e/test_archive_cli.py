@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -43,8 +44,11 @@ def _one_line_error(result: CliResult, *needles: str) -> None:
         assert needle in lines[0], lines[0]
 
 
-async def _chat(alice: Client, bob: Client) -> None:
-    """A short real conversation: a reply, a reaction, an edit, a delete."""
+async def _chat(alice: Client, bob: Client, menu: Path) -> str:
+    """A short real conversation: a reply, a reaction, an edit, a delete, a file.
+
+    Returns the file's message id, once alice's device holds the file.
+    """
     first = await alice.send("bob", "lunch tomorrow at the noodle bar?")
     await alice.flush(timeout=30)
     await bob.sync()
@@ -58,8 +62,21 @@ async def _chat(alice: Client, bob: Client) -> None:
     await alice.send("bob", "bring the umbrella ☔")
     await alice.flush(timeout=30)
     await bob.sync()
-    await bob.flush(timeout=30)  # the read receipts
+    sent = await bob.send_file("alice", menu, "the menu")
+    await bob.flush(timeout=30)  # the file, and the read receipts
     await alice.sync()
+    stored = alice.profile_dir / "attachments" / _blob_id(alice, sent.message_id)
+    deadline = asyncio.get_running_loop().time() + 30
+    while not stored.exists():  # fetched in the background after the sync
+        assert asyncio.get_running_loop().time() < deadline, "the file never arrived"
+        await asyncio.sleep(0.05)
+    return sent.message_id
+
+
+def _blob_id(client: Client, message_id: str) -> str:
+    attachment = client.resolve(message_id).attachment
+    assert attachment is not None
+    return str(attachment["blob_id"])
 
 
 async def test_archive_cli_export_then_import_gives_identical_history(
@@ -72,7 +89,10 @@ async def test_archive_cli_export_then_import_gives_identical_history(
 ) -> None:
     """alice's history, exported and imported into a new profile offline, is the same history."""
     alice, bob = pair
-    await _chat(alice, bob)
+    menu = tmp_path / "menu.txt"
+    menu.write_bytes(b"ramen, gyoza, tea\n" * 1000)
+    file_message = await _chat(alice, bob, menu)
+    blob_id = _blob_id(alice, file_message)
     await alice.close()  # the CLI opens the same profiles next
     await bob.close()
     source, restored = profiles("alice"), profiles("alice-restored")
@@ -84,7 +104,7 @@ async def test_archive_cli_export_then_import_gives_identical_history(
     assert cli("history", "bob", "--profile", str(source)).returncode == 0
     history = cli("history", "bob", "--json", "--profile", str(source))
     assert history.returncode == 0, history.stderr
-    assert len(_json(history)) == 4
+    assert len(_json(history)) == 5
     server.stop()  # export and import never talk to a server
     elsewhere.stop()
 
@@ -93,23 +113,29 @@ async def test_archive_cli_export_then_import_gives_identical_history(
         ARCHIVE_PASSPHRASE, "export", "--out", str(archive), "--profile", str(source)
     )
     assert exported.returncode == 0, exported.stderr
-    assert f"exported 4 messages and 0 files to {archive}" in exported.stdout
-    assert "export  100% [####################] 4/4 messages and files" in exported.stderr
+    assert f"exported 5 messages and 1 files to {archive}" in exported.stdout
+    assert "export  100% [####################] 6/6 messages and files" in exported.stderr
     assert b"noodle" not in archive.read_bytes() and b"ramen" not in archive.read_bytes()
 
     imported = _with_archive_passphrase(
         ARCHIVE_PASSPHRASE, "import", str(archive), "--profile", str(restored)
     )
     assert imported.returncode == 0, imported.stderr
-    assert "imported 4 messages and 0 files of alice's history" in imported.stdout
+    assert "imported 5 messages and 1 files of alice's history" in imported.stdout
     again = cli("history", "bob", "--json", "--profile", str(restored))
     assert again.returncode == 0, again.stderr
     assert again.json() == history.json()
+    stored = Path("attachments") / blob_id
+    assert (restored / stored).read_bytes() == (source / stored).read_bytes()
+    opened = cli("download", file_message, "--out", str(tmp_path / "menu-again.txt"),
+                 "--profile", str(restored))
+    assert opened.returncode == 0, opened.stderr
+    assert (tmp_path / "menu-again.txt").read_bytes() == menu.read_bytes()
 
     repeated = _json(_with_archive_passphrase(
         ARCHIVE_PASSPHRASE, "import", str(archive), "--profile", str(restored), "--json"
     ))
-    assert (repeated["messages"], repeated["messages_present"]) == (0, 4)
+    assert (repeated["messages"], repeated["messages_present"]) == (0, 5)
     assert cli("history", "bob", "--json", "--profile", str(restored)).json() == history.json()
 
     found = cli("search", "ramen", "--profile", str(restored))
@@ -121,11 +147,13 @@ async def test_archive_cli_export_then_import_gives_identical_history(
 
 
 async def test_archive_cli_search_ranks_with_context_and_filters(
-    pair: tuple[Client, Client], cli: Cli, profiles: Callable[[str], Path]
+    pair: tuple[Client, Client], cli: Cli, profiles: Callable[[str], Path], tmp_path: Path
 ) -> None:
     """`obrolan search` shows the match in context; --with keeps one conversation; --json too."""
     alice, bob = pair
-    await _chat(alice, bob)
+    menu = tmp_path / "menu.txt"
+    menu.write_text("ramen\n")
+    await _chat(alice, bob, menu)
     await alice.close()
     await bob.close()
     bob_profile = str(profiles("bob"))
