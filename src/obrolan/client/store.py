@@ -101,6 +101,7 @@ _SCHEMA_V2 = [
         text          TEXT NOT NULL,      -- the text before this edit
         edited_at_ms  INTEGER NOT NULL
     )""",
+    "CREATE INDEX edits_by_message ON edits (message_rowid)",
     """CREATE TABLE reactions (
         message_rowid INTEGER NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
         reactor       TEXT NOT NULL,
