@@ -3,15 +3,16 @@
 Durability and deletion:
 
 * WAL with ``synchronous=FULL``: a commit is on disk when it returns.
-* Every write goes through one writer thread that commits in groups: it takes all
-  operations queued so far, runs them in one transaction, commits once (one fsync for
-  the group), then resolves the callers' futures with one callback on the event loop.
-  So "answer only after the durable write" costs one fsync per group, not per request.
+* Writes are committed in groups (:class:`_Writer`): the operations queued while the
+  previous commit was on its way run in one transaction on the event loop's thread,
+  then a helper thread runs the ``COMMIT`` (one fsync for the group) and the callers'
+  futures resolve together. So "answer only after the durable write" costs one fsync
+  per group, not per request, and no hand-off between threads per statement.
   Directory operations run in a savepoint each, so that one refused request leaves the
   others intact; mailbox writes decide every refusal before they write and need none.
-* Acks' deletes have no future: they wait, without waking the writer, for the next
-  commit, at most :data:`LAZY_COMMIT_SECONDS` later (a crash before it only means a
-  redelivery, which clients drop by envelope id).
+* Acks' deletes have no future: they wait for the next commit, at most
+  :data:`LAZY_COMMIT_SECONDS` later (a crash before it only means a redelivery, which
+  clients drop by envelope id).
 * ``secure_delete=ON`` zeroes deleted rows in the pages; once the writer has had no
   write for :data:`IDLE_CHECKPOINT_SECONDS` (or at the latest
   :data:`MAX_CHECKPOINT_DELAY_SECONDS` after a write) it runs
@@ -22,7 +23,7 @@ back: device row ids, each device's queue length and newest ``seq``, and the nex
 ``seq`` (see :class:`_WriterDb`).
 
 Reads run on the event loop's thread over a second connection: they are short
-indexed lookups, and in WAL mode a reader never waits for the writer.
+indexed lookups, and in WAL mode a reader never waits for the writer's commit.
 """
 
 from __future__ import annotations
@@ -30,13 +31,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import enum
 import logging
 import queue
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -178,15 +179,18 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
         _logger.info("database schema migrated to version %d", target)
 
 
-def _open(path: Path, *, read_only: bool) -> sqlite3.Connection:
-    """A connection in autocommit mode (transactions are explicit) with our pragmas."""
+def _open(path: Path, *, read_only: bool, shared: bool = False) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit) with our pragmas.
+
+    ``shared``: more than one thread uses it, one at a time (the writer's).
+    """
     try:
         if read_only:
             conn = sqlite3.connect(
                 f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None
             )
         else:
-            conn = sqlite3.connect(path, isolation_level=None)
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=not shared)
         conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
         if not read_only:
             conn.execute("PRAGMA journal_mode = WAL")
@@ -205,17 +209,6 @@ _Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
 """A caller's future, and the result or exception to resolve it with."""
 
 
-def _settle(outcomes: list[_Outcome]) -> None:
-    """Resolve the futures of one committed group (runs on the event loop)."""
-    for future, result, exc in outcomes:
-        if future.cancelled():
-            continue
-        if exc is None:
-            future.set_result(result)
-        else:
-            future.set_exception(exc)
-
-
 class _Job(NamedTuple):
     """A durable operation, its caller's future, and whether it runs in a savepoint."""
 
@@ -224,33 +217,79 @@ class _Job(NamedTuple):
     savepoint: bool
 
 
-class _Signal(enum.Enum):
-    """What the writer's queue carries besides jobs."""
+class _BlockingThread:
+    """The thread that runs what blocks on the disk, a commit's fsync or a checkpoint, while
+    the event loop goes on; each result comes back to the loop as one callback."""
 
-    LAZY_WORK = enum.auto()
-    """Lazy operations wait: commit them within :data:`LAZY_COMMIT_SECONDS`."""
-    STOP = enum.auto()
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queue: queue.SimpleQueue[
+            tuple[Callable[[], Any], Callable[[Any, BaseException | None], None]] | None
+        ] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="obrolan-sqlite-fsync", daemon=True)
+        self._thread.start()
+
+    def call(
+        self, work: Callable[[], T], then: Callable[[T | None, BaseException | None], None]
+    ) -> None:
+        """Run ``work()`` on the thread, then ``then(result, exception)`` on the loop."""
+        self._queue.put((work, then))
+
+    async def stop(self) -> None:
+        """End the thread after the work already queued."""
+        self._queue.put(None)
+        await asyncio.to_thread(self._thread.join)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            work, then = item
+            try:
+                result, failure = work(), None
+            except BaseException as exc:  # noqa: BLE001 - handed to the loop
+                result, failure = None, exc
+            self._loop.call_soon_threadsafe(then, result, failure)
 
 
 class _Writer:
-    """The one thread that writes to the database, committing queued operations in groups."""
+    """Every write, committed in groups.
+
+    The statements run on the event loop's thread: they touch pages in memory and take
+    microseconds, and there they cost no hand-off between threads per statement. Only
+    the ``COMMIT`` (its fsync) and the WAL checkpoint run on :class:`_BlockingThread`;
+    while one is in flight, new operations gather for the next group. So "answer only
+    after the durable write" costs one fsync per group, and one trip to the thread and
+    back, not per request.
+    """
 
     def __init__(self, path: Path, loop: asyncio.AbstractEventLoop) -> None:
         self._path = path
         self._loop = loop
-        self._queue: queue.SimpleQueue[_Job | _Signal] = queue.SimpleQueue()
-        self._lazy: collections.deque[_Op] = collections.deque()
-        # Set while a LAZY_WORK signal is on its way: later lazy ops need not wake the thread.
-        self._lazy_signaled = False
-        self._ready: asyncio.Future[None] = loop.create_future()
+        self._db: _WriterDb | None = None
+        self._thread: _BlockingThread | None = None
+        self._jobs: list[_Job] = []
+        self._lazy: list[_Op] = []
+        self._lazy_timer: asyncio.TimerHandle | None = None
+        self._lazy_due = False
+        self._scheduled = False  # a _dispatch is queued on the loop
+        self._busy = False  # the connection is in the thread's hands
+        self._idle: asyncio.Future[None] | None = None  # resolved when it is back
+        self._checkpoint = _CheckpointSchedule()
+        self._checkpoint_timer: asyncio.TimerHandle | None = None
         self._stopped = False
         self._committed_changes = 0
-        self._thread = threading.Thread(target=self._run, name="obrolan-sqlite-writer", daemon=True)
 
     async def start(self) -> None:
-        """Start the thread; returns once the database is open and migrated."""
-        self._thread.start()
-        await self._ready
+        """Open and migrate the database (off the loop), start the thread."""
+        self._db = await asyncio.to_thread(self._open)
+        self._thread = _BlockingThread(self._loop)
+
+    def _open(self) -> _WriterDb:
+        try:
+            conn = _open(self._path, read_only=False, shared=True)
+            _migrate(conn, self._path)
+            return _WriterDb(conn)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot set up the server database {self._path}: {exc}") from None
 
     def submit(self, op: _Op, *, savepoint: bool = False) -> asyncio.Future[Any]:
         """Queue ``op(db)``; its future resolves after the commit that contains it.
@@ -265,7 +304,8 @@ class _Writer:
         if self._stopped:
             raise InvalidState("the storage is closed")
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._queue.put(_Job(op, future, savepoint))
+        self._jobs.append(_Job(op, future, savepoint))
+        self._schedule()
         return future
 
     def submit_lazy(self, op: _Op) -> None:
@@ -279,127 +319,125 @@ class _Writer:
         if self._stopped:
             raise InvalidState("the storage is closed")
         self._lazy.append(op)
-        if not self._lazy_signaled:  # read after the append: see _run_group
-            self._lazy_signaled = True
-            self._queue.put(_Signal.LAZY_WORK)
+        if self._lazy_timer is None:
+            self._lazy_timer = self._loop.call_later(LAZY_COMMIT_SECONDS, self._lazy_expired)
 
     async def stop(self) -> None:
-        """Finish queued operations, commit, checkpoint, close the connection, end the thread."""
-        if self._stopped:
+        """Commit everything queued, checkpoint, close the connection, end the thread."""
+        if self._stopped or self._db is None or self._thread is None:
             return
         self._stopped = True
-        self._queue.put(_Signal.STOP)
-        await asyncio.to_thread(self._thread.join)
-
-    def _run(self) -> None:
-        try:
-            conn = _open(self._path, read_only=False)
-            _migrate(conn, self._path)
-            db = _WriterDb(conn)
-        except sqlite3.Error as exc:
-            failure = StorageError(f"cannot set up the server database {self._path}: {exc}")
-            self._resolve([(self._ready, None, failure)])
-            return
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller of start()
-            self._resolve([(self._ready, None, exc)])
-            return
-        self._resolve([(self._ready, None, None)])
-        checkpoint = _CheckpointSchedule()
-        self._serve(db, checkpoint)
-        self._run_group(db, [], checkpoint)  # lazy operations still waiting
-        _checkpoint(conn)
-        conn.close()
-
-    def _serve(self, db: _WriterDb, checkpoint: _CheckpointSchedule) -> None:
-        """Run groups until the stop signal."""
-        commit_by: float | None = None  # lazy operations wait for a commit until then
-        while True:
-            if commit_by is not None:
-                timeout: float | None = max(0.0, commit_by - time.monotonic())
+        self._lazy_due = True
+        while self._busy or self._jobs or self._lazy:
+            if self._busy:
+                self._idle = self._loop.create_future()
+                await self._idle
             else:
-                timeout = checkpoint.seconds_left()
-            if timeout == 0.0:  # due now, even if the queue never runs dry
-                if commit_by is not None:
-                    self._run_group(db, [], checkpoint)
-                    commit_by = None
-                else:
-                    checkpoint.done(_checkpoint(db.conn))
-                continue
-            try:
-                item = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                continue  # a commit or checkpoint is due now
-            if item is _Signal.STOP:
-                return
-            if item is _Signal.LAZY_WORK:
-                if commit_by is None:
-                    commit_by = time.monotonic() + LAZY_COMMIT_SECONDS
-                continue
-            assert isinstance(item, _Job)
-            group, stop = self._take_group(item)
-            self._run_group(db, group, checkpoint)
-            commit_by = None
-            if stop:
-                return
+                self._dispatch()
+        for timer in (self._lazy_timer, self._checkpoint_timer):
+            if timer is not None:
+                timer.cancel()
+        db, thread, self._db, self._thread = self._db, self._thread, None, None
+        await asyncio.to_thread(_checkpoint, db.conn)
+        db.conn.close()
+        await thread.stop()
 
-    def _take_group(self, first: _Job) -> tuple[list[_Job], bool]:
-        """``first`` and whatever else is queued now; True if the stop signal was among it."""
-        group = [first]
-        while len(group) < _MAX_GROUP:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is _Signal.STOP:
-                return group, True
-            if isinstance(item, _Job):
-                group.append(item)
-            # A LAZY_WORK signal needs nothing more: the group takes every lazy operation.
-        return group, False
+    # --- scheduling (all on the loop)
 
-    def _run_group(self, db: _WriterDb, group: list[_Job], checkpoint: _CheckpointSchedule) -> None:
-        """Run the waiting lazy operations and ``group`` in one transaction, commit, resolve."""
-        # Clear the flag before taking the operations: one appended after the take sees
-        # it clear and signals again, so none is left behind without a wake-up.
-        self._lazy_signaled = False
-        lazy = [self._lazy.popleft() for _ in range(len(self._lazy))]
-        if not group and not lazy:
-            return
-        conn = db.conn
-        outcomes: list[_Outcome] = []
+    def _lazy_expired(self) -> None:
+        self._lazy_timer = None
+        self._lazy_due = True
+        self._schedule()
+
+    def _schedule(self) -> None:
+        """Dispatch soon: operations submitted in this turn of the loop join the group."""
+        if not self._scheduled and not self._busy:
+            self._scheduled = True
+            self._loop.call_soon(self._dispatch)
+
+    def _dispatch(self) -> None:
+        """Start a due checkpoint, or else the next group, unless the thread is busy."""
+        self._scheduled = False
+        if self._busy or self._db is None or self._thread is None:
+            return  # the thread's answer dispatches again; or the writer is closed
+        if self._checkpoint.seconds_left() == 0.0:
+            self._busy = True
+            self._thread.call(partial(_checkpoint, self._db.conn), self._checkpointed)
+        elif self._jobs or (self._lazy and self._lazy_due):
+            self._start_group(self._db, self._thread)
+
+    def _start_group(self, db: _WriterDb, thread: _BlockingThread) -> None:
+        """Run the queued operations in one transaction and hand its commit to the thread."""
+        jobs, self._jobs = self._jobs[:_MAX_GROUP], self._jobs[_MAX_GROUP:]
+        lazy, self._lazy = self._lazy, []
+        self._lazy_due = False
+        if self._lazy_timer is not None:
+            self._lazy_timer.cancel()
+            self._lazy_timer = None
         try:
             db.ensure_loaded()
-            conn.execute("BEGIN IMMEDIATE")
+            db.conn.execute("BEGIN IMMEDIATE")
             for op in lazy:
                 op(db)
-            outcomes = [self._apply(db, job) for job in group]
-            conn.execute("COMMIT")
+            outcomes = [_apply(db, job) for job in jobs]
         except Exception as exc:  # noqa: BLE001 - sqlite3.Error, or an op that broke its contract
-            self._abort(db, exc, [job.future for job in group])
+            self._abort(db, exc, [job.future for job in jobs])
+            self._schedule_more()
             return
-        if conn.total_changes != self._committed_changes:
-            self._committed_changes = conn.total_changes
-            checkpoint.wrote()
-        self._resolve(outcomes)
+        self._busy = True
+        thread.call(partial(db.conn.execute, "COMMIT"), partial(self._committed, outcomes))
 
-    @staticmethod
-    def _apply(db: _WriterDb, job: _Job) -> _Outcome:
-        if not job.savepoint:
-            try:
-                return job.future, job.op(db), None
-            except RequestRefused as exc:  # decided before the op wrote anything
-                return job.future, None, exc
-        db.conn.execute("SAVEPOINT op")
-        try:
-            result = job.op(db)
-        except Exception as exc:  # noqa: BLE001 - handed to the caller's future
-            db.conn.execute("ROLLBACK TO op")
-            db.conn.execute("RELEASE op")
-            return job.future, None, exc
-        db.conn.execute("RELEASE op")
-        return job.future, result, None
+    def _committed(
+        self, outcomes: list[_Outcome], _: object, failure: BaseException | None
+    ) -> None:
+        """The thread has run COMMIT: resolve the group's futures."""
+        assert self._db is not None
+        self._returned()
+        if failure is not None:
+            self._abort(self._db, failure, [future for future, _, _ in outcomes])
+        else:
+            if self._db.conn.total_changes != self._committed_changes:
+                self._committed_changes = self._db.conn.total_changes
+                self._checkpoint.wrote()
+                self._arm_checkpoint()
+            _settle(outcomes)
+        self._schedule_more()
 
-    def _abort(self, db: _WriterDb, exc: Exception, futures: list[asyncio.Future[Any]]) -> None:
+    def _checkpointed(self, complete: bool | None, failure: BaseException | None) -> None:
+        self._returned()
+        if failure is not None:
+            _logger.error("WAL checkpoint failed", exc_info=failure)
+        self._checkpoint.done(bool(complete) or failure is not None)
+        self._arm_checkpoint()
+        self._schedule_more()
+
+    def _returned(self) -> None:
+        self._busy = False
+        if self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
+
+    def _schedule_more(self) -> None:
+        if self._jobs or (self._lazy and self._lazy_due):
+            self._schedule()
+
+    def _arm_checkpoint(self) -> None:
+        """Make sure a timer wakes the writer when a checkpoint may be due. Each write moves
+        the idle deadline; rather than move the timer on every commit, one that fires
+        early sets itself again."""
+        if self._checkpoint_timer is None and not self._stopped:
+            left = self._checkpoint.seconds_left()
+            if left is not None:
+                self._checkpoint_timer = self._loop.call_later(left, self._checkpoint_expired)
+
+    def _checkpoint_expired(self) -> None:
+        self._checkpoint_timer = None
+        if self._checkpoint.seconds_left() != 0.0:
+            self._arm_checkpoint()
+        elif not self._scheduled and not self._busy:
+            self._scheduled = True
+            self._loop.call_soon(self._dispatch)
+
+    def _abort(self, db: _WriterDb, exc: BaseException, futures: list[asyncio.Future[Any]]) -> None:
         """Roll the transaction back and fail the futures still waiting on it."""
         if isinstance(exc, sqlite3.Error):
             _logger.error("database write failed, %d requests refused: %s", len(futures), exc)
@@ -410,11 +448,36 @@ class _Writer:
                 db.conn.execute("ROLLBACK")
         db.forget()  # the rolled-back writes had changed the in-memory view
         failure = StorageError(f"database write failed: {exc}")
-        self._resolve([(future, None, failure) for future in futures])
+        _settle([(future, None, failure) for future in futures])
 
-    def _resolve(self, outcomes: list[_Outcome]) -> None:
-        if outcomes:
-            self._loop.call_soon_threadsafe(_settle, outcomes)
+
+def _apply(db: _WriterDb, job: _Job) -> _Outcome:
+    """Run one durable operation in the open transaction."""
+    if not job.savepoint:
+        try:
+            return job.future, job.op(db), None
+        except RequestRefused as exc:  # decided before the op wrote anything
+            return job.future, None, exc
+    db.conn.execute("SAVEPOINT op")
+    try:
+        result = job.op(db)
+    except Exception as exc:  # noqa: BLE001 - handed to the caller's future
+        db.conn.execute("ROLLBACK TO op")
+        db.conn.execute("RELEASE op")
+        return job.future, None, exc
+    db.conn.execute("RELEASE op")
+    return job.future, result, None
+
+
+def _settle(outcomes: list[_Outcome]) -> None:
+    """Resolve the futures of one group."""
+    for future, result, exc in outcomes:
+        if future.cancelled():
+            continue
+        if exc is None:
+            future.set_result(result)
+        else:
+            future.set_exception(exc)
 
 
 class _CheckpointSchedule:
@@ -469,7 +532,7 @@ _INSERT_ENVELOPE = (
 
 
 class _WriterDb:
-    """The writer thread's connection, and what it keeps in memory so that a message
+    """The writer's connection, and what it keeps in memory so that a message
     costs one insert and one delete, not reads and counter updates besides.
 
     * Device row ids by address: a device keeps its row for its whole life, so an entry
@@ -643,7 +706,7 @@ class _WriterDb:
         return len(rows)
 
 
-# --- directory writes (run on the writer thread, each in a savepoint) --------------------
+# --- directory writes (each in a savepoint) -----------------------------------------------
 
 
 def _insert_keys(
