@@ -349,3 +349,23 @@ async def test_server_delivers_to_an_acking_device_exactly_once_per_sender_order
         sent_order = [e.envelope_id for e in batch]
         assert [i for i in received if i in set(sent_order)] == sent_order
     await wait_until(lambda: server.mailbox() == [])
+
+
+async def test_server_answers_pipelined_requests_in_request_order(
+    server: ServerProcess, online: Online
+) -> None:
+    """Sends, a refused send and a request sent without waiting are answered in that order."""
+    alice_client, alice = await online(server, "alice")
+    bob_client, bob = await online(server, "bob")
+    first, last = outbound(bob, b"first"), outbound(bob, b"last")
+    await alice_client.send(Send(id=1, envelopes=[first]))
+    await alice_client.send(Send(id=2, envelopes=[outbound(RawDevice("nobody"), b"x")]))
+    await alice_client.send(Send(id=3, envelopes=[last]))
+    await alice_client.send(GetDevices(id=4, username="bob"))
+    replies = [await alice_client.recv() for _ in range(4)]
+    assert replies[0] == Sent(id=1, envelope_ids=[first.envelope_id])
+    assert isinstance(replies[1], Error) and replies[1].id == 2
+    assert replies[1].code is ErrorCode.UNKNOWN_USER
+    assert replies[2] == Sent(id=3, envelope_ids=[last.envelope_id])
+    assert isinstance(replies[3], Devices) and replies[3].id == 4
+    assert await bob_client.deliveries(2) == delivered(alice, first, last)

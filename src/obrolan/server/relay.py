@@ -13,26 +13,32 @@ connection only as a :class:`Transport` (send one text message, close), storage 
         await session.receive(message)
     await session.closed()
 
-Frames of one connection are handled one at a time, in order. After authentication
-a delivery task per connection pushes the device's envelopes in storage order, at
-most ``delivery_window`` unacknowledged, and sends ``drained`` once the backlog that
-existed at authentication is out.
+Frames of one connection are handled in order. A ``send`` does not hold up the frames
+after it while its write commits: its write is queued at once, and a responder task
+answers the queued sends in order as their commits come back (so sends pipelined on
+one connection share commits and deliveries). Any other request first waits until the
+sends before it are answered, so replies keep the order of requests. After
+authentication a delivery task per connection pushes the device's envelopes in
+storage order, at most ``delivery_window`` unacknowledged, and sends ``drained`` once
+the backlog that existed at authentication is out.
 
 Envelopes stored while their device's connection on this node is caught up (it has
 pushed everything stored for the device before them, and its window has room) skip
-the storage round trip: the sender's handler pushes them to that connection itself
-(:meth:`Relay.hand_over`). Everything else (a backlog, a reconnect, a full window, a
-device connected to another node) goes the long way: a wake-up, then a read from
-storage in ``seq`` order.
+the storage round trip: the responder pushes them to that connection itself, all of
+one commit's envelopes for a device in one ``deliver`` frame (:meth:`Relay.hand_over`).
+Everything else (a backlog, a reconnect, a full window, a device connected to another
+node) goes the long way: a wake-up, then a read from storage in ``seq`` order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
 import time
 from collections.abc import Coroutine
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from obrolan.crypto.signatures import verify_device_keys, verify_one_time_key
 from obrolan.errors import ObrolanError, RemoteProtocolError, RequestRefused, SignatureError
@@ -90,6 +96,8 @@ CLOSE_REPLACED = 4000
 
 _FETCH = 64
 """Most envelopes read from storage at once (bounds memory per connection)."""
+_MAX_SENDS_IN_FLIGHT = 64
+"""Most sends of one connection queued and not yet answered; more wait for the answers."""
 _ENVELOPE_JSON_OVERHEAD = 256
 """Upper bound of an envelope's JSON size besides its base64 ciphertext."""
 _DRAINED = encode(Drained())
@@ -119,6 +127,14 @@ def _today() -> str:
 
 def _json_size(envelope: Envelope) -> int:
     return (len(envelope.ciphertext) + 2) // 3 * 4 + _ENVELOPE_JSON_OVERHEAD
+
+
+class _QueuedSend(NamedTuple):
+    """A ``send`` whose write is queued: what its answer needs."""
+
+    request_id: int
+    envelope_ids: list[str]
+    outcome: asyncio.Future[list[StoredEnvelopes]]
 
 
 class Relay:
@@ -172,17 +188,20 @@ class Relay:
             older.replaced()
 
     async def hand_over(self, stored: list[StoredEnvelopes]) -> None:
-        """Give newly stored envelopes to their devices: to the device's connection on
-        this node if there is one, else a wake-up through the router to wherever it is."""
-        elsewhere = []
+        """Give newly stored envelopes (in commit order) to their devices: to the device's
+        connection on this node if there is one, else a wake-up through the router to
+        wherever it is."""
+        by_device: dict[DeviceAddress, list[StoredEnvelopes]] = {}
         for batch in stored:
-            if not batch.envelopes:
-                continue  # only resends of envelopes already queued
-            session = self._by_device.get(batch.device)
+            if batch.envelopes:  # else only resends of envelopes already queued
+                by_device.setdefault(batch.device, []).append(batch)
+        elsewhere = []
+        for device, batches in by_device.items():
+            session = self._by_device.get(device)
             if session is None:
-                elsewhere.append(batch.device)
+                elsewhere.append(device)
             else:
-                await session.offer(batch)
+                await session.offer(batches)
         if elsewhere:
             await self.router.publish(elsewhere)
 
@@ -218,6 +237,9 @@ class Session:
         self._closing = False
         self._auth_timer: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[None]] = set()
+        # Sends whose writes are queued, in request order, and the task answering them.
+        self._sends: collections.deque[_QueuedSend] = collections.deque()
+        self._responder: asyncio.Task[None] | None = None
         # Delivery state: the task, its wake-up flag and the envelopes pushed but not acked.
         self._deliverer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -247,27 +269,31 @@ class Session:
         await self._transport.send(encode(challenge))
 
     async def receive(self, data: bytes | str) -> None:
-        """Handle one text message: answer it, or send an error frame (never raises)."""
+        """Handle one text message: answer it, or send an error frame (never raises).
+
+        A ``send`` returns once its write is queued; its answer follows from the responder.
+        """
         try:
             frame = decode_client_frame(data)
         except RemoteProtocolError as exc:
+            await self._answered()
             await self._refuse(None, exc.code, str(exc))
             return
-        request_id = getattr(frame, "id", None)
+        device = self.device
+        if device is not None and type(frame) is Send:
+            self._queue_send(frame, device)
+            if len(self._sends) >= _MAX_SENDS_IN_FLIGHT:
+                await self._answered()
+            return
+        if type(frame) is not Ack:  # an ack has no answer to keep in order
+            await self._answered()
         try:
-            if self.device is None:
+            if device is None:
                 await self._handle_unauthenticated(frame)
             else:
-                await self._handle(frame, self.device)
-        except ObrolanError as exc:
-            if exc.code is ErrorCode.INTERNAL:
-                _logger.error("request failed: %s", exc)
-                await self._refuse(request_id, ErrorCode.INTERNAL, "internal server error")
-            else:
-                await self._refuse(request_id, exc.code, str(exc))
-        except Exception:
-            _logger.exception("internal error handling a %s frame", type(frame).__name__)
-            await self._refuse(request_id, ErrorCode.INTERNAL, "internal server error")
+                await self._handle(frame, device)
+        except Exception as exc:  # noqa: BLE001 - answered, as internal unless ours
+            await self._answer_failure(getattr(frame, "id", None), type(frame).__name__, exc)
 
     async def receive_binary(self) -> None:
         """Answer a binary message: frames are JSON text."""
@@ -276,35 +302,48 @@ class Session:
         )
 
     async def closed(self) -> None:
-        """The connection is gone: stop delivery and forget the session."""
+        """The connection is gone: stop delivery and answering, and forget the session."""
         self._closing = True
         if self._auth_timer is not None:
             self._auth_timer.cancel()
+        if self._responder is not None:
+            self._responder.cancel()  # the queued writes still complete; nobody hears of it
         await self._stop_delivery()
         self._relay.detach(self)
 
     # --- what the relay calls ------------------------------------------------------------
 
-    async def offer(self, stored: StoredEnvelopes) -> None:
-        """Envelopes just stored for this device: push them now if this connection is
-        caught up, else wake the delivery task to read them from storage."""
-        envelopes = stored.envelopes
-        newest = envelopes[-1][0]
+    async def offer(self, batches: list[StoredEnvelopes]) -> None:
+        """Envelopes just stored for this device, in commit order: push now, in one go,
+        those that directly follow what this connection has pushed, as far as the window
+        allows; wake the delivery task to read any others from storage."""
+        self._newest_offered = max(
+            self._newest_offered, *(batch.envelopes[-1][0] for batch in batches)
+        )
+        ready: list[Envelope] = []
+        taken = 0
         if (
             self._parked
             and self._drained
-            and stored.previous_seq == self._cursor
-            and len(self._unacked) + len(envelopes) <= self._limits.delivery_window
             and not self._push_lock.locked()
             and not self._closing
             and not self._transport.backlogged()
         ):
-            self._cursor = self._newest_offered = newest
+            room = self._limits.delivery_window - len(self._unacked)
+            cursor = self._cursor
+            for batch in batches:
+                # previous_seq == cursor: nothing stored for the device lies in between
+                if batch.previous_seq != cursor or len(ready) + len(batch.envelopes) > room:
+                    break
+                ready += [envelope for _, envelope in batch.envelopes]
+                cursor = batch.envelopes[-1][0]
+                taken += 1
+            self._cursor = cursor
+        if taken < len(batches):
+            self._wake_up()
+        if ready:
             async with self._push_lock:
-                await self._push([envelope for _, envelope in envelopes])
-            return
-        self._newest_offered = max(self._newest_offered, newest)
-        self._wake_up()
+                await self._push(ready)
 
     def replaced(self) -> None:
         """Another connection of the same device authenticated: close this one."""
@@ -391,8 +430,6 @@ class Session:
 
     async def _handle(self, frame: ClientFrame, device: DeviceAddress) -> None:
         match frame:
-            case Send():
-                await self._send(frame, device)
             case Ack():
                 await self._ack(frame, device)
             case ClaimKeys():
@@ -411,7 +448,65 @@ class Session:
                     ErrorCode.ALREADY_AUTHENTICATED, "this connection is already authenticated"
                 )
 
-    async def _send(self, frame: Send, device: DeviceAddress) -> None:
+    def _queue_send(self, frame: Send, device: DeviceAddress) -> None:
+        """Check a ``send`` and queue its write; the responder answers it once committed."""
+        limits = self._limits
+        try:
+            self._check_send(frame)
+            outcome = self._storage.store_envelopes(
+                device,
+                frame.envelopes,
+                int(time.time()) + limits.envelope_ttl_seconds,
+                limits.max_queue_per_device,
+            )
+        except Exception as exc:  # noqa: BLE001 - refused before anything was queued: answered in turn
+            outcome = asyncio.get_running_loop().create_future()
+            outcome.set_exception(exc)
+        self._sends.append(
+            _QueuedSend(frame.id, [envelope.envelope_id for envelope in frame.envelopes], outcome)
+        )
+        if self._responder is None:
+            self._responder = asyncio.create_task(self._answer_sends())
+
+    async def _answer_sends(self) -> None:
+        """Answer the queued sends in request order, each once its write has committed;
+        hand every answered batch's envelopes over to their devices first."""
+        sends = self._sends
+        try:
+            while sends:
+                with contextlib.suppress(Exception):  # a refusal is answered below
+                    await sends[0].outcome
+                answered = []
+                while sends and sends[0].outcome.done():
+                    answered.append(sends.popleft())
+                stored: list[StoredEnvelopes] = []
+                for send in answered:
+                    if send.outcome.exception() is None:
+                        failpoint("relay.after_store")
+                        result = send.outcome.result()
+                        _logger.debug(
+                            "stored %d envelopes for %d devices",
+                            len(send.envelope_ids),
+                            len(result),
+                        )
+                        stored += result
+                await self._relay.hand_over(stored)
+                for send in answered:
+                    failure = send.outcome.exception()
+                    if failure is None:
+                        sent = Sent(id=send.request_id, envelope_ids=send.envelope_ids)
+                        await self._transport.send(encode(sent))
+                    else:
+                        await self._answer_failure(send.request_id, "send", failure)
+        finally:
+            self._responder = None
+
+    async def _answered(self) -> None:
+        """Wait until every queued send has been answered."""
+        if self._responder is not None:
+            await asyncio.wait((self._responder,))
+
+    def _check_send(self, frame: Send) -> None:
         limits = self._limits
         envelopes = frame.envelopes
         if len(envelopes) > limits.max_envelopes_per_send:
@@ -426,17 +521,6 @@ class Session:
                     f"envelope {envelope.envelope_id} is {len(envelope.ciphertext)} bytes, "
                     f"limit is {limits.max_envelope_bytes}",
                 )
-        stored = await self._storage.store_envelopes(
-            device,
-            envelopes,
-            int(time.time()) + limits.envelope_ttl_seconds,
-            limits.max_queue_per_device,
-        )
-        failpoint("relay.after_store")
-        _logger.debug("stored %d envelopes for %d devices", len(envelopes), len(stored))
-        await self._relay.hand_over(stored)
-        sent = Sent(id=frame.id, envelope_ids=[e.envelope_id for e in envelopes])
-        await self._transport.send(encode(sent))
 
     async def _ack(self, frame: Ack, device: DeviceAddress) -> None:
         ids = frame.envelope_ids
@@ -540,6 +624,19 @@ class Session:
             self._deliverer = None
 
     # --- replies ---------------------------------------------------------------------------
+
+    async def _answer_failure(
+        self, request_id: int | None, frame_type: str, failure: BaseException
+    ) -> None:
+        """Answer a request that raised: its own code, or ``internal`` without details."""
+        if not isinstance(failure, ObrolanError):
+            _logger.error("internal error handling a %s frame", frame_type, exc_info=failure)
+            await self._refuse(request_id, ErrorCode.INTERNAL, "internal server error")
+        elif failure.code is ErrorCode.INTERNAL:
+            _logger.error("request failed: %s", failure)
+            await self._refuse(request_id, ErrorCode.INTERNAL, "internal server error")
+        else:
+            await self._refuse(request_id, failure.code, str(failure))
 
     async def _refuse(self, request_id: int | None, code: ErrorCode, message: str) -> None:
         """Send an error frame; close the connection after a fatal one."""

@@ -14,6 +14,7 @@ than a day except an envelope's expiry.
 from __future__ import annotations
 
 import abc
+import asyncio
 from typing import Any, NamedTuple
 
 from obrolan.protocol.frames import (
@@ -156,24 +157,25 @@ class Storage(abc.ABC):
     # --- mailbox -----------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def store_envelopes(
+    def store_envelopes(
         self,
         sender: DeviceAddress,
         envelopes: list[OutboundEnvelope],
         expires_at: int,
         max_queue: int,
-    ) -> list[StoredEnvelopes]:
-        """Store envelopes durably for their devices: all of them, or none.
+    ) -> asyncio.Future[list[StoredEnvelopes]]:
+        """Queue a durable write of envelopes for their devices: all of them, or none.
 
-        When this returns, the envelopes survive a crash of the server. An envelope id
-        the recipient device already has queued is stored once (a resend is a no-op).
-        ``expires_at`` is in seconds since the Unix epoch. Returns one entry per distinct
-        recipient device, in the order the devices first appear in ``envelopes``.
+        Returns at once, so that a connection can pipeline its sends; writes queued one
+        after another are applied in that order. When the future's result is set, the
+        envelopes survive a crash of the server. An envelope id the recipient device
+        already has queued is stored once (a resend is a no-op). ``expires_at`` is in
+        seconds since the Unix epoch. The result has one entry per distinct recipient
+        device, in the order the devices first appear in ``envelopes``.
 
-        Raises:
-            RequestRefused: ``unknown_user`` or ``unknown_device`` for a recipient that
-                does not exist, ``queue_full`` if a recipient would then have more than
-                ``max_queue`` envelopes waiting.
+        The future fails with :class:`RequestRefused`: ``unknown_user`` or
+        ``unknown_device`` for a recipient that does not exist, ``queue_full`` if a
+        recipient would then have more than ``max_queue`` envelopes waiting.
         """
 
     @abc.abstractmethod

@@ -980,14 +980,14 @@ class SqliteStorage(Storage):
 
     # --- mailbox
 
-    async def store_envelopes(
+    def store_envelopes(
         self,
         sender: DeviceAddress,
         envelopes: list[OutboundEnvelope],
         expires_at: int,
         max_queue: int,
-    ) -> list[StoredEnvelopes]:
-        return await self._write(_WriterDb.store, sender, envelopes, expires_at, max_queue)
+    ) -> asyncio.Future[list[StoredEnvelopes]]:
+        return self._write(_WriterDb.store, sender, envelopes, expires_at, max_queue)
 
     async def last_seq(self, device: DeviceAddress) -> int:
         rowid = self._rowid(device)
