@@ -33,7 +33,6 @@ node) goes the long way: a wake-up, then a read from storage in ``seq`` order.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import time
@@ -238,12 +237,13 @@ class Session:
         self._auth_timer: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[None]] = set()
         # Sends whose writes are queued, in request order, and the task answering them.
-        self._sends: collections.deque[_QueuedSend] = collections.deque()
+        # (Plain lists and futures made on demand keep an idle connection small.)
+        self._sends: list[_QueuedSend] = []
         self._responder: asyncio.Task[None] | None = None
         # Delivery state: the task, its wake-up flag and the envelopes pushed but not acked.
         self._deliverer: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
-        self._wake_up = self._wake.set
+        self._woken = False
+        self._wake_waiter: asyncio.Future[None] | None = None
         self._unacked: set[str] = set()
         self._cursor = 0
         """seq of the last envelope pushed; every older one was pushed, or deleted unread."""
@@ -254,8 +254,8 @@ class Session:
         """The delivery task waits for a wake-up: nothing it read is still being pushed."""
         self._parked_for_room = False
         """It waits because the window is full: an ack must wake it."""
-        self._push_lock = asyncio.Lock()
-        """Held while envelopes are pushed, so that two pushes never interleave their frames."""
+        self._pushing: asyncio.Future[None] | None = None
+        """Set while envelopes are pushed, so that two pushes never interleave their frames."""
 
     # --- what the transport layer calls --------------------------------------------------
 
@@ -325,7 +325,7 @@ class Session:
         if (
             self._parked
             and self._drained
-            and not self._push_lock.locked()
+            and self._pushing is None
             and not self._closing
             and not self._transport.backlogged()
         ):
@@ -342,8 +342,7 @@ class Session:
         if taken < len(batches):
             self._wake_up()
         if ready:
-            async with self._push_lock:
-                await self._push(ready)
+            await self._push_in_turn(ready)
 
     def replaced(self) -> None:
         """Another connection of the same device authenticated: close this one."""
@@ -476,9 +475,11 @@ class Session:
             while sends:
                 with contextlib.suppress(Exception):  # a refusal is answered below
                     await sends[0].outcome
-                answered = []
-                while sends and sends[0].outcome.done():
-                    answered.append(sends.popleft())
+                count = 1
+                while count < len(sends) and sends[count].outcome.done():
+                    count += 1
+                answered = sends[:count]
+                del sends[:count]
                 stored: list[StoredEnvelopes] = []
                 for send in answered:
                     if send.outcome.exception() is None:
@@ -569,15 +570,14 @@ class Session:
         window = self._limits.delivery_window
         try:
             while True:
-                self._wake.clear()  # before reading: a wake-up during the read is kept
+                self._woken = False  # before reading: a wake-up during the read is kept
                 room = min(window - len(self._unacked), _FETCH)
                 if room > 0:
                     offered = self._newest_offered  # committed before the read below
                     rows = await self._storage.pending(device, self._cursor, room)
                     if rows:
                         self._cursor = rows[-1][0]
-                        async with self._push_lock:
-                            await self._push([envelope for _, envelope in rows])
+                        await self._push_in_turn([envelope for _, envelope in rows])
                     if len(rows) < room:  # caught up, also with every envelope offered so far
                         self._cursor = max(self._cursor, offered)
                     if not self._drained and (self._cursor >= backlog_end or len(rows) < room):
@@ -585,15 +585,37 @@ class Session:
                         await self._transport.send(_DRAINED)
                     if len(rows) == room:
                         continue
+                if self._woken:
+                    continue
                 self._parked_for_room = room <= 0
                 self._parked = True
+                self._wake_waiter = asyncio.get_running_loop().create_future()
                 try:
-                    await self._wake.wait()
+                    await self._wake_waiter
                 finally:
+                    self._wake_waiter = None
                     self._parked = self._parked_for_room = False
         except Exception:
             _logger.exception("delivery to a device failed")
             self._close_soon(CLOSE_INTERNAL_ERROR, "internal server error")
+
+    def _wake_up(self) -> None:
+        """Make the delivery task read the device's queue again (cheap; never raises)."""
+        self._woken = True
+        waiter = self._wake_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _push_in_turn(self, envelopes: list[Envelope]) -> None:
+        """:meth:`_push` once no other push is on the wire."""
+        while self._pushing is not None:
+            await asyncio.wait((self._pushing,))
+        pushing = self._pushing = asyncio.get_running_loop().create_future()
+        try:
+            await self._push(envelopes)
+        finally:
+            self._pushing = None
+            pushing.set_result(None)
 
     async def _push(self, envelopes: list[Envelope]) -> None:
         """Send envelopes in as few ``deliver`` frames as ``max_frame_bytes`` allows."""
