@@ -302,12 +302,15 @@ class Session:
         )
 
     async def closed(self) -> None:
-        """The connection is gone: stop delivery and answering, and forget the session."""
+        """The connection is gone: stop delivery and forget the session.
+
+        A responder still at work finishes on its own: its sends are committed anyway, and
+        the recipients must get them (a push cut short would leave a recipient's window
+        counting envelopes it never received); its answers to this connection are no-ops.
+        """
         self._closing = True
         if self._auth_timer is not None:
             self._auth_timer.cancel()
-        if self._responder is not None:
-            self._responder.cancel()  # the queued writes still complete; nobody hears of it
         await self._stop_delivery()
         self._relay.detach(self)
 
