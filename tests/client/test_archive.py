@@ -12,7 +12,12 @@ from pathlib import Path
 import pytest
 
 from obrolan.client import archive as archive_module
-from obrolan.client.archive import MAGIC, export_history, import_history
+from obrolan.client.archive import (
+    MAGIC,
+    NOT_SENT_BEFORE_EXPORT,
+    export_history,
+    import_history,
+)
 from obrolan.client.ids import new_id
 from obrolan.client.models import MessageState
 from obrolan.client.search import search
@@ -172,6 +177,15 @@ def test_archive_round_trip_gives_identical_history(
     assert imported.owner == "alice"
     assert (imported.messages, imported.messages_present, imported.messages_expired) == (8, 0, 0)
     assert (imported.edits, imported.reactions, imported.files) == (2, 2, 1)
+    # Identical, except that a message still queued at export arrives as not sent.
+    (queued,) = source.connection.execute(
+        "SELECT COUNT(*) FROM messages WHERE state = 'queued'"
+    ).fetchone()
+    assert queued == 1
+    source.connection.execute(
+        "UPDATE messages SET state = 'failed', error = ? WHERE state = 'queued'",
+        (NOT_SENT_BEFORE_EXPORT,),
+    )
     assert _history(target) == _history(source)
     assert _files(target) == _files(source) != {}
     assert [h.text for h in search(target.connection, "usual place")] == [
@@ -378,3 +392,20 @@ def test_archive_rejects_a_file_that_is_not_an_archive(target: Vault, tmp_path: 
             _import_bytes(target, tmp_path, data)
     with pytest.raises(StorageError, match="cannot read"):
         import_history(target, tmp_path / "missing.obrolan", PASSPHRASE, None)
+
+
+def test_archive_import_marks_a_message_still_queued_at_export_not_sent(
+    target: Vault, tmp_path: Path
+) -> None:
+    """The outbox is not archived, so a queued message arrives as "not sent", never stuck."""
+    with create_vault(tmp_path / "queued", None) as vault:
+        store = Store(vault)
+        with store.transaction():
+            _message(store, "bob", "written offline", outgoing=True, state=MessageState.QUEUED)
+        out = tmp_path / "queued.obrolan"
+        export_history(vault, out, PASSPHRASE, None)
+    import_history(target, out, PASSPHRASE, None)
+    (message,) = Store(target).history("bob")
+    assert (message.text, message.state, message.error) == (
+        "written offline", MessageState.FAILED, NOT_SENT_BEFORE_EXPORT
+    )

@@ -74,6 +74,9 @@ __all__ = [
     "import_history",
 ]
 
+NOT_SENT_BEFORE_EXPORT = "not sent before the history was exported; send it again"
+"""What a message queued in the exporting profile becomes in the importing one."""
+
 MAGIC = b"OBROLAN-ARCHIVE"
 FORMAT_VERSION = 1
 CHUNK_BYTES = 1 << 20
@@ -558,6 +561,11 @@ class _Importer:
             return  # kept as this profile has it, with its own edits and reactions
         self._counts["messages"] += 1
         rowid = cursor.lastrowid
+        # The outbox is never archived: a message still queued at export was not sent.
+        self._db.execute(
+            "UPDATE messages SET state = 'failed', error = ? WHERE id = ? AND state = 'queued'",
+            (NOT_SENT_BEFORE_EXPORT, rowid),
+        )
         for table in ("edits", "reactions"):
             rows = record.edits if table == "edits" else record.reactions
             self._counts[table] += self._execute(table, [[rowid, *row] for row in rows])
