@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from obrolan.client.client import Client
 from obrolan.client.conversation import Conversations
 from obrolan.client.ids import new_id
 from obrolan.client.models import MessageState
-from obrolan.client.store import Store, now_ms
+from obrolan.client.store import PROCESSED_KEEP_MS, Store, now_ms
 from obrolan.client.vault import create_vault
+from obrolan.crypto.device import DeviceIdentity
 from obrolan.protocol import content
 
 HOUR_MS = 3600 * 1000
@@ -134,3 +136,26 @@ def test_conversation_drops_everything_from_a_blocked_user(
         store.set_conversation("mallory", blocked=True)
     assert _receive(store, rules, _from("mallory", _text("let me in"))) == []
     assert store.history("mallory") == []
+
+
+async def test_client_forgets_processed_ids_older_than_twice_the_ttl(tmp_path: Path) -> None:
+    """Dedupe ids are kept 60 days (twice the server's TTL), then dropped when a profile opens."""
+    vault = create_vault(tmp_path / "p", None)
+    store = Store(vault)
+    with store.transaction():
+        for key, value in (("username", "bob"), ("device_id", "d2"),
+                           ("server_url", "http://127.0.0.1:1")):
+            store.set_meta(key, value)
+        store.set_meta("account", DeviceIdentity.create().pickle(vault.pickle_key))
+        vault.connection.executemany(
+            "INSERT INTO processed (envelope_id, at_ms) VALUES (?, ?)",
+            [("old-envelope-id-000001", now_ms() - PROCESSED_KEEP_MS - 1000),
+             ("new-envelope-id-000001", now_ms())],
+        )
+    vault.close()
+    client = await Client.load(tmp_path / "p", None)
+    try:
+        assert not client._store.is_processed("old-envelope-id-000001")
+        assert client._store.is_processed("new-envelope-id-000001")
+    finally:
+        await client.close()

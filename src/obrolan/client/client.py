@@ -200,6 +200,8 @@ class Client:
             )
             client = cls(profile_dir, vault, store, identity)
             client.expire()  # nothing past its timer is ever shown, online or not
+            with store.transaction():
+                store.forget_old_processed()  # dedupe ids outlive the server's TTL, no more
             return client
         except BaseException:
             vault.close()

@@ -965,15 +965,7 @@ class SqliteStorage(Storage):
         )
 
     async def count_one_time_keys(self, device: DeviceAddress) -> int:
-        rowid = self._rowid(device)
-        if rowid is None:
-            return 0
-        (count,) = (
-            self._read()
-            .execute("SELECT COUNT(*) FROM one_time_keys WHERE device = ?", (rowid,))
-            .fetchone()
-        )
-        return int(count)
+        return self._count_rows("one_time_keys", device)
 
     async def claim_keys(self, username: str, device_ids: list[str] | None) -> list[ClaimedDevice]:
         return await self._write(_claim_keys, username, device_ids, savepoint=True)
@@ -1026,14 +1018,15 @@ class SqliteStorage(Storage):
         self._writer_or_fail().submit_lazy(lambda db: db.ack(device, envelope_ids))
 
     async def queue_length(self, device: DeviceAddress) -> int:
+        return self._count_rows("mailbox", device)
+
+    def _count_rows(self, table: str, device: DeviceAddress) -> int:
+        """Rows of ``table`` (one_time_keys or mailbox) that belong to ``device``."""
         rowid = self._rowid(device)
         if rowid is None:
             return 0
-        (count,) = (
-            self._read()
-            .execute("SELECT COUNT(*) FROM mailbox WHERE device = ?", (rowid,))
-            .fetchone()
-        )
+        query = f"SELECT COUNT(*) FROM {table} WHERE device = ?"
+        (count,) = self._read().execute(query, (rowid,)).fetchone()
         return int(count)
 
     async def sweep_expired(self, now: int) -> int:
