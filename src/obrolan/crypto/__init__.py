@@ -6,6 +6,7 @@
 - :mod:`~obrolan.crypto.signatures` — checks of the protocol's signed values.
 - :mod:`~obrolan.crypto.keys` — Argon2id from a passphrase, random keys, HKDF sub-keys.
 - :func:`safety_number` — the 60 digits two people compare out of band.
+- :mod:`~obrolan.crypto.sas` — SAS verification: 7 emoji two devices compare, then MACs.
 
 Failures surface as :class:`~obrolan.errors.CryptoError` and its subclasses
 (:class:`~obrolan.errors.DecryptionError`, :class:`~obrolan.errors.SignatureError`);
