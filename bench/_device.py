@@ -14,6 +14,7 @@ import msgspec
 from _wsclient import RawWebSocket
 
 from obrolan.crypto import DeviceIdentity, verify_device_keys, verify_one_time_key
+from obrolan.crypto.account import AccountKey, RecoveryCode, device_entry
 from obrolan.crypto.olm import OlmSession
 from obrolan.errors import RequestRefused
 from obrolan.protocol import frames
@@ -61,6 +62,7 @@ class BenchDevice:
         """A new account name with a fresh device identity (nothing sent yet)."""
         self.username = username
         self.identity = DeviceIdentity.create()
+        self.account = AccountKey.create()
 
     async def _open(self, ws_url: str) -> tuple[RawWebSocket, bytes]:
         ws = await RawWebSocket.connect(ws_url, HANDSHAKE_TIMEOUT)
@@ -80,10 +82,15 @@ class BenchDevice:
         """
         ws, nonce = await self._open(ws_url)
         keys = self.identity.new_one_time_keys(one_time_keys) if one_time_keys else []
+        device = self.identity.device_keys(self.username, DEVICE_ID)
         register = frames.Register(
             version=PROTOCOL_VERSION,
             username=self.username,
-            device=self.identity.device_keys(self.username, DEVICE_ID),
+            device=device,
+            device_list=self.account.sign_device_list(
+                self.username, 1, [device_entry(device, b"")]
+            ),
+            recovery_key=RecoveryCode.create().public_key,
             one_time_keys=keys,
             fallback_key=self.identity.new_fallback_key() if one_time_keys else None,
             signature=self.identity.sign(auth_bytes(nonce, self.username, DEVICE_ID)),

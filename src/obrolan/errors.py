@@ -33,6 +33,7 @@ __all__ = [
     "ConfigError",
     "CryptoError",
     "DecryptionError",
+    "DeviceRemoved",
     "DeviceReplaced",
     "IdentityChanged",
     "InvalidMessage",
@@ -98,6 +99,16 @@ class ServerUnreachable(ObrolanError):
         self.reason = reason
 
 
+class DeviceRemoved(ObrolanError):
+    """Raised when the account removed this device from its list (close code 4001)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this device was removed from its account by another of its devices; "
+            "it receives nothing new (link it again with `obrolan link`)"
+        )
+
+
 class DeviceReplaced(ObrolanError):
     """Raised when the server closed the connection because this device connected again.
 
@@ -138,12 +149,12 @@ class SignatureError(CryptoError):
 
 
 class IdentityChanged(CryptoError):
-    """Raised when a contact's identity key differs from the one pinned on first contact."""
+    """Raised when sending to a verified contact whose account key has changed since."""
 
     def __init__(self, username: str) -> None:
         super().__init__(
-            f"{username}'s identity key has changed since you first talked; "
-            f"compare safety numbers with them before trusting it"
+            f"{username}'s account key has changed since you verified it: compare safety "
+            f"numbers (obrolan safety-number {username}), then run `obrolan trust {username}`"
         )
         self.username = username
 

@@ -82,8 +82,9 @@ def _fill(vault: Vault) -> None:
         db.execute("INSERT INTO contacts (username, identity_key, first_seen_ms, changed_key) "
                    "VALUES ('bob', 'bob-key', 1, NULL), ('carol', 'carol-key', 2, 'carol-new')")
         db.execute("INSERT INTO conversations (peer, accepted, blocked, timer_seconds, "
-                   "next_counter, highest_seen) VALUES ('bob', 1, 0, NULL, 40, 41), "
-                   "('carol', 0, 1, 3600, 7, 9)")
+                   "next_counter) VALUES ('bob', 1, 0, NULL, 40), ('carol', 0, 1, 3600, 7)")
+        db.execute("INSERT INTO counters (peer, sender, device, highest_seen) "
+                   "VALUES ('bob', 'bob', 'bob-phone', 41), ('carol', 'carol', 'c1', 9)")
         db.execute("INSERT INTO sessions (curve25519, session_id, pickle, last_used_ms) "
                    "VALUES ('bob-curve', 's1', 'olm-session-secret', 1)")
         db.execute("INSERT INTO processed (envelope_id, at_ms) VALUES ('env-1', 1)")
@@ -201,9 +202,10 @@ def test_archive_never_carries_the_device(source: Vault, target: Vault, tmp_path
     import_history(target, out, PASSPHRASE, None)
     assert _device_state(target) == before
     counters = target.connection.execute(
-        "SELECT peer, next_counter, highest_seen, missing FROM conversations ORDER BY peer"
+        "SELECT peer, next_counter FROM conversations ORDER BY peer"
     ).fetchall()
-    assert counters == [("bob", 1, 0, "[]"), ("carol", 1, 0, "[]")]
+    assert counters == [("bob", 1), ("carol", 1)]
+    assert target.connection.execute("SELECT COUNT(*) FROM counters").fetchone() == (0,)
     data = out.read_bytes()
     for secret in (b"source-device-secret-pickle", b"olm-session-secret", b"hello bob"):
         assert secret not in data
@@ -236,7 +238,7 @@ def test_archive_import_keeps_what_the_profile_already_has(
         store.add_message(message_id=message_id, peer="bob", sender=sender, sender_device="d",
                           outgoing=False, text="", sent_at_ms=1, state=MessageState.RECEIVED)
         target.connection.execute("UPDATE messages SET deleted = 1")
-        target.connection.execute("INSERT INTO contacts VALUES ('bob', 'pinned-here', 5, NULL)")
+        target.connection.execute("INSERT INTO contacts VALUES ('bob', 'pinned-here', 5, NULL, 0, 0)")
         target.connection.execute("INSERT INTO conversations (peer, blocked) VALUES ('bob', 1)")
     imported = import_history(target, out, PASSPHRASE, None)
     assert (imported.messages, imported.messages_present, imported.edits) == (7, 1, 0)

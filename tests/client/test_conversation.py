@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -122,8 +123,7 @@ def test_conversation_reports_a_gap_once_and_a_late_arrival_fills_it(
         assert rules.gaps() == []
     assert gap.message is not None and gap.message.state is MessageState.NOTICE
     _receive(store, rules, _from("alice", _text("two"), counter=2))
-    conversation = store.conversation("alice")
-    assert conversation is not None and conversation.missing == []
+    assert store.counters_with_gaps() == []
 
 
 def test_conversation_drops_everything_from_a_blocked_user(
@@ -147,6 +147,8 @@ async def test_client_forgets_processed_ids_older_than_twice_the_ttl(tmp_path: P
                            ("server_url", "http://127.0.0.1:1")):
             store.set_meta(key, value)
         store.set_meta("account", DeviceIdentity.create().pickle(vault.pickle_key))
+        store.set_meta("account_secret", base64.b64encode(bytes(32)).decode())
+        store.set_meta("data_key", base64.b64encode(bytes(32)).decode())
         vault.connection.executemany(
             "INSERT INTO processed (envelope_id, at_ms) VALUES (?, ?)",
             [("old-envelope-id-000001", now_ms() - PROCESSED_KEEP_MS - 1000),
@@ -159,3 +161,34 @@ async def test_client_forgets_processed_ids_older_than_twice_the_ttl(tmp_path: P
         assert client._store.is_processed("new-envelope-id-000001")
     finally:
         await client.close()
+
+
+def test_counters_are_per_sending_device(bob: tuple[Store, Conversations]) -> None:
+    """Two devices of alice number their events on their own: no false gap between them."""
+    store, rules = bob
+    for device in ("laptop", "phone"):
+        for counter in (1, 2):
+            plaintext = content.Plaintext(
+                sender="alice", sender_device=device, recipient="bob", recipient_device="d2",
+                content=_text(f"{device} {counter}"), counter=counter,
+            )
+            _receive(store, rules, plaintext)
+    with store.transaction():
+        assert rules.gaps() == []
+    assert len(store.history("alice")) == 4
+
+
+def test_a_sent_transcript_from_our_other_device_is_our_message(
+    bob: tuple[Store, Conversations],
+) -> None:
+    """A copy of what bob's other device sent to carol shows as bob's own, sent message."""
+    store, rules = bob
+    copy = content.Plaintext(
+        sender="bob", sender_device="bob-phone", recipient="bob", recipient_device="d2",
+        content=_text("sent from my phone"), counter=1, sent_to="carol",
+    )
+    _receive(store, rules, copy)
+    (message,) = store.history("carol")
+    assert message.outgoing and message.sender == "bob" and message.state is MessageState.SENT
+    conversation = store.conversation("carol")
+    assert conversation is not None and conversation.accepted

@@ -36,9 +36,11 @@ class Cli:
     server_url: str
 
     def __call__(
-        self, *args: str, failpoints: str = "", passphrase: str | None = None, timeout: float = CLI_TIMEOUT
+        self, *args: str, failpoints: str = "", passphrase: str | None = None,
+        timeout: float = CLI_TIMEOUT, env_extra: dict[str, str] | None = None,
     ) -> CliResult:
         env = {k: v for k, v in os.environ.items() if not k.startswith("OBROLAN_")}
+        env.update(env_extra or {})
         if failpoints:
             env["OBROLAN_FAILPOINTS"] = failpoints
         if passphrase is not None:

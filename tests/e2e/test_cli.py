@@ -140,10 +140,11 @@ def test_cli_warns_when_a_contacts_identity_key_changes(
     assert cli("send", "alice", "trust me", "--profile", str(impostor)).returncode == 0
 
     synced = cli("sync", "--profile", str(alice))
-    assert "identity key has changed" in synced.stdout
+    assert "account key has changed" in synced.stdout
     (contact,) = cli("contacts", "--json", "--profile", str(alice)).json()
     assert contact["key_changed"] is True
-    assert contact["changed_key"] == cli("whoami", "--json", "--profile", str(impostor)).json()["ed25519"]
+    impostor_key = cli("whoami", "--json", "--profile", str(impostor)).json()["account_key"]
+    assert contact["changed_key"] == impostor_key
     number = cli("safety-number", "bob", "--json", "--profile", str(alice)).json()
     assert number["key_changed"] is True
     impostors_view = cli("safety-number", "alice", "--json", "--profile", str(impostor)).json()

@@ -2,15 +2,17 @@
 
 This module imports nothing from obrolan: it builds frames with the ``json``
 module (not compact, members in its own order), signs the bytes the spec's §11
-describes with vodozemac, and talks to ``python -m obrolan.server serve`` over a
-real socket. If the server and the spec drift apart, these tests fail, and so
-would a third-party client built from the spec.
+describes with vodozemac (device keys) and the ``cryptography`` package (account
+and recovery keys, HKDF, AES-GCM), and talks to ``python -m obrolan.server serve``
+over a real socket. If the server and the spec drift apart, these tests fail, and
+so would a third-party client built from the spec.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import json
 import re
 import secrets
@@ -25,6 +27,10 @@ from typing import Any
 import aiohttp
 import pytest
 import vodozemac
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 GUARD_SECONDS = 30.0
 """Longest wait for one frame; only a hung server reaches it (it is not a speed check)."""
@@ -106,12 +112,102 @@ def verify(ed25519: str, data: bytes, signature: str) -> None:
     key.verify_signature(data, vodozemac.Ed25519Signature.from_base64(signature))
 
 
+def unpadded(data: bytes) -> str:
+    """Keys and signatures: standard base64 without padding (§2.2)."""
+    return base64.b64encode(data).decode().rstrip("=")
+
+
+def hkdf(secret: bytes, salt: bytes, info: bytes) -> bytes:
+    """HKDF-SHA256 with 32 bytes of output (§19.1, §20.1)."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(secret)
+
+
+BASE32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+
+
+def base32_code(length: int) -> str:
+    """Random characters of the RFC 4648 base32 alphabet (recovery and link codes)."""
+    return "".join(secrets.choice(BASE32) for _ in range(length))
+
+
+class SeedKey:
+    """An Ed25519 key made from a 32-byte seed: account keys and recovery keys (§11)."""
+
+    def __init__(self, seed: bytes) -> None:
+        self.seed = seed
+        self._key = Ed25519PrivateKey.from_private_bytes(seed)
+        self.public = unpadded(self._key.public_key().public_bytes_raw())
+
+    def sign(self, data: bytes) -> str:
+        return unpadded(self._key.sign(data))
+
+
+def recovery_key(code: str) -> SeedKey:
+    """§19.1: the recovery key of a code, as typed (any case, dashes and spaces)."""
+    normalized = code.replace("-", "").replace(" ", "").upper()
+    return SeedKey(hkdf(normalized.encode(), b"", b"obrolan-recovery-v1"))
+
+
+def today() -> str:
+    return datetime.datetime.now(datetime.UTC).date().isoformat()
+
+
+class Account:
+    """An account's secrets as §17 makes them: account key, data key, recovery code."""
+
+    def __init__(self, user: str) -> None:
+        self.user = user
+        self.key = SeedKey(secrets.token_bytes(32))
+        self.data_key = secrets.token_bytes(32)
+        self.recovery_code = "-".join(base32_code(4) for _ in range(6))
+        self.version = 0
+
+    def entry(self, device: Device, name: str) -> Frame:
+        """A ListedDevice: the name sealed with the data key (§17.3)."""
+        nonce = secrets.token_bytes(12)
+        aad = signed("obrolan-device-name-v1", self.user, device.device_id)
+        sealed = nonce + AESGCM(self.data_key).encrypt(nonce, name.encode(), aad)
+        return {"added": today(), "name": b64(sealed), "keys": device.keys()}
+
+    def signed_list(self, devices: list[Device], version: int | None = None) -> Frame:
+        """The next version of the list (or ``version``), signed by the account key (§17.1)."""
+        self.version = self.version + 1 if version is None else version
+        body = json.dumps(
+            {
+                "devices": [self.entry(d, f"device {d.device_id}") for d in devices],
+                "version": self.version,
+                "account_key": self.key.public,
+                "username": self.user,
+            },
+            indent=2,
+        ).encode()
+        signature = self.key.sign(signed("obrolan-device-list-v1", body))
+        return {"signature": signature, "device_list": b64(body)}
+
+
+def open_list(signed_list: Frame, user: str, account_key: str) -> Frame:
+    """§17.2: a list's signature, account, key and devices checked; returns the DeviceList."""
+    body = base64.b64decode(signed_list["device_list"], validate=True)
+    listed: Frame = json.loads(body)
+    assert listed["username"] == user and listed["account_key"] == account_key
+    verify(account_key, signed("obrolan-device-list-v1", body), signed_list["signature"])
+    ids = [d["keys"]["device_id"] for d in listed["devices"]]
+    assert len(ids) == len(set(ids))
+    for device in listed["devices"]:
+        keys = device["keys"]
+        fields = (user, keys["device_id"], keys["ed25519"], keys["curve25519"])
+        verify(keys["ed25519"], signed("obrolan-device-v1", *fields), keys["signature"])
+    return listed
+
+
 class Device:
     """One device: an Olm account and what the spec says it publishes."""
 
-    def __init__(self, user: str, device_id: str = "dev1") -> None:
+    def __init__(self, user: str, device_id: str = "dev1", account: Account | None = None) -> None:
         self.user = user
         self.device_id = device_id
+        self.owner = account or Account(user)
+        """The account's secrets, which every device of the account holds."""
         self.account = vodozemac.Account()
         self.ed25519 = self.account.ed25519_key.to_base64()
         self.curve25519 = self.account.curve25519_key.to_base64()
@@ -179,19 +275,34 @@ class Connection:
     async def register(
         self, device: Device, one_time_keys: int = 5, fallback: bool = True
     ) -> Frame:
-        auth = signed("obrolan-auth-v1", self.nonce, device.user, device.device_id)
-        await self.send(
-            {
-                "signature": device.sign(auth),
-                "fallback_key": device.fallback_key() if fallback else None,
-                "one_time_keys": device.one_time_keys(one_time_keys),
-                "device": device.keys(),
-                "username": device.user,
-                "version": 1,
-                "type": "register",
-            }
-        )
+        """§9 ``register``: the device, its account's first list and recovery key."""
+        await self.send(self.first_device_frame("register", device, one_time_keys, fallback))
         return await self.receive()
+
+    async def recover(self, device: Device, old_code: str) -> Frame:
+        """§19.2: ``recover`` with a new account (``device.owner``) and the old code."""
+        frame = self.first_device_frame("recover", device, 5, True)
+        fields = (self.nonce, device.user, device.owner.key.public, frame["recovery_key"])
+        old_key = recovery_key(old_code)
+        frame["recovery_signature"] = old_key.sign(signed("obrolan-recover-v1", *fields))
+        await self.send(frame)
+        return await self.receive()
+
+    def first_device_frame(
+        self, kind: str, device: Device, one_time_keys: int, fallback: bool
+    ) -> Frame:
+        auth = signed("obrolan-auth-v1", self.nonce, device.user, device.device_id)
+        return {
+            "signature": device.sign(auth),
+            "fallback_key": device.fallback_key() if fallback else None,
+            "one_time_keys": device.one_time_keys(one_time_keys),
+            "recovery_key": recovery_key(device.owner.recovery_code).public,
+            "device_list": device.owner.signed_list([device], version=1),
+            "device": device.keys(),
+            "username": device.user,
+            "version": 1,
+            "type": kind,
+        }
 
     async def authenticate(self, device: Device) -> Frame:
         auth = signed("obrolan-auth-v1", self.nonce, device.user, device.device_id)
@@ -275,9 +386,9 @@ async def test_spec_client_sends_olm_message_that_peer_decrypts(connect: Connect
     await bob_conn.ws.close()
 
     devices = await alice_conn.request({"type": "get_devices", "id": 1, "username": bob.user})
-    (device,) = devices["devices"]
-    fields = (bob.user, device["device_id"], device["ed25519"], device["curve25519"])
-    verify(device["ed25519"], signed("obrolan-device-v1", *fields), device["signature"])
+    assert devices["last_active"] == {}  # only for the caller's own account
+    listed = open_list(devices["device_list"], bob.user, bob.owner.key.public)  # first contact
+    (device,) = [entry["keys"] for entry in listed["devices"]]
     claimed = await alice_conn.request({"type": "claim_keys", "id": 2, "username": bob.user})
     (entry,) = claimed["devices"]
     key = entry["one_time_key"]
@@ -300,7 +411,7 @@ async def test_spec_client_sends_olm_message_that_peer_decrypts(connect: Connect
     olm = {"sender_key": alice.curve25519, "message_type": message_type, "body": b64(body)}
     envelope = envelope_for(bob, json.dumps(olm).encode())
     sent = await alice_conn.request({"type": "send", "id": 3, "envelopes": [envelope]})
-    assert sent == {"type": "sent", "id": 3, "envelope_ids": [envelope["envelope_id"]]}
+    assert sent["envelope_ids"] == [envelope["envelope_id"]] and sent.get("skipped", []) == []
     again = await alice_conn.request({"type": "send", "id": 4, "envelopes": [envelope]})
     assert again["type"] == "sent"  # idempotent: stored once
 
@@ -372,7 +483,7 @@ async def test_server_spends_nonce_on_refused_register(connect: Connect) -> None
     """After username_taken the nonce is used: the next attempt is auth_failed and close 1008."""
     taken, _ = await registered(connect)
     conn = await connect()
-    refused = await conn.register(Device(taken.user, "other"))
+    refused = await conn.register(Device(taken.user, "other"))  # another account key, too
     assert (refused["code"], refused["id"]) == ("username_taken", None)
     failed = await conn.authenticate(taken)
     assert (failed["code"], failed["id"]) == ("auth_failed", None)
@@ -499,6 +610,211 @@ async def test_server_closes_unauthenticated_connection_after_timeout(
         conn = await connect(url)
         answer = await conn.receive()
         assert (answer["code"], answer["id"]) == ("not_authenticated", None)
+        assert (await conn.receive())["closed"] == 1008
+    finally:
+        stop_server(process)
+
+
+# --- several devices per account (§17 to §20) ------------------------------------------------
+
+
+def days_around(request_day: str) -> set[str]:
+    """The UTC day before and after a request (a test may run across midnight)."""
+    return {request_day, today()}
+
+
+async def test_spec_client_publishes_second_device_and_reads_signed_list(
+    connect: Connect,
+) -> None:
+    """publish_devices adds a device; get_devices returns the list exactly as signed."""
+    first, conn = await registered(connect)
+    account = first.owner
+    second = Device(first.user, "dev2", account)
+    published = account.signed_list([first, second])
+    day = today()
+    answer = await conn.request({"type": "publish_devices", "id": 1, "device_list": published})
+    assert answer == {"type": "devices_published", "id": 1, "version": 2}
+
+    own = await conn.request({"type": "get_devices", "id": 2, "username": first.user})
+    assert own["device_list"] == published  # the very bytes and signature, never re-encoded
+    listed = open_list(own["device_list"], first.user, account.key.public)
+    assert [d["keys"]["device_id"] for d in listed["devices"]] == ["dev1", "dev2"]
+    assert listed["version"] == 2
+    assert own["last_active"]["dev1"] in days_around(day)
+    assert set(own["last_active"]) <= {"dev1", "dev2"}
+
+    new_conn = await connect()
+    welcome = await new_conn.authenticate(second)  # a listed device is one the server knows
+    assert (welcome["type"], welcome["one_time_keys"]) == ("welcome", 0)
+    assert await new_conn.receive() == {"type": "drained"}
+    keys = {"type": "upload_keys", "id": 1, "one_time_keys": second.one_time_keys(3)}
+    assert (await new_conn.request(keys))["one_time_keys"] == 3
+
+    _, stranger = await registered(connect)
+    seen = await stranger.request({"type": "get_devices", "id": 1, "username": first.user})
+    assert seen["device_list"] == published and seen["last_active"] == {}
+
+    again = await conn.request({"type": "publish_devices", "id": 3, "device_list": published})
+    assert (again["type"], again["code"]) == ("error", "bad_device_list")  # not above version 2
+    forged = Account(first.user).signed_list([first, second], version=3)
+    refused = await conn.request({"type": "publish_devices", "id": 4, "device_list": forged})
+    assert (refused["type"], refused["code"]) == ("error", "bad_device_list")  # another key
+
+
+async def test_server_removes_device_that_left_the_list(connect: Connect) -> None:
+    """A removed device's connection closes with 4001; envelopes for it are skipped."""
+    first, conn = await registered(connect)
+    second = Device(first.user, "dev2", first.owner)
+    await conn.request({"type": "publish_devices", "id": 1,
+                        "device_list": first.owner.signed_list([first, second])})
+    second_conn = await connect()
+    assert (await second_conn.authenticate(second))["type"] == "welcome"
+
+    removed = first.owner.signed_list([first])
+    answer = await conn.request({"type": "publish_devices", "id": 2, "device_list": removed})
+    assert answer == {"type": "devices_published", "id": 2, "version": 3}
+    while "closed" not in (closed := await second_conn.receive()):
+        assert closed["type"] in ("deliver", "drained"), closed
+    assert closed == {"closed": 4001, "reason": "device removed"}
+
+    _, sender = await registered(connect)
+    kept, dropped = envelope_for(first, b"x"), envelope_for(second, b"x")
+    sent = await sender.request({"type": "send", "id": 1, "envelopes": [kept, dropped]})
+    assert sent["envelope_ids"] == [kept["envelope_id"]]
+    assert sent["skipped"] == [dropped["envelope_id"]]
+    again = await connect()
+    refused = await again.authenticate(second)
+    assert (refused["code"], refused["id"]) == ("auth_failed", None)
+
+
+async def test_spec_client_links_a_new_device(connect: Connect) -> None:
+    """§20 end to end: link_wait, link_fetch, publish, link_approve, link_answer, authenticate."""
+    existing, conn = await registered(connect)
+    account = existing.owner
+
+    # The new device: a link code, a sealed offer, and a connection that waits.
+    new = Device(existing.user, "dev2", Account(existing.user))  # no secrets yet
+    link_id, secret = base32_code(8), base32_code(16)
+    offer_key = hkdf(secret.encode(), link_id.encode(), b"obrolan-link-offer-v1")
+    one_time_key = new.one_time_keys(1)[0]
+    offer = json.dumps(
+        {"name": "tablet", "one_time_key": one_time_key, "device": new.keys(),
+         "username": new.user}
+    ).encode()
+    nonce = secrets.token_bytes(12)
+    sealed = nonce + AESGCM(offer_key).encrypt(nonce, offer, link_id.encode())
+    waiting = await connect()
+    await waiting.send({"type": "link_wait", "link_id": link_id, "offer": b64(sealed)})
+    answer = await waiting.receive()
+    assert answer["type"] == "link_waiting" and answer["link_id"] == link_id
+    assert answer["expires_in_seconds"] > 0
+    taken = await connect()
+    await taken.send({"type": "link_wait", "link_id": link_id, "offer": b64(sealed)})
+    assert (await taken.receive())["code"] == "link_exists"
+
+    # The existing device: fetch, open, check, publish, approve.
+    fetched = await conn.request({"type": "link_fetch", "id": 1, "link_id": link_id})
+    assert fetched == {"type": "link_offer", "id": 1, "link_id": link_id, "offer": b64(sealed)}
+    opened = base64.b64decode(fetched["offer"])
+    shown = json.loads(AESGCM(offer_key).decrypt(opened[:12], opened[12:], link_id.encode()))
+    assert shown["username"] == account.user and shown["device"] == new.keys()
+    key = shown["one_time_key"]
+    verify(shown["device"]["ed25519"], signed("obrolan-otk-v1", key["key_id"], key["key"]),
+           key["signature"])
+    published = account.signed_list([existing, new])
+    await conn.request({"type": "publish_devices", "id": 2, "device_list": published})
+    link_secrets = {
+        "history": False,
+        "device_list": published,
+        "data_key": b64(account.data_key),
+        "account_secret": b64(account.key.seed),
+        "approver_device": existing.device_id,
+        "username": account.user,
+    }
+    session = existing.account.create_outbound_session(
+        vodozemac.Curve25519PublicKey.from_base64(shown["device"]["curve25519"]),
+        vodozemac.Curve25519PublicKey.from_base64(key["key"]),
+    )
+    message_type, body = session.encrypt(json.dumps(link_secrets).encode()).to_parts()
+    olm = {"sender_key": existing.curve25519, "message_type": message_type, "body": b64(body)}
+    approve = {"type": "link_approve", "link_id": link_id, "answer": b64(json.dumps(olm).encode())}
+    approved = await conn.request(approve | {"id": 3})
+    assert approved == {"type": "link_approved", "id": 3}
+    used = await conn.request(approve | {"id": 4})
+    assert (used["type"], used["code"]) == ("error", "link_used")
+    unknown = await conn.request({"type": "link_fetch", "id": 5, "link_id": base32_code(8)})
+    assert (unknown["type"], unknown["code"]) == ("error", "unknown_link")
+
+    # The new device: open the answer, check it, authenticate on the same connection.
+    pushed = await waiting.receive()
+    assert pushed["type"] == "link_answer" and pushed["link_id"] == link_id
+    sealed_answer = json.loads(base64.b64decode(pushed["answer"]))
+    assert sealed_answer["message_type"] == 0
+    pre_key = vodozemac.AnyOlmMessage.from_parts(0, base64.b64decode(sealed_answer["body"]))
+    pre_key_message = pre_key.to_pre_key()
+    assert pre_key_message is not None
+    _, plaintext = new.account.create_inbound_session(
+        vodozemac.Curve25519PublicKey.from_base64(sealed_answer["sender_key"]), pre_key_message
+    )
+    received = json.loads(plaintext)
+    seed = base64.b64decode(received["account_secret"])
+    listed = open_list(received["device_list"], new.user, SeedKey(seed).public)
+    assert new.keys() in [d["keys"] for d in listed["devices"]]
+    welcome = await waiting.authenticate(new)
+    assert (welcome["type"], welcome["device_id"]) == ("welcome", "dev2")
+
+
+async def test_spec_client_recovers_an_account_with_its_code(connect: Connect) -> None:
+    """§19: a wrong code is auth_failed; the right one hands the account to a new key."""
+    lost, lost_conn = await registered(connect)
+    _, observer = await registered(connect)
+
+    wrong = await connect()
+    refused = await wrong.recover(Device(lost.user, "new1"), base32_code(24))
+    assert (refused["code"], refused["id"]) == ("auth_failed", None)
+    assert (await wrong.receive())["closed"] == 1008
+
+    new = Device(lost.user, "new1")  # a new account key, data key and recovery code
+    conn = await connect()
+    welcome = await conn.recover(new, lost.owner.recovery_code.lower().replace("-", " "))
+    assert (welcome["type"], welcome["device_id"]) == ("welcome", "new1")
+    assert await conn.receive() == {"type": "drained"}
+    while "closed" not in (closed := await lost_conn.receive()):
+        assert closed["type"] in ("deliver", "drained"), closed
+    assert closed == {"closed": 4001, "reason": "device removed"}
+
+    devices = await observer.request({"type": "get_devices", "id": 1, "username": lost.user})
+    listed = open_list(devices["device_list"], lost.user, new.owner.key.public)  # a new key
+    assert [d["keys"]["device_id"] for d in listed["devices"]] == ["new1"]
+    assert listed["version"] == 1
+    again = await connect()
+    assert (await again.authenticate(lost))["code"] == "auth_failed"
+
+    fresh = recovery_key(base32_code(24)).public
+    to_sign = signed("obrolan-recovery-key-v1", lost.user, fresh)
+    setting = {"type": "set_recovery", "recovery_key": fresh}
+    bad = await conn.request(setting | {"id": 2, "signature": lost.owner.key.sign(to_sign)})
+    assert (bad["type"], bad["code"]) == ("error", "bad_signature")  # the old account key
+    answer = await conn.request(setting | {"id": 3, "signature": new.owner.key.sign(to_sign)})
+    assert answer == {"type": "recovery_set", "id": 3}
+    replaced = await connect()
+    refused = await replaced.recover(Device(lost.user, "new2"), new.owner.recovery_code)
+    assert refused["code"] == "auth_failed"  # the code set at recovery no longer works
+
+
+async def test_server_keeps_a_waiting_link_past_the_auth_timeout_until_it_expires(
+    tmp_path: Path, connect: Connect
+) -> None:
+    """A waiting connection outlives the auth timeout; at the link's expiry: unknown_link, 1008."""
+    process, url = start_server(tmp_path / "data", "--auth-timeout", "0.1", "--link-ttl", "0.5")
+    try:
+        conn = await connect(url)
+        link_id = base32_code(8)
+        await conn.send({"type": "link_wait", "link_id": link_id, "offer": b64(b"sealed")})
+        waiting = await conn.receive()
+        assert waiting == {"type": "link_waiting", "link_id": link_id, "expires_in_seconds": 1}
+        expired = await conn.receive()  # not the auth timeout's not_authenticated
+        assert (expired["type"], expired["id"], expired["code"]) == ("error", None, "unknown_link")
         assert (await conn.receive())["closed"] == 1008
     finally:
         stop_server(process)

@@ -7,6 +7,7 @@ same bytes back. docs/protocol.md embeds the same files (see test_spec.py).
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -25,8 +26,26 @@ CONTENT_SAMPLES: dict[str, type[msgspec.Struct]] = {
     "olm_ciphertext_reply": content.OlmCiphertext,
     "plaintext": content.Plaintext,
     "plaintext_reply": content.Plaintext,
+    "plaintext_sent_to": content.Plaintext,
+    "plaintext_history": content.Plaintext,
+    "plaintext_verify_start": content.Plaintext,
+    "plaintext_verify_key": content.Plaintext,
+    "plaintext_verify_mac": content.Plaintext,
+    "plaintext_verify_cancel": content.Plaintext,
+    "new_device_offer": content.NewDeviceOffer,
+    "link_secrets": content.LinkSecrets,
+    "device_list": frames.DeviceList,
+    "device_list_linked": frames.DeviceList,
 }
-"""Samples of what travels inside the ciphertext, with their type."""
+"""Samples of what travels inside ciphertext, sealed offers and signed lists, with their type."""
+DECODERS = {
+    content.OlmCiphertext: content.decode_olm_ciphertext,
+    content.Plaintext: content.decode_plaintext,
+    content.NewDeviceOffer: content.decode_link_offer,
+    content.LinkSecrets: content.decode_link_secrets,
+    frames.DeviceList: msgspec.json.Decoder(frames.DeviceList).decode,
+}
+"""How a receiver decodes each of them."""
 NOT_FRAMES = {*CONTENT_SAMPLES, "info", "vectors"}
 """The HTTP info answer and the crypto test vectors are not WebSocket frames."""
 FRAME_SAMPLES = sorted(p.stem for p in DATA.glob("*.json") if p.stem not in NOT_FRAMES)
@@ -96,8 +115,7 @@ def test_codec_refuses_frame_sample_from_wrong_side(name: str) -> None:
 def test_content_decodes_sample_and_reencodes_same_bytes(name: str) -> None:
     """An end-to-end sample decodes to its struct and encodes back to the identical bytes."""
     data = sample(name)
-    decode = content.decode_olm_ciphertext if name.startswith("olm") else content.decode_plaintext
-    value = decode(data)
+    value = DECODERS[CONTENT_SAMPLES[name]](data)
     assert type(value) is CONTENT_SAMPLES[name]
     assert msgspec.to_builtins(value) == json.loads(data)
     assert content.encode(value) == data
@@ -130,6 +148,18 @@ def test_codec_fills_defaults_of_omitted_optional_fields() -> None:
     assert isinstance(upload, frames.UploadKeys) and upload.fallback_key is None
     assert isinstance(claim, frames.ClaimKeys) and claim.device_ids is None
     assert isinstance(claimed, frames.ClaimedKeys) and claimed.devices[0].fallback is False
+
+
+def test_codec_fills_defaults_of_new_optional_fields() -> None:
+    """``sent.skipped``, ``devices.last_active`` and ``Plaintext.sent_to`` may be omitted."""
+    sent = frames.decode_server_frame(b'{"type":"sent","id":5,"envelope_ids":[]}')
+    devices = json.loads(sample("devices"))
+    del devices["last_active"]
+    decoded = frames.decode_server_frame(json.dumps(devices))
+    plain = content.decode_plaintext(sample("plaintext"))
+    assert isinstance(sent, frames.Sent) and sent.skipped == []
+    assert isinstance(decoded, frames.Devices) and decoded.last_active == {}
+    assert plain.sent_to is None
 
 
 def test_codec_ignores_unknown_members() -> None:
@@ -368,3 +398,84 @@ def test_limits_raise_frame_size_to_fit_one_maximal_envelope() -> None:
     """max_frame_bytes is at least max_envelope_bytes * 4 // 3 + 65536 (§13)."""
     limits = Limits(max_envelope_bytes=1024 * 1024, max_frame_bytes=1000)
     assert limits.max_frame_bytes == 1024 * 1024 * 4 // 3 + 65536
+
+
+# --- issue 3: accounts, lists, links, verification -------------------------------------------
+
+
+@pytest.mark.parametrize("link_id", ["k4tq7bxm", "K4TQ7BX", "K4TQ7BXMX", "K4TQ7BX1", "K4TQ7BX0"])
+def test_codec_reports_bad_link_id_as_malformed(link_id: str) -> None:
+    """A link id is exactly 8 characters of upper-case RFC 4648 base32 (no 0, 1, 8, 9)."""
+    error = refusal(client_frame(type="link_fetch", id=1, link_id=link_id))
+    assert error.code is ErrorCode.MALFORMED_FRAME
+
+
+@pytest.mark.parametrize(
+    ("tag", "field", "limit"), [("link_wait", "offer", 4096), ("link_approve", "answer", 262144)]
+)
+def test_codec_bounds_link_payloads(tag: str, field: str, limit: int) -> None:
+    """A sealed offer holds at most 4096 bytes and an answer at most 262144 (decoded)."""
+    frame = json.loads(sample(tag))
+    frame[field] = base64.b64encode(b"x" * limit).decode()
+    assert frames.decode_client_frame(json.dumps(frame)) is not None
+    frame[field] = base64.b64encode(b"x" * (limit + 1)).decode()
+    assert refusal(json.dumps(frame)).code is ErrorCode.MALFORMED_FRAME
+
+
+@pytest.mark.parametrize("username", ["Bob", "ab"])
+def test_codec_reports_bad_username_in_recover_as_invalid_username(username: str) -> None:
+    """``recover`` with a username breaking the pattern is refused like ``register``."""
+    recover = json.loads(sample("recover"))
+    error = refusal(json.dumps(recover | {"username": username}))
+    assert error.code is ErrorCode.INVALID_USERNAME
+
+
+def test_codec_refuses_bad_day_in_last_active() -> None:
+    """``last_active`` maps device ids to ``YYYY-MM-DD`` days only."""
+    devices = json.loads(sample("devices"))
+    devices["last_active"] = {"phone": "2026-11-29T09:30"}
+    assert refusal(json.dumps(devices), server=True).code is ErrorCode.MALFORMED_FRAME
+
+
+@pytest.mark.parametrize(
+    ("change", "value"),
+    [("version", 0), ("version", 2**53), ("added", "29-11-2026"), ("name", "x" * 684)],
+    ids=["version-zero", "version-too-big", "day-form", "name-over-512-bytes"],
+)
+def test_device_list_refuses_out_of_range_values(change: str, value: object) -> None:
+    """A list's version is 1 to 2^53-1, a day is YYYY-MM-DD, a sealed name is <= 256 bytes."""
+    listed = json.loads(sample("device_list"))
+    if change == "version":
+        listed["version"] = value
+    else:
+        listed["devices"][0][change] = value
+    with pytest.raises(msgspec.ValidationError):
+        DECODERS[frames.DeviceList](json.dumps(listed).encode())
+
+
+def test_content_refuses_unknown_verification_cancel_reason() -> None:
+    """``verify_cancel.reason`` is one of the documented reasons."""
+    plain = json.loads(sample("plaintext_verify_cancel"))
+    plain["content"]["reason"] = "bored"
+    with pytest.raises(msgspec.ValidationError):
+        content.decode_plaintext(json.dumps(plain).encode())
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("archive_passphrase", "x" * 31), ("archive_passphrase", "x" * 129)]
+)
+def test_content_bounds_history_passphrase(field: str, value: str) -> None:
+    """A history archive's passphrase is 32 to 128 characters."""
+    plain = json.loads(sample("plaintext_history"))
+    plain["content"][field] = value
+    with pytest.raises(msgspec.ValidationError):
+        content.decode_plaintext(json.dumps(plain).encode())
+
+
+@pytest.mark.parametrize("txn", ["short", "x" * 65, "n0T75yZtdeoEfXsA4QBJm+"])
+def test_content_refuses_bad_txn(txn: str) -> None:
+    """A verification's txn is 16 to 64 URL-safe base64 characters."""
+    plain = json.loads(sample("plaintext_verify_start"))
+    plain["content"]["txn"] = txn
+    with pytest.raises(msgspec.ValidationError):
+        content.decode_plaintext(json.dumps(plain).encode())

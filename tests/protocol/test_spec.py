@@ -12,17 +12,27 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import re
 import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import msgspec
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from obrolan.client.enrolment import link_address
+from obrolan.crypto.account import LinkCode, RecoveryCode, open_name
 from obrolan.crypto.safety import safety_number
+from obrolan.crypto.sas import EMOJI, commitment_of
 from obrolan.protocol import blobs, content, frames
 from obrolan.protocol.codes import FATAL_CODES, ErrorCode
 from obrolan.protocol.limits import PROTOCOL_VERSION, Limits
@@ -39,6 +49,9 @@ RECORDS: list[type[msgspec.Struct]] = [
     frames.OutboundEnvelope,
     frames.Envelope,
     frames.ClaimedDevice,
+    frames.ListedDevice,
+    frames.DeviceList,
+    frames.SignedDeviceList,
     content.OlmCiphertext,
     content.Plaintext,
     content.Text,
@@ -49,6 +62,13 @@ RECORDS: list[type[msgspec.Struct]] = [
     content.Receipt,
     content.Typing,
     content.Timer,
+    content.HistoryTransfer,
+    content.VerifyStart,
+    content.VerifyKey,
+    content.VerifyMac,
+    content.VerifyCancel,
+    content.NewDeviceOffer,
+    content.LinkSecrets,
     blobs.BlobRecipient,
     blobs.BlobCreated,
     blobs.HttpError,
@@ -67,6 +87,9 @@ NAMED_TYPES: dict[str, object] = {
     "PublicKey": frames.PublicKey,
     "Signature": frames.Signature,
     "RequestId": frames.RequestId,
+    "LinkId": frames.LinkId,
+    "Day": frames.Day,
+    "Txn": content.Txn,
 }
 SCALARS = {int: "integer", str: "string", bytes: "bytes", bool: "boolean"}
 
@@ -160,10 +183,19 @@ def type_names(tp: object) -> set[str]:
         return {SCALARS[tp]}
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is typing.Annotated:
-        meta = args[1]
-        return {f"{n}, {meta.ge} to {meta.le}" for n in type_names(args[0])}
+        base, meta = args
+        if meta.max_length is None:
+            return {f"{n}, {meta.ge} to {meta.le}" for n in type_names(base)}
+        unit = "bytes" if base is bytes else "characters"
+        low = f"{meta.min_length} to" if meta.min_length else "at most"
+        return {f"{n}, {low} {meta.max_length} {unit}" for n in type_names(base)}
+    if origin is typing.Literal:
+        quoted = [f'"{value}"' for value in args]
+        return {", ".join(quoted[:-1]) + " or " + quoted[-1]}
     if origin is list:
         return {f"[{n}]" for n in type_names(args[0])}
+    if origin is dict:
+        return {f"{{{k}: {v}}}" for k in type_names(args[0]) for v in type_names(args[1])}
     if origin in (typing.Union, types.UnionType) and type(None) in args:
         (inner,) = [a for a in args if a is not type(None)]
         return {f"{n} or null" for n in type_names(inner)}
@@ -180,7 +212,9 @@ def expected_rows(struct: type[msgspec.Struct]) -> dict[str, tuple[set[str], obj
         rows[config.tag_field] = ({f'"{config.tag}"'}, msgspec.NODEFAULT)
     hints = typing.get_type_hints(struct, include_extras=True)
     for field in msgspec.structs.fields(struct):
-        rows[field.name] = (type_names(hints[field.name]), field.default)
+        factory = field.default_factory
+        default = field.default if factory is msgspec.NODEFAULT else factory()
+        rows[field.name] = (type_names(hints[field.name]), default)
     return rows
 
 
@@ -387,3 +421,152 @@ def test_spec_safety_number_vectors_match_code_and_algorithm(row: list[str]) -> 
     assert safety_number(user_b, key_b, user_a, key_a) == number
     digits = "".join(sorted([reference_half(user_a, key_a), reference_half(user_b, key_b)]))
     assert " ".join(digits[i : i + 5] for i in range(0, 60, 5)) == number
+
+
+# --- the account, recovery, link and SAS vectors (§17 to §22) --------------------------------
+
+
+def hkdf(secret: bytes, salt: bytes, info: bytes, length: int = 32) -> bytes:
+    """HKDF-SHA256 as the spec names it (RFC 5869)."""
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(secret)
+
+
+def ed25519_public(seed: bytes) -> str:
+    """The unpadded base64 public key of an Ed25519 seed (RFC 8032)."""
+    raw = Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw()
+    return base64.b64encode(raw).decode().rstrip("=")
+
+
+def pairs(title: str) -> dict[str, str]:
+    """A two-column vector table (item, value), cells without backticks."""
+    return {code(row[0]): code(row[1]) for row in table(section(title).body)}
+
+
+def sample_json(name: str) -> typing.Any:
+    """A golden sample's JSON values."""
+    return json.loads((DATA / f"{name}.json").read_bytes())
+
+
+def test_spec_device_name_vector_seals_and_opens() -> None:
+    """§17.3: nonce ‖ AES-256-GCM with the documented associated data gives the sample's name."""
+    vector = pairs("The data key and device names")
+    key, nonce = bytes.fromhex(vector["data key"]), bytes.fromhex(vector["nonce"])
+    aad = b"\x00".join([b"obrolan-device-name-v1", b"bob", b"phone"])
+    sealed = nonce + AESGCM(key).encrypt(nonce, vector["name"].encode(), aad)
+    assert vector["associated data"] == aad.hex()
+    assert vector["sealed name"] == sealed.hex()
+    assert open_name(key, vector["username"], vector["device id"], sealed) == vector["name"]
+    (listed,) = json.loads((DATA / "device_list.json").read_bytes())["devices"]
+    assert base64.b64decode(listed["name"]) == sealed
+
+
+@pytest.mark.parametrize("row", table(section("The recovery code").body), ids=lambda r: r[1][1:9])
+def test_spec_recovery_vector_derives_the_key(row: list[str]) -> None:
+    """§19.1: normalizing, HKDF and Ed25519 give the documented seed and key, as account.py does."""
+    shown, normalized, seed, public = (code(cell) for cell in row)
+    assert shown.replace("-", "") == normalized
+    assert hkdf(normalized.encode(), b"", b"obrolan-recovery-v1").hex() == seed
+    assert ed25519_public(bytes.fromhex(seed)) == public
+    assert RecoveryCode.parse(shown).public_key == public
+    assert RecoveryCode.parse(" ".join(shown.lower().split("-"))).code == normalized
+
+
+def test_spec_recovery_vectors_are_the_samples_keys() -> None:
+    """The first code is register's recovery key; the second is set by set_recovery and recover."""
+    first, second = (code(row[3]) for row in table(section("The recovery code").body))
+    assert sample_json("register")["recovery_key"] == first
+    assert sample_json("set_recovery")["recovery_key"] == second
+    assert sample_json("recover")["recovery_key"] == second
+
+
+def test_spec_link_vector_derives_the_offer_key_that_opens_the_sample() -> None:
+    """§20.1/§20.2: the offer key opens link_wait's offer into the new_device_offer sample."""
+    (row,) = table(section("The link code").body)
+    shown, link_id, secret, key = (code(cell) for cell in row)
+    parsed = LinkCode.parse(shown)
+    assert (parsed.link_id, parsed.secret) == (link_id, secret)
+    assert hkdf(secret.encode(), link_id.encode(), b"obrolan-link-offer-v1").hex() == key
+    wait = sample_json("link_wait")
+    sealed = base64.b64decode(wait["offer"])
+    plain = AESGCM(bytes.fromhex(key)).decrypt(sealed[:12], sealed[12:], link_id.encode())
+    assert wait["link_id"] == link_id
+    assert plain == (DATA / "new_device_offer.json").read_bytes()
+    assert parsed.open_offer(sealed) == content.decode_link_offer(plain)
+
+
+def test_spec_link_qr_content_is_the_clients() -> None:
+    """§20.1: the QR address percent-encodes the server URL and carries the bare code."""
+    body = section("The link code").body
+    (address,) = re.findall(r"`(obrolan://link\?[^`]*)`", body)
+    server = "https://chat.example.org:8443"
+    code_text = code(table(body)[0][0]).replace("-", "")
+    assert address == f"obrolan://link?server={quote(server, safe='')}&code={code_text}"
+    assert link_address(server, LinkCode.parse(code_text)) == address
+
+
+def x25519_public(key: str) -> X25519PublicKey:
+    """A SAS public key from its unpadded base64."""
+    return X25519PublicKey.from_public_bytes(base64.b64decode(key + "="))
+
+
+def x25519(private_hex: str) -> tuple[X25519PrivateKey, str]:
+    """A SAS key pair from the vector's private key, and its unpadded base64 public key."""
+    key = X25519PrivateKey.from_private_bytes(bytes.fromhex(private_hex))
+    return key, base64.b64encode(key.public_key().public_bytes_raw()).decode().rstrip("=")
+
+
+def mac(shared: bytes, text: str, info: str) -> str:
+    """§22.3's MAC, from its definition."""
+    tag = hmac.new(hkdf(shared, b"", info.encode()), text.encode(), hashlib.sha256).digest()
+    return base64.b64encode(tag).decode().rstrip("=")
+
+
+def test_spec_sas_vector_follows_from_the_private_keys() -> None:
+    """§22.2/§22.3: commitment, shared secret, SAS bytes, emoji, numbers and MACs recompute."""
+    vector = pairs("MACs")
+    txn = vector["txn"]
+    i_key, i_public = x25519(vector["I's SAS private key"])
+    r_key, r_public = x25519(vector["R's SAS private key"])
+    assert (i_public, r_public) == (vector["I's SAS public key"], vector["R's SAS public key"])
+    commitment = hashlib.sha256(f"obrolan-sas-commit-v1\0{txn}\0{i_public}".encode()).digest()
+    assert vector["commitment"] == commitment.hex() == commitment_of(txn, i_public).hex()
+    shared = i_key.exchange(x25519_public(r_public))
+    assert r_key.exchange(x25519_public(i_public)) == shared
+    assert vector["shared secret"] == shared.hex()
+    info = f"obrolan-sas-v1\0{txn}\0alice\0laptop\0{i_public}\0bob\0phone\0{r_public}"
+    sas = hkdf(shared, b"", info.encode(), 6)
+    assert vector["SAS bytes"] == sas.hex()
+    bits = int.from_bytes(sas, "big")
+    indices = [(bits >> (42 - 6 * i)) & 63 for i in range(7)]
+    numbers = [((bits >> (35 - 13 * i)) & 0x1FFF) + 1000 for i in range(3)]
+    shown, names = vector["emoji"].split(": ")
+    assert [int(n) for n in shown.split()] == indices
+    assert names.split(", ") == [EMOJI[i][1] for i in indices]
+    assert [int(n) for n in vector["numbers"].split()] == numbers
+    info = f"obrolan-sas-mac-v1\0{txn}\0alice\0laptop\0"
+    account_mac = mac(shared, vector["I's account key"], info + "account")
+    device_mac = mac(shared, vector["I's device Ed25519 key"], info + "device")
+    assert vector["I's account_key_mac"] == account_mac
+    assert vector["I's device_key_mac"] == device_mac
+
+
+def test_spec_sas_vector_is_the_samples() -> None:
+    """The verify_* samples carry the vector's txn, commitment, R's key and I's MACs."""
+    vector = pairs("MACs")
+    start = sample_json("plaintext_verify_start")["content"]
+    key = sample_json("plaintext_verify_key")["content"]
+    macs = sample_json("plaintext_verify_mac")["content"]
+    assert start["txn"] == key["txn"] == macs["txn"] == vector["txn"]
+    assert base64.b64decode(start["commitment"]).hex() == vector["commitment"]
+    assert key["public_key"] == vector["R's SAS public key"]
+    assert macs["account_key_mac"] == vector["I's account_key_mac"]
+    assert macs["device_key_mac"] == vector["I's device_key_mac"]
+
+
+def test_spec_emoji_table_is_the_clients() -> None:
+    """§22.4 lists the 64 emoji and names of crypto/sas.py, in index order."""
+    rows = table(section("SAS emoji").body)
+    assert [(int(i), emoji, name) for i, emoji, name in rows] == [
+        (i, emoji, name) for i, (emoji, name) in enumerate(EMOJI)
+    ]
+    assert len(rows) == 64

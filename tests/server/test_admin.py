@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from obrolan.protocol.frames import Ack
+from obrolan.protocol.frames import Ack, DevicesPublished
 from tests.server.conftest import Connect, Online
 from tests.server.exchange import offline, send, wait_until
-from tests.support.raw_client import outbound
+from tests.support.raw_client import RawDevice, outbound
 from tests.support.server import ServerProcess
 
 ADMIN_GUARD_SECONDS = 60
@@ -58,7 +58,22 @@ async def test_admin_discloses_an_account_without_any_ciphertext(
     disclosed = json.loads(result.stdout)
     today = time.strftime("%Y-%m-%d", time.gmtime())
     expiry = re.compile(r"\d{4}-\d\d-\d\d")
+    assert set(disclosed) == {
+        "username",
+        "created_day",
+        "account_key",
+        "list_version",
+        "recovery_key_held",
+        "devices",
+        "queued_for_account",
+        "queued_from_account",
+        "not_held",
+        "blobs_from_account",
+        "blobs_for_account",
+    }
     assert disclosed["username"] == "bob" and disclosed["created_day"] == today
+    assert disclosed["account_key"] == bob.account.key.public
+    assert (disclosed["list_version"], disclosed["recovery_key_held"]) == (1, True)
     (device,) = disclosed["devices"]
     assert device == {
         "device_id": "phone",
@@ -102,6 +117,33 @@ async def test_admin_discloses_an_account_without_any_ciphertext(
     assert (await admin_json("disclose", "bob", "--data", data))["queued_for_account"] == []
     assert (await admin_json("disclose", "alice", "--data", data))["queued_from_account"] == []
     assert (await admin_json("stats", "--data", data))["queued_envelopes"] == 0
+
+
+async def test_admin_discloses_the_devices_of_the_published_list(
+    server: ServerProcess, connect: Connect, online: Online
+) -> None:
+    """After a list adds a device and a newer one removes the first, disclose shows the
+    version and exactly the listed devices, never the sealed device names."""
+    alice_client, alice = await online(server, "alice")
+    laptop = RawDevice("alice", "laptop", alice.account)
+    added = alice.account.publish_frame(1, [alice, laptop])
+    assert await alice_client.request(added) == DevicesPublished(id=1, version=2)
+    laptop_client = await connect(server.ws_url)
+    await laptop_client.authenticate(laptop)
+    assert await laptop_client.until_drained() == []
+    removed = alice.account.publish_frame(2, [laptop])
+    assert await laptop_client.request(removed) == DevicesPublished(id=2, version=3)
+
+    result = await admin("disclose", "alice", "--data", str(server.data_dir))
+    assert result.returncode == 0, result.stderr
+    assert base64.b64encode(removed.device_list.device_list).decode()[:40] not in result.stdout
+    disclosed = json.loads(result.stdout)
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    assert (disclosed["account_key"], disclosed["list_version"]) == (alice.account.key.public, 3)
+    assert [
+        (d["device_id"], d["ed25519"], d["created_day"], d["last_active_day"])
+        for d in disclosed["devices"]
+    ] == [("laptop", laptop.ed25519, today, today)]
 
 
 async def test_admin_answers_unknown_accounts_and_missing_data_in_one_line(

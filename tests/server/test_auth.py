@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from msgspec.structs import replace
@@ -9,7 +10,7 @@ from msgspec.structs import replace
 from obrolan.protocol.codes import ErrorCode
 from obrolan.protocol.frames import Authenticate, Devices, Error, GetDevices, OneTimeKey, Welcome
 from tests.server.conftest import Connect, Online
-from tests.support.raw_client import RawDevice
+from tests.support.raw_client import RawDevice, listed
 from tests.support.server import ServerProcess
 
 POLICY_VIOLATION = 1008
@@ -32,7 +33,9 @@ async def test_server_registers_and_authenticates_a_device(
     assert await second.authenticate(alice) == welcome
     assert await second.until_drained() == []
     reply = await second.request(GetDevices(id=1, username="alice"))
-    assert reply == Devices(id=1, username="alice", devices=[alice.keys()])
+    assert isinstance(reply, Devices) and (reply.id, reply.username) == (1, "alice")
+    assert listed(reply.device_list, "alice") == [alice.keys()]
+    assert reply.last_active == {"phone": time.strftime("%Y-%m-%d", time.gmtime())}
 
 
 async def test_server_refuses_a_taken_username_and_keeps_the_connection(

@@ -149,12 +149,12 @@ async def _replayed_challenge(
     return client, ErrorCode.AUTH_FAILED, None
 
 
-async def _unknown_device(
+async def _unknown_recipient(
     server: ServerProcess, connect: Connect, online: Online
 ) -> tuple[RawClient, ErrorCode, int | None]:
-    client, device = await online(server, _name())
-    await client.send(Send(id=4, envelopes=[outbound(RawDevice(device.username, "ghost"), b"x")]))
-    return client, ErrorCode.UNKNOWN_DEVICE, 4
+    client, _ = await online(server, _name())
+    await client.send(Send(id=4, envelopes=[outbound(RawDevice(_name()), b"x")]))
+    return client, ErrorCode.UNKNOWN_USER, 4
 
 
 async def _oversize_envelope(
@@ -184,7 +184,7 @@ async def _oversize_envelope(
         pytest.param(_unknown_version, id="unknown-version"),
         pytest.param(_bad_signature, id="bad-signature"),
         pytest.param(_replayed_challenge, id="replayed-challenge"),
-        pytest.param(_unknown_device, id="unknown-device"),
+        pytest.param(_unknown_recipient, id="unknown-recipient"),
         pytest.param(_oversize_envelope, id="oversize-envelope"),
     ],
 )

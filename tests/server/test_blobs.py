@@ -24,6 +24,7 @@ import pytest
 
 from obrolan.protocol import blobs as wire
 from obrolan.protocol.codes import ErrorCode
+from obrolan.protocol.frames import DevicesPublished
 from tests.server.conftest import Online
 from tests.server.exchange import wait_until
 from tests.support.raw_client import RawDevice
@@ -395,6 +396,30 @@ async def test_server_deletes_a_blob_once_every_recipient_fetched_it(
     assert held_blob_ids(server) == set() and blob_files(server) == set()
     repeated = await call(http, server, carol, "POST", wire.blob_path(blob_id, fetched=True))
     assert repeated.status == 204
+
+
+async def test_server_takes_blobs_away_from_a_device_removed_from_its_account(
+    server: ServerProcess, online: Online, http: aiohttp.ClientSession
+) -> None:
+    """When bob's list drops his laptop, a blob only for the laptop is deleted, one also for
+    his phone stays for the phone, and the laptop's signed requests fail."""
+    _, alice = await online(server, "alice")
+    bob_client, bob = await online(server, "bob")
+    laptop = RawDevice("bob", "laptop", bob.account)
+    assert await bob_client.request(bob.account.publish_frame(1, [bob, laptop])) == (
+        DevicesPublished(id=1, version=2)
+    )
+    only_laptop = await upload(http, server, alice, b"for the laptop", laptop)
+    both = await upload(http, server, alice, b"for both", bob, laptop)
+    assert held_blob_ids(server) == {only_laptop, both}
+
+    assert await bob_client.request(bob.account.publish_frame(2, [bob])) == (
+        DevicesPublished(id=2, version=3)
+    )
+    await wait_until(lambda: held_blob_ids(server) == {both} and blob_files(server) == {both})
+    denied = await call(http, server, laptop, "GET", wire.blob_path(both))
+    assert (denied.status, denied.error().code) == (401, ErrorCode.AUTH_FAILED)
+    assert (await call(http, server, bob, "GET", wire.blob_path(both))).body == b"for both"
 
 
 async def test_server_sweeps_blobs_past_their_ttl(

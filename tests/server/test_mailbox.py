@@ -183,21 +183,27 @@ async def test_server_keeps_at_most_the_delivery_window_unacked(
     assert [e.envelope_id for e in first + rest] == [e.envelope_id for e in envelopes]
 
 
-async def test_server_refuses_sends_to_unknown_recipients_and_stores_nothing(
+async def test_server_refuses_sends_to_unknown_users_and_skips_unknown_devices(
     server: ServerProcess, online: Online
 ) -> None:
-    """A frame naming an unknown user or device is refused as a whole."""
+    """A frame naming an unknown user is refused as a whole; an envelope for a device the
+    account does not have is skipped (named in sent.skipped) and the others are stored."""
     alice_client, _ = await online(server, "alice")
     bob = await offline(server, online, "bob")
     good = outbound(bob, b"good")
-    to_unknown_device = outbound(RawDevice("bob", "tablet"), b"bad")
+    to_unknown_device = outbound(RawDevice("bob", "tablet"), b"skipped")
     to_unknown_user = outbound(RawDevice("nobody"), b"bad")
 
-    reply = await alice_client.request(Send(id=1, envelopes=[good, to_unknown_device]))
-    assert isinstance(reply, Error) and reply.id == 1 and reply.code is ErrorCode.UNKNOWN_DEVICE
-    reply = await alice_client.request(Send(id=2, envelopes=[good, to_unknown_user]))
-    assert isinstance(reply, Error) and reply.id == 2 and reply.code is ErrorCode.UNKNOWN_USER
+    reply = await alice_client.request(Send(id=1, envelopes=[good, to_unknown_user]))
+    assert isinstance(reply, Error) and reply.id == 1 and reply.code is ErrorCode.UNKNOWN_USER
     assert server.mailbox() == []
+    reply = await alice_client.request(Send(id=2, envelopes=[to_unknown_device, good]))
+    assert reply == Sent(
+        id=2, envelope_ids=[good.envelope_id], skipped=[to_unknown_device.envelope_id]
+    )
+    assert [(to, envelope_id) for to, envelope_id, _, _ in server.mailbox()] == [
+        ("bob/phone", good.envelope_id)
+    ]
 
 
 async def test_server_refuses_a_send_beyond_the_queue_limit(

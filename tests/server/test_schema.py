@@ -6,7 +6,8 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
-from obrolan.protocol.frames import Envelope
+from obrolan.protocol.codes import ErrorCode
+from obrolan.protocol.frames import Envelope, Error, GetDevices
 from tests.server.conftest import Connect, Online
 from tests.server.exchange import delivered, send
 from tests.support.raw_client import RawDevice, envelope_id, outbound
@@ -82,7 +83,9 @@ def write_version_1_database(path: Path, bob: RawDevice, queued: Envelope) -> No
 async def test_server_migrates_a_version_1_database_keeping_its_queue(
     tmp_path: Path, connect: Connect, online: Online
 ) -> None:
-    """A version 1 database opens as version 2: the queued envelope comes first, then new ones."""
+    """A version 1 database opens as version 3: the queued envelope comes first, then new
+    ones; the old account, which has no account key, still authenticates but cannot
+    publish a device list and has none to give."""
     data = tmp_path / "data"
     data.mkdir()
     bob = RawDevice("bob")
@@ -96,10 +99,22 @@ async def test_server_migrates_a_version_1_database_keeping_its_queue(
         bob_client = await connect(server.ws_url)
         await bob_client.authenticate(bob)
         assert await bob_client.until_drained() == [old, *delivered(alice, new)]
+        refused = await bob_client.request(bob.account.publish_frame(1, [bob]))
+        assert isinstance(refused, Error) and refused.code is ErrorCode.BAD_DEVICE_LIST
+        lookup = await alice_client.request(GetDevices(id=2, username="bob"))
+        assert isinstance(lookup, Error) and lookup.code is ErrorCode.UNKNOWN_USER
 
     with closing(sqlite3.connect(data / "obrolan.db")) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+        assert db.execute("PRAGMA user_version").fetchone() == (3,)
         columns = [row[1] for row in db.execute("PRAGMA table_info(devices)")]
         assert "queued" not in columns
+        assert db.execute(
+            "SELECT account_key, device_list, list_version, recovery_key FROM accounts"
+            " WHERE username = 'bob'"
+        ).fetchone() == (None, None, 0, None)
+        (alice_version,) = db.execute(
+            "SELECT list_version FROM accounts WHERE username = 'alice'"
+        ).fetchone()
+        assert alice_version == 1
         (newest,) = db.execute("SELECT MAX(seq) FROM mailbox").fetchone()
         assert newest > 90  # numbered after every seq version 1 had given

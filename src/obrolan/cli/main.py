@@ -15,7 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from obrolan import __version__
-from obrolan.cli import archive_commands, conversation_commands, server_commands
+from obrolan.cli import (
+    archive_commands,
+    conversation_commands,
+    device_commands,
+    server_commands,
+)
 from obrolan.cli.common import (
     Handler,
     ProgressBar,
@@ -46,17 +51,20 @@ async def cmd_register(args: argparse.Namespace) -> int:
     passphrase = None if args.no_passphrase else read_passphrase(confirm=True)
     client = await Client.register(
         args.profile, args.server, args.username, passphrase,
-        insecure=args.insecure, ca_file=args.ca_file,
+        insecure=args.insecure, ca_file=args.ca_file, device_name=args.name,
     )
     try:
         me = client.whoami()
+        code = client.recovery_code
     finally:
         await client.close()
+    assert code is not None
     if args.json:
-        print_json(me.as_json())
+        print_json({**me.as_json(), "recovery_code": str(code)})
     else:
         print(f"registered {me.username} on {me.server_url} (device {me.device_id})")
         print(f"profile: {args.profile}")
+        device_commands.print_recovery_code(code)
     return 0
 
 
@@ -114,6 +122,8 @@ async def cmd_download(args: argparse.Namespace) -> int:
 async def cmd_sync(args: argparse.Namespace) -> int:
     async with Client.open(args.profile, passphrase_for(args.profile)) as client:
         messages = await client.sync()
+        if client.history_pending():
+            await device_commands.receive_history(client)
         for peer in {m.peer for m in messages}:
             await client.mark_read(peer)
         requests = client.requests()
@@ -160,7 +170,11 @@ async def cmd_contacts(args: argparse.Namespace) -> int:
         print_json([c.as_json() for c in contacts])
         return 0
     for contact in contacts:
-        flag = "  ⚠ identity key changed: compare safety numbers" if contact.key_changed else ""
+        flag = "  ✓ verified" if contact.verified else ""
+        if contact.key_changed:
+            flag = "  ⚠ account key changed: compare safety numbers" + (
+                f", then `obrolan trust {contact.username}`" if contact.verified else ""
+            )
         print(f"{contact.username}{flag}")
     if not contacts:
         print("no contacts yet", file=sys.stderr)
@@ -173,7 +187,8 @@ async def cmd_whoami(args: argparse.Namespace) -> int:
     if args.json:
         print_json(me.as_json())
     else:
-        print(f"{me.username} on {me.server_url}\ndevice {me.device_id}\nidentity key {me.ed25519}")
+        print(f"{me.username} on {me.server_url}\ndevice {me.device_id}\n"
+              f"account key {me.account_key}\ndevice key {me.ed25519}")
     return 0
 
 
@@ -189,7 +204,7 @@ async def cmd_safety_number(args: argparse.Namespace) -> int:
         print(" ".join(groups[row : row + 4]))
     print(f"Compare these digits with {args.user}, in person or on a call you trust.")
     if changed:
-        print(f"⚠ {args.user}'s identity key has changed since you first talked.")
+        print(f"⚠ {args.user}'s account key has changed since you first talked.")
     return 0
 
 
@@ -215,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--insecure", action="store_true", help="allow plain http to a non-loopback host")
     p.add_argument("--ca-file", metavar="PEM", help="trust this CA for the server's certificate")
+    p.add_argument("--name", metavar="NAME", help="this device's name (default: the host name)")
 
     p = verb("send", cmd_send, "send a text message")
     p.add_argument("user")
@@ -240,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("user")
 
     conversation_commands.add_parsers(sub)
+    device_commands.add_parsers(sub)
     archive_commands.add_parsers(sub)
     server_commands.add_parsers(sub)
     return parser
@@ -247,7 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 _FRIENDLY = {
     ErrorCode.USERNAME_TAKEN: "that username is taken on this server",
-    ErrorCode.AUTH_FAILED: "the server does not accept this device (was the account removed?)",
+    ErrorCode.AUTH_FAILED: "the server does not accept this device (was it removed from its account?)",
+    ErrorCode.UNKNOWN_LINK: "no new device waits with that link code: check it, or it expired "
+    "(show a new one with `obrolan link`)",
+    ErrorCode.LINK_USED: "that link code was already used: show a new one with `obrolan link`",
     ErrorCode.UNSUPPORTED_VERSION: "the server speaks another protocol version: update obrolan",
 }
 

@@ -56,6 +56,10 @@ def format_event(event: Event) -> str | None:
         return f"… {event.peer} is typing" if event.active else f"… {event.peer} stopped typing"
     if event.kind == "request":
         return f"✉ message request from {event.peer}: `obrolan requests accept {event.peer}`"
+    if event.kind == "verify":
+        return f"🔐 {event.peer} wants to verify with you: run `obrolan verify {event.peer}`"
+    if event.kind == "history":
+        return "⇣ history from your other device arrived: `obrolan sync` imports it"
     if event.message is None:
         return None
     prefix = "updated: " if event.kind == "update" and event.message.state is not MessageState.NOTICE else ""

@@ -140,6 +140,13 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         help="close connections that do not authenticate in time (default: %(default)s)",
     )
     serve.add_argument(
+        "--link-ttl",
+        type=_positive_float,
+        default=600.0,
+        metavar="SECONDS",
+        help="how long a new device's link code waits for approval (default: %(default)s)",
+    )
+    serve.add_argument(
         "--log-level",
         default="INFO",
         type=str.upper,
@@ -190,6 +197,7 @@ def _serve(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         sweep_interval=args.sweep_interval,
         auth_timeout=args.auth_timeout,
+        link_ttl=args.link_ttl,
         log_level=args.log_level,
         max_blob_bytes=args.max_blob_bytes,
         blob_quota_bytes=args.blob_quota,

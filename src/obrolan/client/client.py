@@ -22,16 +22,17 @@ inbox and the outbox never interleave on one session.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
-import os
 import random
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from obrolan.client.archive import ImportSummary
 from obrolan.client.attachments import (
     BlobClient,
     FileUploadJournal,
@@ -40,22 +41,42 @@ from obrolan.client.attachments import (
 )
 from obrolan.client.connection import Connection, ServerAddress, is_fatal
 from obrolan.client.conversation import Conversations
+from obrolan.client.directory import DeviceView, Directory
+from obrolan.client.enrolment import (
+    Enrolled,
+    Server,
+    default_device_name,
+    enrol_by_link,
+    enrol_by_recovery,
+    enrol_by_registration,
+)
+from obrolan.client.history_transfer import INCOMING as INCOMING_HISTORY
+from obrolan.client.history_transfer import HistoryTransfers
 from obrolan.client.ids import check_username, new_id
-from obrolan.client.models import Contact, Event, Message, MessageState, Whoami
+from obrolan.client.models import Contact, Device, Event, Message, MessageState, Whoami
 from obrolan.client.store import OutboxEntry, Store, now_ms
-from obrolan.client.vault import Vault, create_vault, open_vault
+from obrolan.client.vault import Vault, open_vault
+from obrolan.crypto.account import (
+    AccountKey,
+    LinkCode,
+    RecoveryCode,
+    device_entry,
+    open_name,
+    seal_name,
+)
 from obrolan.crypto.device import DeviceIdentity
 from obrolan.crypto.olm import OlmSession
 from obrolan.crypto.safety import safety_number
-from obrolan.crypto.signatures import verify_device_keys, verify_one_time_key
+from obrolan.crypto.signatures import verify_one_time_key
 from obrolan.errors import (
     ConfigError,
     CryptoError,
     DecryptionError,
+    DeviceRemoved,
     DeviceReplaced,
+    IdentityChanged,
     InvalidState,
     ObrolanError,
-    ProfileError,
     RequestRefused,
     ServerUnreachable,
     SignatureError,
@@ -64,6 +85,7 @@ from obrolan.errors import (
 from obrolan.failpoints import failpoint
 from obrolan.protocol import content, frames
 from obrolan.protocol.codes import ErrorCode
+from obrolan.protocol.frames import DeviceList, ListedDevice, SignedDeviceList
 from obrolan.protocol.limits import PROTOCOL_VERSION
 from obrolan.protocol.signing import auth_bytes
 
@@ -75,7 +97,10 @@ BACKOFF_START = 0.5
 BACKOFF_MAX = 30.0
 AUTO_DOWNLOAD_BYTES = 5 * 1024 * 1024
 """Default: files up to 5 MiB are fetched as soon as their message arrives."""
-_PROFILE_FILES = ("profile.json", "key", "store.db", "store.db-wal", "store.db-shm")
+_COPIED_TO_OWN_DEVICES = (
+    content.Text, content.Reaction, content.Edit, content.Delete, content.Timer
+)
+"""Kinds our other devices get a copy of, so every device shows the whole conversation."""
 
 
 class Client:
@@ -93,10 +118,22 @@ class Client:
             insecure=store.get_meta("insecure") == "1",
             ca_file=store.get_meta("ca_file") or None,
         )
+        self._account = AccountKey(base64.b64decode(_required(store.get_meta("account_secret"))))
+        self._data_key = base64.b64decode(_required(store.get_meta("data_key")))
+        self._directory = Directory(store, self.username, self._account.public)
+        self.recovery_code: RecoveryCode | None = None
+        """Set right after registration, recovery or rotation: show it once, then forget it."""
+        self.history_follows = False
+        """Set right after linking with history: another device is sending it."""
+        self.verification_inbox: asyncio.Queue[content.Plaintext] = asyncio.Queue(maxsize=64)
+        """Verification events from verified devices, for :mod:`obrolan.client.verification`."""
         self._conn: Connection | None = None
         self._runner: asyncio.Task[None] | None = None
         self._expirer: asyncio.Task[None] | None = None
         self._conversations = Conversations(store, self.username, profile_dir / "attachments")
+        self._history = HistoryTransfers(
+            vault, store, profile_dir / "history", self._blobs, self._announce_history
+        )
         self._events: asyncio.Queue[Event | None] = asyncio.Queue()
         """What happened, after it was stored; None wakes a reader after a fatal error."""
         self._outbox_wakeup = asyncio.Event()
@@ -109,8 +146,10 @@ class Client:
         """The current connection was closed on purpose: reconnect at once."""
         self._tasks: set[asyncio.Task[None]] = set()
         """Background attachment work (downloads, releases)."""
-        self._known_devices: set[str] = set()
-        """Users whose device list was fetched on the current connection."""
+        self._views: dict[str, DeviceView] = {}
+        """Device lists checked on the current connection, by username."""
+        self._last_active: dict[str, str] = {}
+        """Our own devices' last active day, as the server last told it."""
 
     # --- opening and closing ------------------------------------------------------------
 
@@ -124,10 +163,12 @@ class Client:
         *,
         insecure: bool = False,
         ca_file: str | None = None,
+        device_name: str | None = None,
     ) -> Client:
         """Create a new account on the server and a profile for its first device.
 
-        ``passphrase`` None stores a random key in a 0600 file (for bots).
+        ``passphrase`` None stores a random key in a 0600 file (for bots). The
+        account's recovery code is in :attr:`recovery_code`: show it once.
 
         Raises:
             ConfigError: bad username or server URL.
@@ -135,46 +176,83 @@ class Client:
             ServerUnreachable: the server cannot be reached; nothing was created.
             RequestRefused: the server refused (``username_taken``); nothing was kept.
         """
-        check_username(username)
-        address = ServerAddress.parse(server_url, insecure=insecure, ca_file=ca_file)
-        if (profile_dir / "profile.json").exists():
-            raise ProfileError(f"a profile already exists at {profile_dir}")
-        conn = await Connection.open(address)
-        created = False
+        server = Server(server_url, insecure, ca_file)
+        name = device_name or default_device_name()
+        return cls._enrolled(
+            profile_dir,
+            await enrol_by_registration(profile_dir, server, username, passphrase, name),
+        )
+
+    @classmethod
+    async def recover(
+        cls,
+        profile_dir: Path,
+        server_url: str,
+        username: str,
+        recovery_code: str,
+        passphrase: str | None,
+        *,
+        insecure: bool = False,
+        ca_file: str | None = None,
+        device_name: str | None = None,
+    ) -> Client:
+        """Reclaim ``username`` on a new device with its recovery code (every device lost).
+
+        The account gets a new account key (contacts see a changed key) and a new
+        recovery code (:attr:`recovery_code`). Old history is not on the server.
+
+        Raises:
+            CryptoError: the code is not in the recovery code's form.
+            RequestRefused: ``auth_failed``: a wrong code or no such account; nothing changed.
+        """
+        code = RecoveryCode.parse(recovery_code)
+        server = Server(server_url, insecure, ca_file)
+        name = device_name or default_device_name()
+        return cls._enrolled(
+            profile_dir,
+            await enrol_by_recovery(profile_dir, server, username, code, passphrase, name),
+        )
+
+    @classmethod
+    async def link(
+        cls,
+        profile_dir: Path,
+        server_url: str,
+        username: str,
+        passphrase: str | None,
+        show_code: Callable[[LinkCode], None],
+        *,
+        insecure: bool = False,
+        ca_file: str | None = None,
+        device_name: str | None = None,
+        wait_seconds: float = 600.0,
+    ) -> Client:
+        """Make this a new device of ``username``'s account: ``show_code`` gets the link
+        code to show; an existing device approves it (``obrolan devices approve CODE``).
+
+        Raises:
+            ServerUnreachable: the server cannot be reached, or nobody approved in time.
+            SignatureError: the answer was not a valid approval (nothing was kept).
+        """
+        server = Server(server_url, insecure, ca_file)
+        name = device_name or default_device_name()
+        enrolled = await enrol_by_link(
+            profile_dir, server, username, passphrase, name, show_code, wait_seconds
+        )
+        client = cls._enrolled(profile_dir, enrolled)
+        client.history_follows = enrolled.history_follows
         try:
-            vault = await asyncio.to_thread(create_vault, profile_dir, passphrase)
-            created = True
-            store = Store(vault)
-            identity = DeviceIdentity.create()
-            device_id = new_id()[:12]
-            one_time_keys = identity.new_one_time_keys(identity.max_one_time_keys)
-            fallback = identity.new_fallback_key()
-            with store.transaction():
-                store.set_meta("server_url", address.url)
-                store.set_meta("insecure", "1" if insecure else "0")
-                store.set_meta("ca_file", ca_file or "")
-                store.set_meta("username", username)
-                store.set_meta("device_id", device_id)
-                store.set_meta("account", identity.pickle(vault.pickle_key))
-            signature = identity.sign(auth_bytes(conn.challenge.nonce, username, device_id))
-            await conn.handshake(
-                frames.Register(
-                    version=PROTOCOL_VERSION,
-                    username=username,
-                    device=identity.device_keys(username, device_id),
-                    one_time_keys=one_time_keys,
-                    fallback_key=fallback,
-                    signature=signature,
-                )
-            )
+            await client.sync()  # publish one-time keys now, so others can reach this device
         except BaseException:
-            if created:
-                vault.close()
-                _remove_profile(profile_dir)
+            await client.close()
             raise
-        finally:
-            await conn.close()
-        return cls(profile_dir, vault, store, identity)
+        return client
+
+    @classmethod
+    def _enrolled(cls, profile_dir: Path, enrolled: Enrolled) -> Client:
+        client = cls(profile_dir, enrolled.vault, enrolled.store, enrolled.identity)
+        client.recovery_code = enrolled.recovery_code
+        return client
 
     @classmethod
     def open(cls, profile_dir: Path, passphrase: str | None, *, online: bool = True) -> _Opened:
@@ -258,7 +336,204 @@ class Client:
             self.address.url,
             self._identity.ed25519,
             self._identity.curve25519,
+            self._account.public,
         )
+
+    # --- this account's devices ---------------------------------------------------------
+
+    async def devices(self) -> list[Device]:
+        """This account's devices, from its signed list, with the last day each was active."""
+        listed = await self._own_list()
+        return [
+            Device(
+                device_id=d.keys.device_id,
+                name=open_name(self._data_key, self.username, d.keys.device_id, d.name),
+                added=d.added,
+                last_active=self._last_active.get(d.keys.device_id),
+                ed25519=d.keys.ed25519,
+                current=d.keys.device_id == self.device_id,
+            )
+            for d in listed.devices
+        ]
+
+    async def _own_list(self) -> DeviceList:
+        view = await self._fetch_devices(await self._connected(), self.username, fresh=True)
+        if view.device_list is None:
+            raise SignatureError(
+                "the server's list of your devices is not signed by your account key: "
+                "do not trust it (see the log)"
+            )
+        return view.device_list
+
+    async def _publish(self, devices: list[ListedDevice]) -> SignedDeviceList:
+        """Sign and publish the next version of our device list."""
+        listed = await self._own_list()
+        signed = self._account.sign_device_list(self.username, listed.version + 1, devices)
+        await (await self._connected()).request(
+            lambda i: frames.PublishDevices(id=i, device_list=signed)
+        )
+        self._views.pop(self.username, None)
+        return signed
+
+    async def approve(self, code_text: str, *, with_history: bool = False) -> Device:
+        """Add the new device showing ``code_text`` to this account and hand it the secrets.
+
+        ``with_history`` tells the new device that :meth:`send_history` follows.
+
+        Raises:
+            CryptoError: the code is malformed, or wrong (the offer does not open).
+            ConfigError: the new device wants to join another account.
+            RequestRefused: ``unknown_link`` (wrong or expired), ``link_used``.
+        """
+        code = LinkCode.parse(code_text)
+        conn = await self._connected()
+        fetched = await conn.request(lambda i: frames.LinkFetch(id=i, link_id=code.link_id))
+        assert isinstance(fetched, frames.LinkOffer)
+        offer = code.open_offer(fetched.offer)
+        if offer.username != self.username:
+            raise ConfigError(
+                f"this code links a device to {offer.username}'s account, and this device "
+                f"belongs to {self.username}: approve it from one of {offer.username}'s devices"
+            )
+        listed = await self._own_list()
+        if any(d.keys.device_id == offer.device.device_id for d in listed.devices):
+            raise ConfigError(f"device {offer.device.device_id} is already in this account")
+        entry = device_entry(
+            offer.device,
+            seal_name(self._data_key, self.username, offer.device.device_id, offer.name),
+        )
+        published = await self._publish([*listed.devices, entry])
+        secrets = content.LinkSecrets(
+            username=self.username,
+            approver_device=self.device_id,
+            account_secret=self._account.secret,
+            data_key=self._data_key,
+            device_list=published,
+            history=with_history,
+        )
+        session = self._identity.outbound_session(offer.device.curve25519, offer.one_time_key.key)
+        sealed = session.encrypt(content.encode(secrets), self._identity.curve25519)
+        with self._store.transaction():
+            self._store.save_session(
+                offer.device.curve25519, session.session_id, session.pickle(self._vault.pickle_key)
+            )
+        await conn.request(
+            lambda i: frames.LinkApprove(
+                id=i, link_id=code.link_id, answer=content.encode(sealed)
+            )
+        )
+        return Device(offer.device.device_id, offer.name, entry.added, None,
+                      offer.device.ed25519, False)
+
+    async def rename_device(self, device_id: str, name: str) -> None:
+        """Give one of this account's devices a new name (sealed: only our devices read it)."""
+        listed = await self._own_list()
+        self._own_entry(listed, device_id)
+        sealed = seal_name(self._data_key, self.username, device_id, name)
+        await self._publish([
+            msgspec.structs.replace(d, name=sealed) if d.keys.device_id == device_id else d
+            for d in listed.devices
+        ])
+
+    async def remove_device(self, device_id: str) -> None:
+        """Sign a list without ``device_id``: it receives nothing new, peers stop using it."""
+        if device_id == self.device_id:
+            raise ConfigError("this is the device you are using: remove it from another device")
+        listed = await self._own_list()
+        self._own_entry(listed, device_id)
+        await self._publish([d for d in listed.devices if d.keys.device_id != device_id])
+
+    @staticmethod
+    def _own_entry(listed: DeviceList, device_id: str) -> ListedDevice:
+        for device in listed.devices:
+            if device.keys.device_id == device_id:
+                return device
+        raise ConfigError(f"no device {device_id!r} in this account (see `obrolan devices`)")
+
+    # --- what verification (SAS) needs ---------------------------------------------------
+
+    @property
+    def account_key(self) -> str:
+        """This account's public account key."""
+        return self._account.public
+
+    async def pinned_account_key(self, username: str) -> str:
+        """The account key this device holds for ``username`` now (looked up on first contact)."""
+        return (await self._contact(username)).current_key
+
+    def device_key(self, username: str, device_id: str) -> str | None:
+        """The Ed25519 key of a device in ``username``'s last verified list."""
+        for known_id, ed25519, _ in self._store.devices_of(username):
+            if known_id == device_id:
+                return ed25519
+        return None
+
+    def mark_verified(self, username: str, account_key: str) -> bool:
+        """Mark ``username`` verified if ``account_key`` is still the key pinned for them."""
+        with self._store.transaction():
+            done = self._store.set_verified(username, account_key)
+            if done:
+                self._conversations.notice(username, f"you verified {username}'s account key")
+        return done
+
+    async def send_verification(
+        self, username: str, body: content.Content, to_device: str | None = None
+    ) -> None:
+        """Queue a verification event for ``username``'s devices (or one of them)."""
+        with self._store.transaction():
+            self._queue(username, body, to_device=to_device)
+
+    def _verification_event(self, body: content.Plaintext) -> list[Event]:
+        with contextlib.suppress(asyncio.QueueFull):  # nobody is verifying: old ones drop
+            self.verification_inbox.put_nowait(body)
+        if isinstance(body.content, content.VerifyStart):
+            return [Event("verify", body.sender)]
+        return []
+
+    # --- history between our devices -----------------------------------------------------
+
+    async def send_history(self, device_id: str, progress: Progress | None = None) -> int:
+        """Send this device's history to our device ``device_id``; returns how many messages.
+
+        Resumable: after an interruption, call it again.
+        """
+        if device_id == self.device_id:
+            raise ConfigError("that is this device")
+        self._own_entry(await self._own_list(), device_id)
+        count = await self._history.send(self.username, device_id, progress)
+        await self.flush(timeout=60.0)
+        return count
+
+    async def _announce_history(self, device_id: str, body: content.HistoryTransfer) -> None:
+        with self._store.transaction():
+            self._queue(self.username, body, to_device=device_id)
+
+    async def receive_history(
+        self, progress: Progress | None = None, timeout: float | None = 600.0
+    ) -> ImportSummary:
+        """Wait for the history another device of ours sends, then import it.
+
+        Resumes an interrupted download. Raises HistoryTransferFailed when it does
+        not authenticate (nothing is imported).
+        """
+        self.start()
+        await self._wait(lambda: self._history.pending() is not None, timeout)
+        summary = await self._history.receive(progress)
+        assert summary is not None
+        return summary
+
+    def history_pending(self) -> bool:
+        """History from another device of ours arrived and is not imported yet."""
+        return self._history.pending() is not None
+
+    async def rotate_recovery_code(self) -> RecoveryCode:
+        """Make a new recovery code; the old one stops working. Show the new one once."""
+        code = RecoveryCode.create()
+        signature = self._account.sign_recovery_key(self.username, code.public_key)
+        await (await self._connected()).request(
+            lambda i: frames.SetRecovery(id=i, recovery_key=code.public_key, signature=signature)
+        )
+        return code
 
     async def send(self, username: str, text: str, *, reply_to: str | None = None) -> Message:
         """Queue a text message for ``username``; it is in the durable outbox on return.
@@ -266,9 +541,7 @@ class Client:
         The background connection (started if needed) sends it as soon as it can;
         :meth:`flush` waits for that. ``reply_to`` quotes a message of the conversation.
         """
-        check_username(username)
-        if username == self.username:
-            raise ConfigError("you cannot send a message to yourself on a single device")
+        self._check_sendable(username)
         with self._store.transaction():
             rowid, body = self._conversations.prepare_text(
                 username, new_id(), text, reply_to, None, self.device_id
@@ -294,18 +567,20 @@ class Client:
             RequestRefused: ``blob_too_large``, ``quota_exceeded``, …
             ConfigError: no such file, or ``username`` has no device.
         """
-        check_username(username)
-        if username == self.username:
-            raise ConfigError("you cannot send a file to yourself on a single device")
-        devices = await self._fetch_devices(await self._connected(), username)
-        if not devices:
+        self._check_sendable(username)
+        conn = await self._connected()
+        view = await self._fetch_devices(conn, username)
+        if view.blocked is not None:
+            raise IdentityChanged(username)
+        if not view.devices:
             raise ConfigError(f"{username} has no device that can receive files")
+        own = (await self._fetch_devices(conn, self.username)).devices
+        recipients = [(username, d.device_id) for d in view.devices] + [
+            (self.username, d.device_id) for d in own if d.device_id != self.device_id
+        ]
         async with self._blobs() as blobs:
             attachment = await blobs.upload_file(
-                path,
-                [(username, d.device_id) for d in devices],
-                FileUploadJournal(self.profile_dir / "uploads"),
-                progress,
+                path, recipients, FileUploadJournal(self.profile_dir / "uploads"), progress
             )
         with self._store.transaction():
             rowid, body = self._conversations.prepare_text(
@@ -410,6 +685,7 @@ class Client:
     async def react(self, message: Message, emoji: str) -> None:
         """React to a message with one emoji (replacing ours), or "" to withdraw it."""
         rowid = self._row_of(message)
+        self._check_sendable(message.peer)
         with self._store.transaction():
             self._conversations.react(rowid, emoji)
             self._queue(message.peer, content.Reaction(
@@ -419,6 +695,7 @@ class Client:
     async def edit(self, message: Message, text: str) -> None:
         """Replace the text of one of our messages; the peer sees it as edited."""
         rowid = self._row_of(message)
+        self._check_sendable(message.peer)
         at = now_ms()
         with self._store.transaction():
             self._conversations.edit(rowid, message, text, at)
@@ -429,6 +706,7 @@ class Client:
     async def delete(self, message: Message) -> None:
         """Delete one of our messages for everyone (within 48 hours of sending it)."""
         rowid = self._row_of(message)
+        self._check_sendable(message.peer)
         at = now_ms()
         with self._store.transaction():
             self._conversations.delete(rowid, message, at)
@@ -439,7 +717,7 @@ class Client:
 
     async def set_timer(self, username: str, seconds: int | None) -> None:
         """Turn disappearing messages on (``seconds``) or off (None) for a conversation."""
-        check_username(username)
+        self._check_sendable(username)
         message_id = new_id()
         with self._store.transaction():
             self._conversations.set_timer(username, seconds, message_id)
@@ -507,10 +785,24 @@ class Client:
             raise ConfigError(f"no message {message.message_id} on this device")
         return found[0]
 
-    def _queue(self, peer: str, body: content.Content, *, message_rowid: int | None = None) -> None:
+    def _check_sendable(self, username: str) -> None:
+        check_username(username)
+        if username == self.username:
+            raise ConfigError("you cannot send a message to yourself")
+        contact = self._store.contact(username)
+        if contact is not None and contact.blocked_by_change:
+            raise IdentityChanged(username)
+
+    def _queue(
+        self, peer: str, body: content.Content, *, message_rowid: int | None = None,
+        to_device: str | None = None,
+    ) -> None:
         """Put an event in the outbox (inside the caller's transaction) and wake the sender."""
         counter = None if isinstance(body, content.EPHEMERAL) else self._store.next_counter(peer)
-        self._store.enqueue(peer, content.encode(body), message_rowid=message_rowid, counter=counter)
+        self._store.enqueue(
+            peer, content.encode(body), message_rowid=message_rowid, counter=counter,
+            to_device=to_device,
+        )
         self._outbox_idle.clear()
         self._outbox_wakeup.set()
         self.start()
@@ -585,21 +877,44 @@ class Client:
         return self._store.contacts()
 
     async def safety_number(self, username: str) -> str:
-        """The 60-digit number both sides compare to verify each other's identity key.
+        """The 60-digit number both sides compare to verify each other's account key.
 
-        Looks the contact up on the server on first contact.
+        It covers the two account keys, so adding or removing a device does not
+        change it. Looks the contact up on the server on first contact.
+        """
+        check_username(username)
+        contact = await self._contact(username)
+        return safety_number(self.username, self._account.public, username, contact.current_key)
+
+    async def _contact(self, username: str) -> Contact:
+        """The contact, looked up on the server on first contact."""
+        contact = self._store.contact(username)
+        if contact is None:
+            await self._fetch_devices(await self._connected(), username)
+            contact = self._store.contact(username)
+            if contact is None:
+                raise UnknownContact(username)
+        return contact
+
+    def trust(self, username: str) -> bool:
+        """Accept a contact's changed account key (after checking the safety number).
+
+        Returns False when the key had not changed. The contact is no longer
+        verified: verify again to mark the new key verified.
         """
         check_username(username)
         contact = self._store.contact(username)
         if contact is None:
-            self.start()
-            await self._wait(lambda: self._conn is not None, 30.0)
-            assert self._conn is not None
-            await self._fetch_devices(self._conn, username)
-            contact = self._store.contact(username)
-            if contact is None:
-                raise UnknownContact(username)
-        return safety_number(self.username, self._identity.ed25519, username, contact.current_key)
+            raise UnknownContact(username)
+        if not contact.key_changed:
+            return False
+        with self._store.transaction():
+            self._store.trust_changed_key(username)
+            self._conversations.notice(
+                username, f"you accepted {username}'s new account key (not verified)"
+            )
+        self._views.pop(username, None)
+        return True
 
     # --- the connection loop ------------------------------------------------------------
 
@@ -631,8 +946,8 @@ class Client:
             else:
                 try:
                     await self._session(conn)
-                except (RequestRefused, DeviceReplaced) as exc:
-                    if isinstance(exc, DeviceReplaced) or is_fatal(exc.code):
+                except (RequestRefused, DeviceReplaced, DeviceRemoved) as exc:
+                    if not isinstance(exc, RequestRefused) or is_fatal(exc.code):
                         # Retrying cannot help: stop, and tell whoever waits.
                         self._fatal = exc
                         self._events.put_nowait(None)
@@ -646,7 +961,7 @@ class Client:
                     if self._conn is not None:  # authenticated: the server was fine until now
                         delay = BACKOFF_START
                     self._conn = None
-                    self._known_devices.clear()
+                    self._views.clear()
                     await conn.close()
                     self._notify()
             if self._resync:
@@ -691,13 +1006,21 @@ class Client:
         raise conn.closed_reason or ServerUnreachable(self.address.url, "connection lost")
 
     async def _replenish_keys(self, conn: Connection, on_server: int) -> None:
+        """Top up one-time keys; a linked device also publishes its first fallback key."""
         target = self._identity.max_one_time_keys
-        if on_server >= target // 2:
+        needs_fallback = self._store.get_meta("fallback_published") is None
+        if on_server >= target // 2 and not needs_fallback:
             return
-        keys = self._identity.new_one_time_keys(target - on_server)
+        keys = self._identity.new_one_time_keys(target - on_server) if on_server < target // 2 else []
+        fallback = self._identity.new_fallback_key() if needs_fallback else None
         with self._store.transaction():
             self._store.set_meta("account", self._identity.pickle(self._vault.pickle_key))
-        await conn.request(lambda i: frames.UploadKeys(id=i, one_time_keys=keys))
+        await conn.request(
+            lambda i: frames.UploadKeys(id=i, one_time_keys=keys, fallback_key=fallback)
+        )
+        if needs_fallback:
+            with self._store.transaction():
+                self._store.set_meta("fallback_published", "1")
 
     # --- outbox -------------------------------------------------------------------------
 
@@ -716,7 +1039,7 @@ class Client:
         if entry.payload is not None:
             try:
                 envelopes = await self._encrypt(conn, entry)
-            except UnknownContact as exc:
+            except (UnknownContact, IdentityChanged) as exc:
                 self._fail(entry, str(exc))
                 return
             if not envelopes:
@@ -724,7 +1047,7 @@ class Client:
                 return
             failpoint("outbox.after_encrypt")
         try:
-            await conn.request(
+            sent = await conn.request(
                 lambda i: frames.Send(
                     id=i,
                     envelopes=[
@@ -740,6 +1063,9 @@ class Client:
                 self._fail(entry, exc.message)
                 return
             raise
+        if isinstance(sent, frames.Sent) and sent.skipped:
+            # Devices that left their account since we looked: drop them, look again next time.
+            self._views.clear()
         failpoint("outbox.after_sent")
         with self._store.transaction():
             if entry.message_rowid is not None:
@@ -754,65 +1080,100 @@ class Client:
         log.warning("not sent to %s: %s", entry.recipient, reason)
 
     async def _encrypt(self, conn: Connection, entry: OutboxEntry) -> list[tuple[str, str, str, bytes]]:
-        recipient = entry.recipient
+        """Encrypt the entry once per device: the recipient's, and a copy for our other ones."""
         assert entry.payload is not None
-        devices = await self._fetch_devices(conn, recipient)
-        without_session = [d for d in devices if not self._store.sessions_for(d.curve25519)]
-        one_time_keys: dict[str, frames.OneTimeKey] = {}
-        if without_session:
-            claimed = await conn.request(
-                lambda i: frames.ClaimKeys(
-                    id=i, username=recipient, device_ids=[d.device_id for d in without_session]
-                )
-            )
-            assert isinstance(claimed, frames.ClaimedKeys)
-            one_time_keys = self._verified_claims(recipient, devices, claimed.devices)
         body = content.decode_content(entry.payload)
+        targets = await self._targets(conn, entry, body)
+        one_time_keys: dict[tuple[str, str], frames.OneTimeKey] = {}
+        for username in {u for u, _ in targets}:
+            without_session = [
+                d for u, d in targets if u == username and not self._store.sessions_for(d.curve25519)
+            ]
+            if without_session:
+                one_time_keys.update(await self._claim(conn, username, without_session))
         # From here to the commit: no await, so no other task touches these sessions.
         envelopes = []
         with self._store.transaction():
-            for device in devices:
+            for username, device in targets:
                 session = self._session_with(device.curve25519)
                 if session is None:
-                    key = one_time_keys.get(device.device_id)
+                    key = one_time_keys.get((username, device.device_id))
                     if key is None:
-                        log.warning("%s/%s has no one-time key left", recipient, device.device_id)
+                        log.warning("%s/%s has no one-time key left", username, device.device_id)
                         continue
                     session = self._identity.outbound_session(device.curve25519, key.key)
+                own_copy = username == self.username and entry.recipient != self.username
                 plaintext = content.Plaintext(
                     sender=self.username,
                     sender_device=self.device_id,
-                    recipient=recipient,
+                    recipient=username,
                     recipient_device=device.device_id,
                     content=body,
                     counter=entry.counter,
+                    sent_to=entry.recipient if own_copy else None,
                 )
                 sealed = session.encrypt(content.encode(plaintext), self._identity.curve25519)
                 self._store.save_session(
                     device.curve25519, session.session_id, session.pickle(self._vault.pickle_key)
                 )
-                envelopes.append((new_id(), recipient, device.device_id, content.encode(sealed)))
+                envelopes.append((new_id(), username, device.device_id, content.encode(sealed)))
             self._store.save_envelopes(entry.id, envelopes)
         return envelopes
 
-    def _verified_claims(
-        self,
-        username: str,
-        devices: list[frames.DeviceKeys],
-        claimed: Iterable[frames.ClaimedDevice],
-    ) -> dict[str, frames.OneTimeKey]:
+    async def _targets(
+        self, conn: Connection, entry: OutboxEntry, body: content.Content
+    ) -> list[tuple[str, frames.DeviceKeys]]:
+        """(username, device) pairs the entry goes to, from verified device lists only."""
+        view = await self._fetch_devices(conn, entry.recipient)
+        if view.blocked is not None:
+            raise IdentityChanged(entry.recipient)
+        targets = [
+            (entry.recipient, d) for d in view.devices
+            if entry.to_device in (None, d.device_id)
+            and (entry.recipient, d.device_id) != (self.username, self.device_id)
+        ]
+        if not targets:
+            return []  # nobody to deliver to: no copies for our own devices either
+        if entry.recipient != self.username and entry.to_device is None and isinstance(
+            body, _COPIED_TO_OWN_DEVICES
+        ):
+            own = (await self._fetch_devices(conn, self.username)).devices
+            targets += [(self.username, d) for d in own if d.device_id != self.device_id]
+        return targets
+
+    async def _claim(
+        self, conn: Connection, username: str, devices: list[frames.DeviceKeys]
+    ) -> dict[tuple[str, str], frames.OneTimeKey]:
+        """Claim a one-time key of each device; keep only keys its own Ed25519 key signed."""
+        try:
+            claimed = await conn.request(
+                lambda i: frames.ClaimKeys(
+                    id=i, username=username, device_ids=[d.device_id for d in devices]
+                )
+            )
+        except RequestRefused as exc:
+            if exc.code not in (ErrorCode.UNKNOWN_DEVICE, ErrorCode.UNKNOWN_USER):
+                raise
+            log.warning("%s: the server has no keys for the signed devices (%s)", username, exc)
+            return {}
+        assert isinstance(claimed, frames.ClaimedKeys)
         known = {d.device_id: d for d in devices}
         keys = {}
-        for item in claimed:
+        for item in claimed.devices:
             device = known.get(item.device.device_id)
-            if device is None or device != item.device or item.one_time_key is None:
+            if (
+                device is None
+                or (device.ed25519, device.curve25519)
+                != (item.device.ed25519, item.device.curve25519)
+                or item.one_time_key is None
+            ):
                 continue  # a device we did not verify, or one with no key: skip it
             try:
                 verify_one_time_key(device.ed25519, item.one_time_key)
             except SignatureError:
                 log.warning("%s/%s: one-time key signature does not verify", username, device.device_id)
                 continue
-            keys[device.device_id] = item.one_time_key
+            keys[(username, device.device_id)] = item.one_time_key
         return keys
 
     def _session_with(self, curve25519: str) -> OlmSession | None:
@@ -820,8 +1181,15 @@ class Client:
             return OlmSession.from_pickle(pickle, self._vault.pickle_key)
         return None
 
-    async def _fetch_devices(self, conn: Connection, username: str) -> list[frames.DeviceKeys]:
-        """The user's devices whose self-signatures verify; pins the identity on first contact."""
+    async def _fetch_devices(
+        self, conn: Connection, username: str, *, fresh: bool = False
+    ) -> DeviceView:
+        """The user's devices from their signed list (once per connection unless ``fresh``).
+
+        Pins the account key on first contact; warns in the conversation when it changed.
+        """
+        if not fresh and username in self._views:
+            return self._views[username]
         try:
             answer = await conn.request(lambda i: frames.GetDevices(id=i, username=username))
         except RequestRefused as exc:
@@ -829,31 +1197,15 @@ class Client:
                 raise UnknownContact(username) from None
             raise
         assert isinstance(answer, frames.Devices)
-        devices = []
-        for device in answer.devices:
-            try:
-                verify_device_keys(username, device)
-            except SignatureError:
-                log.warning("%s/%s: device keys do not verify; ignored", username, device.device_id)
-                continue
-            devices.append(device)
         with self._store.transaction():
-            self._store.save_devices(username, [(d.device_id, d.ed25519, d.curve25519) for d in devices])
-            if devices:
-                self._check_identity(username, devices)
-        self._known_devices.add(username)
-        return devices
-
-    def _check_identity(self, username: str, devices: list[frames.DeviceKeys]) -> None:
-        contact = self._store.contact(username)
-        if contact is None:
-            self._store.pin_contact(username, devices[0].ed25519)
-        elif (
-            all(d.ed25519 != contact.identity_key for d in devices)
-            and contact.changed_key != devices[0].ed25519
-        ):
-            log.warning("%s's identity key has changed", username)
-            self._store.mark_key_changed(username, devices[0].ed25519)
+            view = self._directory.accept(username, answer.device_list)
+            if username != self.username:
+                for text in view.notices:
+                    event = Event("message", username, self._conversations.notice(username, text))
+                    self._events.put_nowait(event)
+        self._views[username] = view
+        self._last_active = answer.last_active if username == self.username else self._last_active
+        return view
 
     # --- inbox --------------------------------------------------------------------------
 
@@ -878,12 +1230,12 @@ class Client:
             return self._store_undecryptable(envelope, "the envelope is malformed")
         sender = self._store.device_by_curve(sealed.sender_key)
         claimed = (envelope.from_user, envelope.from_device)
-        if (sender is None or sender[:2] != claimed) and envelope.from_user not in self._known_devices:
-            # Unknown key, or moved to another device: refresh that user's devices once.
-            with contextlib.suppress(UnknownContact):
-                await self._fetch_devices(conn, envelope.from_user)
-            sender = self._store.device_by_curve(sealed.sender_key)
         if sender is None or sender[:2] != claimed:
+            # Unknown key, or moved to another device: look at that user's list again.
+            with contextlib.suppress(UnknownContact):
+                await self._fetch_devices(conn, envelope.from_user, fresh=True)
+            sender = self._store.device_by_curve(sealed.sender_key)
+        if sender is not None and sender[:2] != claimed:
             return self._store_undecryptable(envelope, "the sender's key does not match its device")
         # From here to the commit: no await, so no other task touches these sessions.
         try:
@@ -899,22 +1251,8 @@ class Client:
         ):
             return self._store_undecryptable(envelope, "it was addressed to someone else")
         failpoint("inbox.after_decrypt")
-        contact = self._store.contact(body.sender)
-        warning = None
-        if contact is not None and contact.key_changed:
-            warning = f"{body.sender}'s identity key has changed"
         with self._store.transaction():
-            events = self._conversations.receive(body, warning)
-            delivered = [
-                e.message.message_id
-                for e in events
-                if e.kind == "message" and e.message is not None
-                and e.message.state is MessageState.RECEIVED
-            ]
-            if delivered and self.receipts:
-                self._queue(body.sender, content.Receipt(
-                    message_id=new_id(), sent_at_ms=now_ms(), targets=delivered, status="delivered"
-                ))
+            events = self._apply(body, verified=sender is not None)
             self._store.save_session(
                 sealed.sender_key, session.session_id, session.pickle(self._vault.pickle_key)
             )
@@ -922,6 +1260,50 @@ class Client:
                 self._store.set_meta("account", self._identity.pickle(self._vault.pickle_key))
             self._store.mark_processed(envelope.envelope_id)
         failpoint("inbox.after_store")
+        return events
+
+    def _apply(self, body: content.Plaintext, *, verified: bool) -> list[Event]:
+        """What a decrypted event does, by who sent it (inside the inbox transaction)."""
+        own = body.sender == self.username
+        kind = body.content
+        if not verified:
+            # A device its account key did not sign: never trusted as ours, shown as unverified.
+            if own or body.sent_to is not None or not isinstance(kind, content.Text):
+                log.warning("ignored an event from %s/%s, a device not in %s's signed list",
+                            body.sender, body.sender_device, body.sender)
+                return []
+            unverified = (
+                f"sent from a device that {body.sender}'s account key has not signed: "
+                f"it may not be {body.sender}"
+            )
+            return self._conversations.receive(body, unverified)
+        if isinstance(kind, content.VERIFICATION):
+            return self._verification_event(body)
+        if own:
+            if isinstance(kind, content.HistoryTransfer):
+                self._store.set_meta(INCOMING_HISTORY, content.encode(kind).decode())
+                self._notify()
+                return [Event("history", self.username)]
+            if body.sent_to is None:
+                return []
+            return self._conversations.receive(body, None)
+        if body.sent_to is not None or isinstance(kind, content.HistoryTransfer):
+            return []  # only our own devices send transcripts and history
+        contact = self._store.contact(body.sender)
+        warning: str | None = None
+        if contact is not None and contact.key_changed:
+            warning = f"{body.sender}'s account key has changed"
+        events = self._conversations.receive(body, warning)
+        delivered = [
+            e.message.message_id
+            for e in events
+            if e.kind == "message" and e.message is not None
+            and e.message.state is MessageState.RECEIVED
+        ]
+        if delivered and self.receipts:
+            self._queue(body.sender, content.Receipt(
+                message_id=new_id(), sent_at_ms=now_ms(), targets=delivered, status="delivered"
+            ))
         return events
 
     def _decrypt(self, sealed: content.OlmCiphertext) -> tuple[OlmSession, bytes, bool]:
@@ -982,12 +1364,3 @@ def _required(value: str | None) -> str:
     if value is None:
         raise InvalidState("the profile is incomplete: register again")
     return value
-
-
-def _remove_profile(profile_dir: Path) -> None:
-    """Delete only the files a failed registration created, then the folder if empty."""
-    for name in _PROFILE_FILES:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(profile_dir / name)
-    with contextlib.suppress(OSError):
-        profile_dir.rmdir()

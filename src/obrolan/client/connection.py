@@ -20,6 +20,7 @@ import msgspec
 
 from obrolan.errors import (
     ConfigError,
+    DeviceRemoved,
     DeviceReplaced,
     RemoteProtocolError,
     RequestRefused,
@@ -31,6 +32,7 @@ from obrolan.protocol.codes import FATAL_CODES, ErrorCode
 __all__ = ["Connection", "ServerAddress"]
 
 REPLACED_CLOSE_CODE = 4000
+REMOVED_CLOSE_CODE = 4001
 """The server closes an older connection of a device with this code when a newer one arrives."""
 REQUEST_TIMEOUT = 30.0
 """Seconds to wait for the answer to one request before giving up on the connection."""
@@ -87,8 +89,8 @@ class ServerAddress:
         return cls(url=f"{scheme}://{netloc}", ws_url=f"{ws_scheme}://{netloc}/v1/ws", ssl=tls)
 
 
-PushFrame = frames.Deliver | frames.Drained
-ObrolanErrorLike = ServerUnreachable | RequestRefused | DeviceReplaced
+PushFrame = frames.Deliver | frames.Drained | frames.LinkAnswer
+ObrolanErrorLike = ServerUnreachable | RequestRefused | DeviceReplaced | DeviceRemoved
 
 
 class Connection:
@@ -110,7 +112,7 @@ class Connection:
         self.pushes: asyncio.Queue[PushFrame | None] = asyncio.Queue()
         """Deliver and Drained frames in arrival order; None once the connection is gone."""
         self.closed_reason: ObrolanErrorLike | None = None
-        self._handshake: asyncio.Future[frames.Welcome] | None = None
+        self._handshake: asyncio.Future[frames.Welcome | frames.LinkWaiting] | None = None
         self._reader = asyncio.create_task(self._read_loop(), name="obrolan-reader")
 
     @classmethod
@@ -145,13 +147,39 @@ class Connection:
             raise ServerUnreachable(address.url, "it does not speak the obrolan protocol") from None
         return cls(http, ws, challenge, address)
 
-    async def handshake(self, frame: frames.Register | frames.Authenticate) -> frames.Welcome:
-        """Send ``register`` or ``authenticate`` and wait for ``welcome``.
+    async def handshake(
+        self, frame: frames.Register | frames.Authenticate | frames.Recover
+    ) -> frames.Welcome:
+        """Send ``register``, ``authenticate`` or ``recover`` and wait for ``welcome``.
 
         Raises:
             RequestRefused: the server refused (``auth_failed``, ``username_taken``, …).
             ServerUnreachable: the connection was lost first.
         """
+        answer = await self._unnumbered(frame)
+        assert isinstance(answer, frames.Welcome)
+        return answer
+
+    async def link_wait(self, frame: frames.LinkWait, timeout: float) -> frames.LinkAnswer:
+        """Leave a new device's offer and wait up to ``timeout`` seconds for its answer.
+
+        Raises:
+            RequestRefused: the server refused the offer (``link_exists``, …).
+            ServerUnreachable: the connection was lost, or no answer came in time.
+        """
+        await self._unnumbered(frame)  # link_waiting
+        try:
+            async with asyncio.timeout(timeout):
+                push = await self.pushes.get()
+        except TimeoutError:
+            raise ServerUnreachable(self.address.url, "no device approved the link in time") from None
+        if not isinstance(push, frames.LinkAnswer):
+            raise self._lost()
+        return push
+
+    async def _unnumbered(
+        self, frame: frames.Register | frames.Authenticate | frames.Recover | frames.LinkWait
+    ) -> frames.Welcome | frames.LinkWaiting:
         self._handshake = asyncio.get_running_loop().create_future()
         await self.send(frame)
         try:
@@ -231,6 +259,8 @@ class Connection:
         finally:
             if self._ws.close_code == REPLACED_CLOSE_CODE:
                 self.closed_reason = DeviceReplaced()
+            elif self._ws.close_code == REMOVED_CLOSE_CODE:
+                self.closed_reason = DeviceRemoved()
             elif self.closed_reason is None and self._ws.close_code not in (None, 1000):
                 reason = f"the server closed the connection (code {self._ws.close_code})"
                 self.closed_reason = ServerUnreachable(self.address.url, reason)
@@ -238,13 +268,13 @@ class Connection:
             self.pushes.put_nowait(None)
 
     def _dispatch(self, frame: frames.ServerFrame) -> None:
-        if isinstance(frame, (frames.Deliver, frames.Drained)):
+        if isinstance(frame, (frames.Deliver, frames.Drained, frames.LinkAnswer)):
             self.pushes.put_nowait(frame)
             return
         request_id = getattr(frame, "id", None)
         if request_id is None:
             waiting = self._handshake
-            if isinstance(frame, frames.Welcome):
+            if isinstance(frame, frames.Welcome | frames.LinkWaiting):
                 if waiting is not None and not waiting.done():
                     waiting.set_result(frame)
             elif isinstance(frame, frames.Error):

@@ -44,14 +44,20 @@ class Conversations:
     # --- incoming -----------------------------------------------------------------------
 
     def receive(self, plaintext: content.Plaintext, warning: str | None) -> list[Event]:
-        """Apply what ``plaintext.sender`` sent; returns what the user should see."""
+        """Apply what ``plaintext.sender`` sent; returns what the user should see.
+
+        A copy of what another of our own devices sent (``sent_to`` set) goes to
+        :meth:`receive_own`; the caller checked that device is in our signed list.
+        """
+        if plaintext.sent_to is not None:
+            return self.receive_own(plaintext)
         peer = plaintext.sender
         known = self._store.conversation(peer)
         if known is not None and known.blocked:
             return []  # dropped silently: the sender learns nothing
         conversation = self._store.open_conversation(peer, accepted=False)
         if plaintext.counter is not None:
-            self._store.see_counter(peer, plaintext.counter)
+            self._store.see_counter(peer, peer, plaintext.sender_device, plaintext.counter)
         body = plaintext.content
         if isinstance(body, content.Text):
             return self._receive_text(plaintext, body, warning, conversation.accepted)
@@ -62,6 +68,8 @@ class Conversations:
             return [Event("update", peer, self._store.message(r)) for r in rows]
         if isinstance(body, content.Timer):
             return [self._timer_changed(peer, peer, body.message_id, body.seconds)]
+        if not isinstance(body, content.Reaction | content.Edit | content.Delete):
+            return []  # history and verification are the client's, never a conversation's
         target = self._store.find(peer, body.target)
         if target is None:
             return []
@@ -102,20 +110,63 @@ class Conversations:
             self._store.set_expiry(rowid, now_ms() + body.expires_in_seconds * 1000)
         return [Event("message" if accepted else "request", peer, self._store.message(rowid))]
 
+    def receive_own(self, plaintext: content.Plaintext) -> list[Event]:
+        """Apply what another device of ours sent to ``plaintext.sent_to`` (a sent transcript)."""
+        peer = plaintext.sent_to
+        assert peer is not None
+        conversation = self._store.open_conversation(peer, accepted=True)
+        if not conversation.accepted:
+            self._store.set_conversation(peer, accepted=True)  # we replied from another device
+        if plaintext.counter is not None:
+            self._store.see_counter(peer, self._me, plaintext.sender_device, plaintext.counter)
+        body = plaintext.content
+        if isinstance(body, content.Text):
+            rowid = self._store.add_message(
+                message_id=body.message_id, peer=peer, sender=self._me,
+                sender_device=plaintext.sender_device, outgoing=True, text=body.text,
+                sent_at_ms=body.sent_at_ms, state=MessageState.SENT,
+            )
+            if rowid is None:
+                return []
+            self._store.set_reply_and_attachment(
+                rowid, body.reply_to,
+                None if body.attachment is None else content.encode(body.attachment),
+            )
+            if body.expires_in_seconds is not None:
+                self._store.set_expiry(rowid, body.sent_at_ms + body.expires_in_seconds * 1000)
+            return [Event("message", peer, self._store.message(rowid))]
+        if isinstance(body, content.Timer):
+            return [self._timer_changed(peer, self._me, body.message_id, body.seconds)]
+        if not isinstance(body, content.Reaction | content.Edit | content.Delete):
+            return []  # receipts and typing are not copied to our own devices
+        target = self._store.find(peer, body.target)
+        if target is None:
+            return []
+        rowid, message = target
+        if isinstance(body, content.Reaction):
+            self._store.set_reaction(rowid, self._me, body.emoji)
+        elif not message.outgoing or message.deleted:
+            return []
+        elif isinstance(body, content.Edit):
+            self._store.edit(rowid, body.text, body.sent_at_ms)
+        else:
+            self._forget_file(self._store.delete_for_everyone(rowid))
+        return [Event("update", peer, self._store.message(rowid))]
+
     def gaps(self) -> list[Event]:
-        """After the server drained: a notice for each peer counter still missing."""
+        """After the server drained: a notice for each device's counter still missing."""
         events = []
-        for conversation in self._store.conversations():
-            new = [c for c in conversation.missing if c not in conversation.gap_notified]
+        for counters in self._store.counters_with_gaps():
+            new = [c for c in counters.missing if c not in counters.gap_notified]
             if not new:
                 continue
-            self._store.note_gaps_shown(conversation.peer, conversation.missing)
-            notice = self._notice(
-                conversation.peer,
-                f"{len(new)} message(s) from {conversation.peer} may be missing: "
-                f"the server did not deliver them",
+            self._store.note_gaps_shown(counters)
+            who = "you (from another device)" if counters.sender == self._me else counters.sender
+            notice = self.notice(
+                counters.peer,
+                f"{len(new)} message(s) from {who} may be missing: the server did not deliver them",
             )
-            events.append(Event("message", conversation.peer, notice))
+            events.append(Event("message", counters.peer, notice))
         return events
 
     # --- outgoing -----------------------------------------------------------------------
@@ -183,9 +234,10 @@ class Conversations:
             if seconds is None
             else f"{who} set disappearing messages to {describe_timer(seconds)}"
         )
-        return Event("message", peer, self._notice(peer, text, message_id))
+        return Event("message", peer, self.notice(peer, text, message_id))
 
-    def _notice(self, peer: str, text: str, message_id: str | None = None) -> Message:
+    def notice(self, peer: str, text: str, message_id: str | None = None) -> Message:
+        """Add a line the client writes (not a message) to a conversation."""
         rowid = self._store.add_message(
             message_id=message_id or new_id(),
             peer=peer,

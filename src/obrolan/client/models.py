@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-__all__ = ["Contact", "Event", "Message", "MessageState", "Whoami"]
+__all__ = ["Contact", "Device", "Event", "Message", "MessageState", "Whoami"]
 
 
 class MessageState(enum.StrEnum):
@@ -88,7 +88,9 @@ class Event:
     ``kind`` is "message" (a new line in a conversation: a message, or a notice such
     as "a message may be missing" or a timer change), "update" (a message changed:
     reaction, edit, delete, receipt), "typing" (``active`` says started or stopped)
-    or "request" (a message from someone not accepted yet; it waits in requests).
+    or "request" (a message from someone not accepted yet; it waits in requests),
+    "verify" (the peer started a SAS verification) or "history" (another device of
+    ours sent its history; :meth:`Client.receive_history` imports it).
     """
 
     kind: str
@@ -108,24 +110,33 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class Contact:
-    """Someone this device has talked to, with the identity key pinned on first contact."""
+    """Someone this device has talked to, with the account key pinned on first contact."""
 
     username: str
     identity_key: str
-    """The key pinned on first contact."""
+    """The account key pinned on first contact (or accepted with ``trust``)."""
     first_seen_ms: int
     changed_key: str | None = None
-    """The different key the server has shown since, if any."""
+    """A different account key the server has shown since, until the user trusts it."""
+    verified: bool = False
+    """The user compared safety codes (``verify``) for ``identity_key``."""
+    list_version: int = 0
+    """The highest device-list version seen for the current key (older ones are refused)."""
 
     @property
     def key_changed(self) -> bool:
-        """The server has shown a different identity key since it was pinned."""
+        """The server has shown a different account key since it was pinned."""
         return self.changed_key is not None
 
     @property
     def current_key(self) -> str:
         """The key the contact's devices present now (what a safety number must cover)."""
         return self.changed_key or self.identity_key
+
+    @property
+    def blocked_by_change(self) -> bool:
+        """A verified contact's key changed: nothing is sent until the user trusts it."""
+        return self.verified and self.key_changed
 
     def as_json(self) -> dict[str, object]:
         """A JSON-ready dict (what ``--json`` prints)."""
@@ -135,6 +146,33 @@ class Contact:
             "first_seen_ms": self.first_seen_ms,
             "key_changed": self.key_changed,
             "changed_key": self.changed_key,
+            "verified": self.verified,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """One device of this account, as its signed device list shows it."""
+
+    device_id: str
+    name: str
+    added: str
+    """The UTC day it joined the account."""
+    last_active: str | None
+    """The last UTC day it connected, as the server reports it."""
+    ed25519: str
+    current: bool
+    """This is the device you are using."""
+
+    def as_json(self) -> dict[str, object]:
+        """A JSON-ready dict (what ``--json`` prints)."""
+        return {
+            "device_id": self.device_id,
+            "name": self.name,
+            "added": self.added,
+            "last_active": self.last_active,
+            "ed25519": self.ed25519,
+            "current": self.current,
         }
 
 
@@ -147,6 +185,7 @@ class Whoami:
     server_url: str
     ed25519: str
     curve25519: str
+    account_key: str
 
     def as_json(self) -> dict[str, object]:
         """A JSON-ready dict (what ``--json`` prints)."""
@@ -156,4 +195,5 @@ class Whoami:
             "server": self.server_url,
             "ed25519": self.ed25519,
             "curve25519": self.curve25519,
+            "account_key": self.account_key,
         }

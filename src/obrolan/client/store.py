@@ -12,6 +12,7 @@ import json
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
@@ -20,9 +21,9 @@ from obrolan.client.vault import Vault
 from obrolan.errors import StorageError
 from obrolan.protocol.content import Attachment
 
-__all__ = ["Conversation", "OutboxEntry", "Store", "now_ms"]
+__all__ = ["Conversation", "Counters", "OutboxEntry", "Store", "now_ms"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 def _statements(script: str) -> list[str]:
     """Split a script of plain statements (no triggers) on ``;``."""
@@ -160,11 +161,43 @@ _SCHEMA_V2 = [
     "INSERT INTO messages_fts (messages_fts) VALUES ('rebuild')",
 ]
 
-_MIGRATIONS: dict[int, list[str]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
+_SCHEMA_V3 = [
+    # Several devices per account: contacts pin an account key (identity_key) and the
+    # version of its signed device list; a verified contact's changed key blocks sending.
+    "ALTER TABLE contacts ADD COLUMN verified INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE contacts ADD COLUMN list_version INTEGER NOT NULL DEFAULT 0",
+    # Counters are numbered per sending device, so gaps are tracked per device.
+    """CREATE TABLE counters (
+        peer         TEXT NOT NULL,                  -- the conversation
+        sender       TEXT NOT NULL,                  -- the peer, or us (another device of ours)
+        device       TEXT NOT NULL,
+        highest_seen INTEGER NOT NULL DEFAULT 0,
+        missing      TEXT NOT NULL DEFAULT '[]',     -- counters not seen yet
+        gap_notified TEXT NOT NULL DEFAULT '[]',     -- missing counters already shown
+        PRIMARY KEY (peer, sender, device)
+    )""",
+    """INSERT INTO counters (peer, sender, device, highest_seen, missing, gap_notified)
+        SELECT peer, peer, '', highest_seen, missing, gap_notified FROM conversations
+        WHERE highest_seen > 0""",
+    "ALTER TABLE conversations DROP COLUMN highest_seen",
+    "ALTER TABLE conversations DROP COLUMN missing",
+    "ALTER TABLE conversations DROP COLUMN gap_notified",
+    # An event for one device only (history, verification), not every device of the user.
+    "ALTER TABLE outbox ADD COLUMN to_device TEXT",
+]
+
+_MIGRATIONS: dict[int, list[str]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3}
 """The statements that bring the schema from version N-1 to N."""
 
 PROCESSED_KEEP_MS = 60 * 24 * 3600 * 1000
 """Processed envelope ids are kept 60 days, twice the server's default TTL."""
+
+
+_CONTACT_COLUMNS = "username, identity_key, first_seen_ms, changed_key, verified, list_version"
+
+
+def _contact(row: tuple[Any, ...]) -> Contact:
+    return Contact(row[0], row[1], row[2], row[3], bool(row[4]), row[5])
 
 
 def now_ms() -> int:
@@ -185,6 +218,8 @@ class OutboxEntry:
     counter: int | None
     envelopes: list[tuple[str, str, str, bytes]]
     """(envelope_id, to_user, to_device, ciphertext) for each recipient device."""
+    to_device: str | None = None
+    """Only this device of the recipient (history, verification); else every device."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +230,15 @@ class Conversation:
     accepted: bool
     blocked: bool
     timer_seconds: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    """The counters one device has numbered its events with in one conversation."""
+
+    peer: str
+    sender: str
+    device: str
     highest_seen: int
     missing: list[int]
     gap_notified: list[int]
@@ -240,35 +284,77 @@ class Store:
             (key, value),
         )
 
+    def delete_meta(self, key: str) -> None:
+        self._db.execute("DELETE FROM meta WHERE key = ?", (key,))
+
     # --- contacts and their devices ------------------------------------------------------
 
     def contact(self, username: str) -> Contact | None:
         row = self._db.execute(
-            "SELECT username, identity_key, first_seen_ms, changed_key FROM contacts "
-            "WHERE username = ?",
-            (username,),
+            f"SELECT {_CONTACT_COLUMNS} FROM contacts WHERE username = ?", (username,)
         ).fetchone()
-        return None if row is None else Contact(row[0], row[1], row[2], row[3])
+        return None if row is None else _contact(row)
 
     def contacts(self) -> list[Contact]:
         rows = self._db.execute(
-            "SELECT username, identity_key, first_seen_ms, changed_key FROM contacts "
-            "ORDER BY username"
+            f"SELECT {_CONTACT_COLUMNS} FROM contacts ORDER BY username"
         ).fetchall()
-        return [Contact(r[0], r[1], r[2], r[3]) for r in rows]
+        return [_contact(r) for r in rows]
 
-    def pin_contact(self, username: str, identity_key: str) -> None:
-        """Pin a new contact's identity key (no-op if already pinned)."""
+    def pin_contact(self, username: str, account_key: str, list_version: int) -> None:
+        """Pin a new contact's account key (no-op if already pinned)."""
         self._db.execute(
-            "INSERT OR IGNORE INTO contacts (username, identity_key, first_seen_ms) "
-            "VALUES (?, ?, ?)",
-            (username, identity_key, now_ms()),
+            "INSERT OR IGNORE INTO contacts (username, identity_key, first_seen_ms, list_version) "
+            "VALUES (?, ?, ?, ?)",
+            (username, account_key, now_ms(), list_version),
         )
 
     def mark_key_changed(self, username: str, new_key: str) -> None:
+        """Record a different account key than the pinned one (the list version restarts)."""
         self._db.execute(
-            "UPDATE contacts SET changed_key = ? WHERE username = ?", (new_key, username)
+            "UPDATE contacts SET changed_key = ?, list_version = 0 WHERE username = ?",
+            (new_key, username),
         )
+
+    def clear_key_change(self, username: str) -> None:
+        """The pinned key is shown again: forget the changed one (versions restart)."""
+        self._db.execute(
+            "UPDATE contacts SET changed_key = NULL, list_version = 0 WHERE username = ?",
+            (username,),
+        )
+
+    def set_list_version(self, username: str, version: int) -> None:
+        self._db.execute(
+            "UPDATE contacts SET list_version = ? WHERE username = ?", (version, username)
+        )
+
+    def trust_changed_key(self, username: str) -> None:
+        """Accept the changed key as the pinned one; it is no longer verified."""
+        self._db.execute(
+            "UPDATE contacts SET identity_key = changed_key, changed_key = NULL, verified = 0 "
+            "WHERE username = ? AND changed_key IS NOT NULL",
+            (username,),
+        )
+
+    def set_verified(self, username: str, account_key: str) -> bool:
+        """Mark the contact verified if ``account_key`` is still its pinned key."""
+        cursor = self._db.execute(
+            "UPDATE contacts SET verified = 1 WHERE username = ? AND identity_key = ? "
+            "AND changed_key IS NULL",
+            (username, account_key),
+        )
+        return bool(cursor.rowcount == 1)
+
+    def devices_of(self, username: str) -> list[tuple[str, str, str]]:
+        """The cached verified devices (device_id, ed25519, curve25519) of a user."""
+        return [
+            (r[0], r[1], r[2])
+            for r in self._db.execute(
+                "SELECT device_id, ed25519, curve25519 FROM devices WHERE username = ? "
+                "ORDER BY device_id",
+                (username,),
+            )
+        ]
 
     def save_devices(self, username: str, devices: list[tuple[str, str, str]]) -> None:
         """Replace the cached devices (device_id, ed25519, curve25519) of a user."""
@@ -389,12 +475,13 @@ class Store:
 
     def enqueue(
         self, recipient: str, payload: bytes, *, message_rowid: int | None = None,
-        counter: int | None = None,
+        counter: int | None = None, to_device: str | None = None,
     ) -> int:
-        """Queue an event for ``recipient``; returns its outbox id."""
+        """Queue an event for ``recipient`` (only its device ``to_device`` if given)."""
         cursor = self._db.execute(
-            "INSERT INTO outbox (message_rowid, recipient, payload, counter) VALUES (?, ?, ?, ?)",
-            (message_rowid, recipient, payload, counter),
+            "INSERT INTO outbox (message_rowid, recipient, payload, counter, to_device) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (message_rowid, recipient, payload, counter, to_device),
         )
         return int(cursor.lastrowid)
 
@@ -402,16 +489,17 @@ class Store:
         """Queued events, oldest first, with their envelopes once encrypted."""
         entries = []
         for row in self._db.execute(
-            "SELECT id, message_rowid, recipient, payload, counter FROM outbox ORDER BY id"
+            "SELECT id, message_rowid, recipient, payload, counter, to_device FROM outbox "
+            "ORDER BY id"
         ).fetchall():
             envelopes = self._db.execute(
                 "SELECT envelope_id, to_user, to_device, ciphertext FROM outbox_envelopes "
                 "WHERE outbox_id = ? ORDER BY envelope_id",
                 (row[0],),
             ).fetchall()
-            entries.append(
-                OutboxEntry(row[0], row[1], row[2], row[3], row[4], [tuple(e) for e in envelopes])
-            )
+            entries.append(OutboxEntry(
+                row[0], row[1], row[2], row[3], row[4], [tuple(e) for e in envelopes], row[5]
+            ))
         return entries
 
     def outbox_size(self) -> int:
@@ -435,16 +523,12 @@ class Store:
 
     def conversation(self, peer: str) -> Conversation | None:
         row = self._db.execute(
-            "SELECT peer, accepted, blocked, timer_seconds, highest_seen, missing, gap_notified "
-            "FROM conversations WHERE peer = ?",
+            "SELECT peer, accepted, blocked, timer_seconds FROM conversations WHERE peer = ?",
             (peer,),
         ).fetchone()
         if row is None:
             return None
-        return Conversation(
-            row[0], bool(row[1]), bool(row[2]), row[3], row[4], json.loads(row[5]),
-            json.loads(row[6]),
-        )
+        return Conversation(row[0], bool(row[1]), bool(row[2]), row[3])
 
     def conversations(self) -> list[Conversation]:
         peers = [r[0] for r in self._db.execute("SELECT peer FROM conversations ORDER BY peer")]
@@ -480,24 +564,42 @@ class Store:
         ).fetchone()
         return int(counter)
 
-    def see_counter(self, peer: str, counter: int) -> None:
-        """Record the peer's counter: fills a gap, or opens one below it."""
-        conversation = self.open_conversation(peer, accepted=False)
-        missing = set(conversation.missing)
-        highest = conversation.highest_seen
+    def see_counter(self, peer: str, sender: str, device: str, counter: int) -> None:
+        """Record a device's counter in a conversation: fills a gap, or opens one below it."""
+        key = (peer, sender, device)
+        self._db.execute(
+            "INSERT OR IGNORE INTO counters (peer, sender, device) VALUES (?, ?, ?)", key
+        )
+        highest, missing_json = self._db.execute(
+            "SELECT highest_seen, missing FROM counters WHERE peer = ? AND sender = ? "
+            "AND device = ?",
+            key,
+        ).fetchone()
+        missing = set(json.loads(missing_json))
         if counter > highest:
             missing.update(range(highest + 1, counter))
             highest = counter
         missing.discard(counter)
         self._db.execute(
-            "UPDATE conversations SET highest_seen = ?, missing = ? WHERE peer = ?",
-            (highest, json.dumps(sorted(missing)), peer),
+            "UPDATE counters SET highest_seen = ?, missing = ? WHERE peer = ? AND sender = ? "
+            "AND device = ?",
+            (highest, json.dumps(sorted(missing)), *key),
         )
 
-    def note_gaps_shown(self, peer: str, counters: list[int]) -> None:
+    def counters_with_gaps(self) -> list[Counters]:
+        """Every (conversation, sending device) with counters still missing."""
+        rows = self._db.execute(
+            "SELECT peer, sender, device, highest_seen, missing, gap_notified FROM counters "
+            "WHERE missing != '[]' ORDER BY peer, sender, device"
+        ).fetchall()
+        return [
+            Counters(r[0], r[1], r[2], r[3], json.loads(r[4]), json.loads(r[5])) for r in rows
+        ]
+
+    def note_gaps_shown(self, counters: Counters) -> None:
         self._db.execute(
-            "UPDATE conversations SET gap_notified = ? WHERE peer = ?",
-            (json.dumps(sorted(counters)), peer),
+            "UPDATE counters SET gap_notified = ? WHERE peer = ? AND sender = ? AND device = ?",
+            (json.dumps(sorted(counters.missing)), counters.peer, counters.sender, counters.device),
         )
 
     # --- message changes ----------------------------------------------------------------

@@ -12,15 +12,26 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from obrolan.protocol.frames import DeviceId, PublicKey, Username
+from obrolan.protocol.frames import (
+    DeviceId,
+    DeviceKeys,
+    OneTimeKey,
+    PublicKey,
+    SignedDeviceList,
+    Username,
+)
 
 __all__ = [
     "DELETE_WINDOW_MS",
     "EPHEMERAL",
+    "VERIFICATION",
     "Attachment",
     "Content",
     "Delete",
     "Edit",
+    "HistoryTransfer",
+    "LinkSecrets",
+    "NewDeviceOffer",
     "OlmCiphertext",
     "Plaintext",
     "Reaction",
@@ -28,7 +39,13 @@ __all__ = [
     "Text",
     "Timer",
     "Typing",
+    "VerifyCancel",
+    "VerifyKey",
+    "VerifyMac",
+    "VerifyStart",
     "decode_content",
+    "decode_link_offer",
+    "decode_link_secrets",
     "decode_olm_ciphertext",
     "decode_plaintext",
     "encode",
@@ -142,10 +159,87 @@ class Timer(msgspec.Struct, frozen=True, tag_field="kind", tag="timer"):
     seconds: TimerSeconds | None
 
 
-Content = Text | Reaction | Edit | Delete | Receipt | Typing | Timer
+class HistoryTransfer(msgspec.Struct, frozen=True, tag_field="kind", tag="history"):
+    """One device of an account hands its history to another of the same account.
+
+    Only accepted from a device in the account's own signed list. The history is
+    an archive (docs/protocol.md, history transfer) uploaded as a blob for the
+    receiving device.
+    """
+
+    message_id: MessageId
+    sent_at_ms: int
+    archive: Attachment
+    """The blob holding the sealed archive (its own AES-256-GCM key and digest)."""
+    archive_passphrase: Annotated[str, msgspec.Meta(min_length=32, max_length=128)]
+    """A fresh random passphrase of the archive file inside the blob (its own format)."""
+    messages: int
+    """How many messages the archive holds (for progress and the final check)."""
+
+
+Txn = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{16,64}\Z")]
+"""Names one verification between two devices (chosen by the device that starts it)."""
+
+
+class VerifyStart(msgspec.Struct, frozen=True, tag_field="kind", tag="verify_start"):
+    """Begin a SAS verification: commit to a fresh SAS public key without showing it."""
+
+    message_id: MessageId
+    sent_at_ms: int
+    txn: Txn
+    commitment: bytes
+    """SHA-256 of "obrolan-sas-commit-v1" NUL txn NUL the SAS public key that the sender's
+    ``verify_key`` will carry (docs/protocol.md, verification)."""
+
+
+class VerifyKey(msgspec.Struct, frozen=True, tag_field="kind", tag="verify_key"):
+    """Reveal the SAS public key, only after the peer's ``verify_start`` arrived."""
+
+    message_id: MessageId
+    sent_at_ms: int
+    txn: Txn
+    public_key: PublicKey
+
+
+class VerifyMac(msgspec.Struct, frozen=True, tag_field="kind", tag="verify_mac"):
+    """After the user confirmed the codes match: MACs of the sender's account and device keys."""
+
+    message_id: MessageId
+    sent_at_ms: int
+    txn: Txn
+    account_key_mac: str
+    device_key_mac: str
+
+
+class VerifyCancel(msgspec.Struct, frozen=True, tag_field="kind", tag="verify_cancel"):
+    """Stop a verification; nothing is marked verified."""
+
+    message_id: MessageId
+    sent_at_ms: int
+    txn: Txn
+    reason: Literal["mismatch", "cancelled", "timeout", "bad_commitment", "bad_mac"]
+
+
+Content = (
+    Text
+    | Reaction
+    | Edit
+    | Delete
+    | Receipt
+    | Typing
+    | Timer
+    | HistoryTransfer
+    | VerifyStart
+    | VerifyKey
+    | VerifyMac
+    | VerifyCancel
+)
 """Every kind of content, told apart by ``kind``."""
 
-EPHEMERAL = (Receipt, Typing)
+VERIFICATION = (VerifyStart, VerifyKey, VerifyMac, VerifyCancel)
+"""The kinds of a SAS verification between two devices."""
+
+EPHEMERAL = (Receipt, Typing, HistoryTransfer, *VERIFICATION)
 """Kinds that carry no counter: they are never stored as conversation events."""
 
 DELETE_WINDOW_MS = 48 * 3600 * 1000
@@ -161,9 +255,39 @@ class Plaintext(msgspec.Struct, frozen=True, omit_defaults=True):
     recipient_device: DeviceId
     content: Content
     counter: int | None = None
-    """The sender's number for this event in this conversation (1, 2, …); null for
-    receipts and typing. A missing number after a later one arrived means the server
+    """The sending device's number for this event in this conversation (1, 2, …); null
+    for ephemeral kinds. A missing number after a later one arrived means the server
     withheld or lost a message."""
+    sent_to: Username | None = None
+    """Set on a copy for the sender's own other devices ("sent transcript"): the
+    conversation's peer. ``recipient`` is then the sender's own username."""
+
+
+class NewDeviceOffer(msgspec.Struct, frozen=True):
+    """What a new device shows the approving device, sealed with the link code's secret."""
+
+    username: Username
+    """The account the new device wants to join."""
+    device: DeviceKeys
+    """The new device's keys, self-signed for ``username``."""
+    one_time_key: OneTimeKey
+    """A one-time key of the new device, for the Olm session that carries the answer."""
+    name: Annotated[str, msgspec.Meta(max_length=64)]
+
+
+class LinkSecrets(msgspec.Struct, frozen=True):
+    """The approving device's answer: the account secrets, inside an Olm pre-key message."""
+
+    username: Username
+    approver_device: DeviceId
+    account_secret: bytes
+    """32 bytes: the seed of the account's Ed25519 key."""
+    data_key: bytes
+    """32 bytes: the account's key for data only its devices read (device names)."""
+    device_list: SignedDeviceList
+    """The list the approver published, which holds the new device."""
+    history: bool
+    """True when a ``history`` transfer follows."""
 
 
 _encoder = msgspec.json.Encoder()
@@ -190,3 +314,17 @@ def decode_plaintext(data: bytes) -> Plaintext:
 def decode_content(data: bytes) -> Content:
     """Parse a content value on its own (the client's outbox keeps it this way)."""
     return _content_decoder.decode(data)
+
+
+_offer_decoder = msgspec.json.Decoder(NewDeviceOffer)
+_secrets_decoder = msgspec.json.Decoder(LinkSecrets)
+
+
+def decode_link_offer(data: bytes) -> NewDeviceOffer:
+    """Parse an unsealed link offer; raises ``msgspec.DecodeError`` if malformed."""
+    return _offer_decoder.decode(data)
+
+
+def decode_link_secrets(data: bytes) -> LinkSecrets:
+    """Parse the decrypted link answer; raises ``msgspec.DecodeError`` if malformed."""
+    return _secrets_decoder.decode(data)

@@ -29,19 +29,34 @@ __all__ = [
     "ClientFrame",
     "Deliver",
     "DeviceKeys",
+    "DeviceList",
     "Devices",
+    "DevicesPublished",
     "Drained",
     "Envelope",
     "Error",
     "GetDevices",
     "Info",
     "KeysUploaded",
+    "LinkAnswer",
+    "LinkApprove",
+    "LinkApproved",
+    "LinkFetch",
+    "LinkOffer",
+    "LinkWait",
+    "LinkWaiting",
+    "ListedDevice",
     "OneTimeKey",
     "OutboundEnvelope",
+    "PublishDevices",
+    "Recover",
+    "RecoverySet",
     "Register",
     "Send",
     "Sent",
     "ServerFrame",
+    "SetRecovery",
+    "SignedDeviceList",
     "UploadKeys",
     "Welcome",
     "decode_client_frame",
@@ -60,6 +75,10 @@ PublicKey = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9+/]{43}\Z")]
 Signature = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9+/]{86}\Z")]
 """A 64-byte Ed25519 signature, unpadded base64."""
 RequestId = Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
+LinkId = Annotated[str, msgspec.Meta(pattern=r"^[A-Z2-7]{8}\Z")]
+"""The public half of a link code: 8 characters of RFC 4648 base32."""
+Day = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")]
+"""A UTC calendar day, ``YYYY-MM-DD``."""
 
 
 class _Frame(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=False):
@@ -106,6 +125,37 @@ class Envelope(msgspec.Struct, frozen=True):
     ciphertext: bytes
 
 
+class ListedDevice(msgspec.Struct, frozen=True):
+    """One device in an account's signed device list."""
+
+    keys: DeviceKeys
+    name: Annotated[bytes, msgspec.Meta(max_length=512)]
+    """The device's name, sealed with the account's data key (only its own devices read it)."""
+    added: Day
+    """The UTC day the device joined the account."""
+
+
+class DeviceList(msgspec.Struct, frozen=True):
+    """Every device of an account, as its account key signs it (see ``SignedDeviceList``)."""
+
+    username: Username
+    account_key: PublicKey
+    """The account's Ed25519 key, which signs this list."""
+    version: Annotated[int, msgspec.Meta(ge=1, le=2**53 - 1)]
+    """Grows by at least one with every change; clients refuse a lower one."""
+    devices: list[ListedDevice]
+
+
+class SignedDeviceList(msgspec.Struct, frozen=True):
+    """A device list and the account key's signature over its exact bytes."""
+
+    device_list: bytes
+    """The JSON of a ``DeviceList``; decode these bytes only after the signature verifies."""
+    signature: Signature
+    """Ed25519 of ``DeviceList.account_key`` over
+    :func:`obrolan.protocol.signing.device_list_bytes`."""
+
+
 class ClaimedDevice(msgspec.Struct, frozen=True):
     """One device of a user with one key claimed for a new Olm session."""
 
@@ -125,10 +175,44 @@ class Register(_Frame, frozen=True, tag="register"):
     version: int
     username: Username
     device: DeviceKeys
+    device_list: SignedDeviceList
+    """Version 1 of the account's list, holding exactly ``device``."""
+    recovery_key: PublicKey
+    """The Ed25519 key derived from the account's recovery code (its verifier)."""
     one_time_keys: list[OneTimeKey]
     fallback_key: OneTimeKey | None
     signature: Signature
     """Ed25519 of ``device`` over :func:`obrolan.protocol.signing.auth_bytes`."""
+
+
+class Recover(_Frame, frozen=True, tag="recover"):
+    """Reclaim an account whose devices are all lost, with its recovery code.
+
+    Replaces the account key, the device list and the recovery key; every old
+    device is removed with its queue and keys. Answered like ``register``.
+    """
+
+    version: int
+    username: Username
+    device: DeviceKeys
+    device_list: SignedDeviceList
+    """The new account key's first list, holding exactly ``device``."""
+    recovery_key: PublicKey
+    """The verifier of the new recovery code."""
+    one_time_keys: list[OneTimeKey]
+    fallback_key: OneTimeKey | None
+    signature: Signature
+    """Ed25519 of ``device`` over :func:`obrolan.protocol.signing.auth_bytes`."""
+    recovery_signature: Signature
+    """Ed25519 of the *old* recovery key over :func:`obrolan.protocol.signing.recover_bytes`."""
+
+
+class LinkWait(_Frame, frozen=True, tag="link_wait"):
+    """A new device offers itself for linking and waits (unauthenticated)."""
+
+    link_id: LinkId
+    offer: Annotated[bytes, msgspec.Meta(max_length=4096)]
+    """The sealed ``NewDeviceOffer`` (docs/protocol.md, linking); opaque to the server."""
 
 
 class Authenticate(_Frame, frozen=True, tag="authenticate"):
@@ -165,6 +249,38 @@ class ClaimKeys(_Frame, frozen=True, tag="claim_keys"):
     """Only these devices; null means every device of the user."""
 
 
+class PublishDevices(_Frame, frozen=True, tag="publish_devices"):
+    """Replace the account's device list with a newer one signed by the account key."""
+
+    id: RequestId
+    device_list: SignedDeviceList
+
+
+class SetRecovery(_Frame, frozen=True, tag="set_recovery"):
+    """Replace the account's recovery key (a new recovery code)."""
+
+    id: RequestId
+    recovery_key: PublicKey
+    signature: Signature
+    """Ed25519 of the account key over :func:`obrolan.protocol.signing.recovery_key_bytes`."""
+
+
+class LinkFetch(_Frame, frozen=True, tag="link_fetch"):
+    """Read the offer a new device left under a link id."""
+
+    id: RequestId
+    link_id: LinkId
+
+
+class LinkApprove(_Frame, frozen=True, tag="link_approve"):
+    """Hand the waiting new device its sealed answer; the link id is then used up."""
+
+    id: RequestId
+    link_id: LinkId
+    answer: Annotated[bytes, msgspec.Meta(max_length=262144)]
+    """An ``OlmCiphertext`` (JSON) to the new device, holding ``LinkSecrets``."""
+
+
 class Send(_Frame, frozen=True, tag="send"):
     """Store envelopes durably for their devices; answered by ``sent`` after the write."""
 
@@ -178,7 +294,21 @@ class Ack(_Frame, frozen=True, tag="ack"):
     envelope_ids: list[EnvelopeId]
 
 
-ClientFrame = Register | Authenticate | UploadKeys | GetDevices | ClaimKeys | Send | Ack
+ClientFrame = (
+    Register
+    | Authenticate
+    | Recover
+    | LinkWait
+    | UploadKeys
+    | GetDevices
+    | ClaimKeys
+    | PublishDevices
+    | SetRecovery
+    | LinkFetch
+    | LinkApprove
+    | Send
+    | Ack
+)
 
 
 # --- server to client ---------------------------------------------------------------------
@@ -219,11 +349,54 @@ class KeysUploaded(_Frame, frozen=True, tag="keys_uploaded"):
 
 
 class Devices(_Frame, frozen=True, tag="devices"):
-    """Answer to ``get_devices``."""
+    """Answer to ``get_devices``: the account's signed device list, as last published."""
 
     id: RequestId
     username: Username
-    devices: list[DeviceKeys]
+    device_list: SignedDeviceList
+    last_active: dict[DeviceId, Day] = {}
+    """For the caller's own account only: the last UTC day each device connected."""
+
+
+class DevicesPublished(_Frame, frozen=True, tag="devices_published"):
+    """Answer to ``publish_devices``: the list is stored; removed devices are gone."""
+
+    id: RequestId
+    version: int
+
+
+class RecoverySet(_Frame, frozen=True, tag="recovery_set"):
+    """Answer to ``set_recovery``."""
+
+    id: RequestId
+
+
+class LinkWaiting(_Frame, frozen=True, tag="link_waiting"):
+    """Answer to ``link_wait``: the offer is held until ``expires_in_seconds``."""
+
+    link_id: LinkId
+    expires_in_seconds: int
+
+
+class LinkOffer(_Frame, frozen=True, tag="link_offer"):
+    """Answer to ``link_fetch``."""
+
+    id: RequestId
+    link_id: LinkId
+    offer: bytes
+
+
+class LinkApproved(_Frame, frozen=True, tag="link_approved"):
+    """Answer to ``link_approve``: the answer reached the waiting device."""
+
+    id: RequestId
+
+
+class LinkAnswer(_Frame, frozen=True, tag="link_answer"):
+    """Pushed to the waiting new device when an existing device approved it."""
+
+    link_id: LinkId
+    answer: bytes
 
 
 class ClaimedKeys(_Frame, frozen=True, tag="claimed_keys"):
@@ -239,6 +412,8 @@ class Sent(_Frame, frozen=True, tag="sent"):
 
     id: RequestId
     envelope_ids: list[EnvelopeId]
+    skipped: list[EnvelopeId] = []
+    """Envelopes not stored because their device is no longer in the account's list."""
 
 
 class Deliver(_Frame, frozen=True, tag="deliver"):
@@ -252,7 +427,21 @@ class Drained(_Frame, frozen=True, tag="drained"):
 
 
 ServerFrame = (
-    Challenge | Welcome | Error | KeysUploaded | Devices | ClaimedKeys | Sent | Deliver | Drained
+    Challenge
+    | Welcome
+    | Error
+    | KeysUploaded
+    | Devices
+    | DevicesPublished
+    | RecoverySet
+    | ClaimedKeys
+    | Sent
+    | Deliver
+    | Drained
+    | LinkWaiting
+    | LinkOffer
+    | LinkApproved
+    | LinkAnswer
 )
 
 # --- HTTP bodies --------------------------------------------------------------------------
@@ -298,7 +487,7 @@ def _refine(
         return RemoteProtocolError(
             f"unknown frame type {raw['type']!r}", ErrorCode.UNKNOWN_FRAME_TYPE
         )
-    if raw["type"] == "register" and str(exc).endswith("at `$.username`"):
+    if raw["type"] in ("register", "recover") and str(exc).endswith("at `$.username`"):
         return RemoteProtocolError(f"invalid username: {exc}", ErrorCode.INVALID_USERNAME)
     return RemoteProtocolError(f"malformed {raw['type']} frame: {exc}")
 

@@ -7,7 +7,14 @@ which no username, device id, key id or base64 key may contain.
 
 from __future__ import annotations
 
-__all__ = ["auth_bytes", "device_keys_bytes", "one_time_key_bytes"]
+__all__ = [
+    "auth_bytes",
+    "device_keys_bytes",
+    "device_list_bytes",
+    "one_time_key_bytes",
+    "recover_bytes",
+    "recovery_key_bytes",
+]
 
 
 def _join(label: bytes, *parts: bytes | str) -> bytes:
@@ -27,3 +34,18 @@ def device_keys_bytes(username: str, device_id: str, ed25519: str, curve25519: s
 def one_time_key_bytes(key_id: str, key: str) -> bytes:
     """What a device signs for each one-time or fallback key it publishes."""
     return _join(b"obrolan-otk-v1", key_id, key)
+
+
+def device_list_bytes(device_list: bytes) -> bytes:
+    """What an account key signs: the exact JSON bytes of a ``DeviceList``."""
+    return _join(b"obrolan-device-list-v1", device_list)
+
+
+def recovery_key_bytes(username: str, recovery_key: str) -> bytes:
+    """What an account key signs to set a new recovery key (``set_recovery``)."""
+    return _join(b"obrolan-recovery-key-v1", username, recovery_key)
+
+
+def recover_bytes(nonce: bytes, username: str, account_key: str, recovery_key: str) -> bytes:
+    """What the old recovery key signs to hand the account to a new account key."""
+    return _join(b"obrolan-recover-v1", nonce, username, account_key, recovery_key)

@@ -150,8 +150,10 @@ async def serve(config: ServerConfig, on_ready: Callable[[str], None]) -> None:
         storage,
         router,
         config.limits,
+        blobs=blob_store,
         auth_timeout=config.auth_timeout,
         sweep_interval=config.sweep_interval,
+        link_ttl=config.link_ttl,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -5,6 +5,11 @@ registered by signing :func:`~obrolan.protocol.signing.auth_bytes` of the nonce 
 server sent in this connection's ``challenge``. The nonce is consumed by the first
 attempt, so a captured ``authenticate`` frame is worthless on any other connection
 and cannot be retried on this one.
+
+``recover`` is proven the same way twice: the new device signs the nonce, and the
+account's old recovery key signs the nonce with the new keys
+(:func:`~obrolan.protocol.signing.recover_bytes`), so a captured ``recover`` frame is
+worthless too.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from obrolan.crypto.signatures import verify
 from obrolan.errors import RequestRefused, SignatureError
 from obrolan.protocol.codes import ErrorCode
 from obrolan.protocol.limits import SUPPORTED_VERSIONS
-from obrolan.protocol.signing import auth_bytes
+from obrolan.protocol.signing import auth_bytes, recover_bytes
 
 __all__ = ["NONCE_BYTES", "ConnectionChallenge", "check_version"]
 
@@ -63,4 +68,31 @@ class ConnectionChallenge:
         except SignatureError:
             raise RequestRefused(ErrorCode.AUTH_FAILED, "authentication failed") from None
         if used or ed25519 is None:
+            raise RequestRefused(ErrorCode.AUTH_FAILED, "authentication failed")
+
+    def verify_recovery(
+        self,
+        username: str,
+        account_key: str,
+        new_recovery_key: str,
+        recovery_key: str | None,
+        signature: str,
+    ) -> None:
+        """Check the old recovery key's signature handing ``username`` to ``account_key``.
+
+        Call after :meth:`verify` (which consumed the nonce for the same attempt).
+
+        Args:
+            recovery_key: the account's stored recovery key, or None if there is no such
+                account or it has none (the answer is then the same as for a bad signature).
+
+        Raises:
+            RequestRefused: ``auth_failed``; the message never says which case.
+        """
+        signed = recover_bytes(self.nonce, username, account_key, new_recovery_key)
+        try:
+            verify(recovery_key or _DECOY_KEY, signed, signature)
+        except SignatureError:
+            raise RequestRefused(ErrorCode.AUTH_FAILED, "authentication failed") from None
+        if recovery_key is None:
             raise RequestRefused(ErrorCode.AUTH_FAILED, "authentication failed")

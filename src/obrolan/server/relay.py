@@ -28,6 +28,12 @@ the storage round trip: the responder pushes them to that connection itself, all
 one commit's envelopes for a device in one ``deliver`` frame (:meth:`Relay.hand_over`).
 Everything else (a backlog, a reconnect, a full window, a device connected to another
 node) goes the long way: a wake-up, then a read from storage in ``seq`` order.
+
+An account's devices are those of its signed device list. The relay checks every list
+(clients check again) and, when a device leaves the list, closes its connection with
+:data:`CLOSE_DEVICE_REMOVED` and takes its blobs away. A new device that is not yet in
+any list waits for its link's answer on an unauthenticated connection
+(:mod:`obrolan.server.linking`).
 """
 
 from __future__ import annotations
@@ -35,11 +41,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Coroutine
 from typing import Any, NamedTuple, Protocol
 
-from obrolan.crypto.signatures import verify_device_keys, verify_one_time_key
+from obrolan.crypto.account import open_device_list
+from obrolan.crypto.signatures import verify, verify_device_keys, verify_one_time_key
 from obrolan.errors import ObrolanError, RemoteProtocolError, RequestRefused, SignatureError
 from obrolan.failpoints import failpoint
 from obrolan.protocol.codes import FATAL_CODES, ErrorCode
@@ -51,28 +59,46 @@ from obrolan.protocol.frames import (
     ClaimKeys,
     ClientFrame,
     Deliver,
+    DeviceKeys,
     Devices,
+    DevicesPublished,
     Drained,
     Envelope,
     Error,
     GetDevices,
     KeysUploaded,
+    LinkAnswer,
+    LinkApprove,
+    LinkApproved,
+    LinkFetch,
+    LinkOffer,
+    LinkWait,
+    LinkWaiting,
     OneTimeKey,
+    PublishDevices,
+    Recover,
+    RecoverySet,
     Register,
     Send,
     Sent,
+    SetRecovery,
+    SignedDeviceList,
     UploadKeys,
     Welcome,
     decode_client_frame,
     encode,
 )
 from obrolan.protocol.limits import SUPPORTED_VERSIONS, Limits
+from obrolan.protocol.signing import recovery_key_bytes
 from obrolan.server.address import DeviceAddress
 from obrolan.server.auth import ConnectionChallenge, check_version
+from obrolan.server.blobs.base import BlobStore
+from obrolan.server.linking import Links
 from obrolan.server.routing.base import Router
-from obrolan.server.storage.base import Storage, StoredEnvelopes
+from obrolan.server.storage.base import PublishedList, Storage, StoredEnvelopes, StoreResult
 
 __all__ = [
+    "CLOSE_DEVICE_REMOVED",
     "CLOSE_GOING_AWAY",
     "CLOSE_INTERNAL_ERROR",
     "CLOSE_POLICY_VIOLATION",
@@ -92,6 +118,8 @@ CLOSE_INTERNAL_ERROR = 1011
 """WebSocket close code when delivery to the device failed inside the server."""
 CLOSE_REPLACED = 4000
 """WebSocket close code of an older connection when its device connects again."""
+CLOSE_DEVICE_REMOVED = 4001
+"""WebSocket close code of a device's connection when the device left its account's list."""
 
 _FETCH = 64
 """Most envelopes read from storage at once (bounds memory per connection)."""
@@ -128,20 +156,64 @@ def _json_size(envelope: Envelope) -> int:
     return (len(envelope.ciphertext) + 2) // 3 * 4 + _ENVELOPE_JSON_OVERHEAD
 
 
+def _bad_list(message: str) -> RequestRefused:
+    return RequestRefused(ErrorCode.BAD_DEVICE_LIST, message)
+
+
+def _open_list(signed: SignedDeviceList, username: str, account_key: str | None) -> PublishedList:
+    """Verify a device list (see :func:`obrolan.crypto.account.open_device_list`).
+
+    Raises:
+        RequestRefused: ``bad_device_list``.
+    """
+    try:
+        opened = open_device_list(signed, username, account_key)
+    except SignatureError as exc:
+        raise _bad_list(str(exc)) from None
+    return PublishedList(
+        signed, opened.account_key, opened.version, [d.keys for d in opened.devices]
+    )
+
+
+def _first_list(signed: SignedDeviceList, username: str, device: DeviceKeys) -> PublishedList:
+    """Verify the list of a new account key (``register``, ``recover``): version 1,
+    holding exactly ``device``.
+
+    Raises:
+        RequestRefused: ``bad_device_list``.
+    """
+    published = _open_list(signed, username, None)
+    if published.version != 1:
+        raise _bad_list(f"a new account key's first list is version 1, not {published.version}")
+    if published.devices != [device]:
+        raise _bad_list(f"a new account key's first list holds exactly device {device.device_id}")
+    return published
+
+
+def _sent(request_id: int, envelope_ids: list[str], result: StoreResult) -> Sent:
+    if not result.skipped:
+        return Sent(id=request_id, envelope_ids=envelope_ids)
+    skipped = set(result.skipped)  # envelope ids are random: one id names one envelope
+    stored = [envelope_id for envelope_id in envelope_ids if envelope_id not in skipped]
+    return Sent(id=request_id, envelope_ids=stored, skipped=result.skipped)
+
+
 class _QueuedSend(NamedTuple):
     """A ``send`` whose write is queued: what its answer needs."""
 
     request_id: int
     envelope_ids: list[str]
-    outcome: asyncio.Future[list[StoredEnvelopes]]
+    outcome: asyncio.Future[StoreResult]
 
 
 class Relay:
     """The server's state shared by all connections: storage, router, limits, sessions.
 
     Args:
+        blobs: the blob store, whose blobs for removed devices are dropped (none: no blobs).
         auth_timeout: seconds a connection may stay unauthenticated before it is closed.
         sweep_interval: seconds between two deletions of expired envelopes.
+        link_ttl: seconds a new device's link offer waits for an approval.
     """
 
     def __init__(
@@ -150,12 +222,16 @@ class Relay:
         router: Router,
         limits: Limits,
         *,
+        blobs: BlobStore | None = None,
         auth_timeout: float = 10.0,
         sweep_interval: float = 60.0,
+        link_ttl: float = 600.0,
     ) -> None:
         self.storage = storage
         self.router = router
         self.limits = limits
+        self.blobs = blobs
+        self.links = Links(link_ttl)
         self.auth_timeout = auth_timeout
         self._sweep_interval = sweep_interval
         self._sessions: set[Session] = set()
@@ -171,6 +247,7 @@ class Relay:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        self.links.close()
         await asyncio.gather(*(s.shut_down() for s in list(self._sessions)))
 
     def connect(self, transport: Transport) -> Session:
@@ -204,6 +281,20 @@ class Relay:
         if elsewhere:
             await self.router.publish(elsewhere)
 
+    async def devices_removed(self, devices: list[DeviceAddress]) -> None:
+        """Devices left their account's list (storage has deleted them with their queues
+        and keys): close their connections and take their blobs away.
+
+        The blob store commits on its own: after a crash in between, blobs for the removed
+        devices stay until their TTL (their keys went with the deleted envelopes).
+        """
+        for device in devices:
+            session = self._by_device.pop(device, None)
+            if session is not None:
+                session.removed()
+        if devices and self.blobs is not None:
+            await self.blobs.forget_devices(devices)
+
     def detach(self, session: Session) -> None:
         """Forget a session whose connection is gone."""
         self._sessions.discard(session)
@@ -235,6 +326,8 @@ class Session:
         """The authenticated device, None before authentication."""
         self._closing = False
         self._auth_timer: asyncio.TimerHandle | None = None
+        self._link: str | None = None
+        """The link id this unauthenticated connection waits under, if any."""
         self._background: set[asyncio.Task[None]] = set()
         # Sends whose writes are queued, in request order, and the task answering them.
         # (Plain lists and futures made on demand keep an idle connection small.)
@@ -311,6 +404,8 @@ class Session:
         self._closing = True
         if self._auth_timer is not None:
             self._auth_timer.cancel()
+        if self._link is not None:
+            self._relay.links.leave(self._link, self)
         await self._stop_delivery()
         self._relay.detach(self)
 
@@ -352,6 +447,21 @@ class Session:
         self._cancel_delivery()
         self._close_soon(CLOSE_REPLACED, "replaced by a newer connection")
 
+    def removed(self) -> None:
+        """The device left its account's list: close its connection."""
+        self._cancel_delivery()
+        self._close_soon(CLOSE_DEVICE_REMOVED, "device removed")
+
+    async def link_answered(self, answer: LinkAnswer) -> None:
+        """Push the answer to the new device waiting on this connection for its link."""
+        await self._transport.send(encode(answer))
+
+    def link_expired(self, link_id: str) -> None:
+        """The link this connection waits under expired: close it, unless it authenticated."""
+        if self.device is None and not self._closing:
+            message = f"link {link_id} expired; show a new link code"
+            self._spawn(self._time_out(ErrorCode.UNKNOWN_LINK, message, "link expired"))
+
     async def shut_down(self) -> None:
         """The server stops: close this connection."""
         self._cancel_delivery()
@@ -365,6 +475,10 @@ class Session:
                 await self._register(frame)
             case Authenticate():
                 await self._authenticate(frame)
+            case Recover():
+                await self._recover(frame)
+            case LinkWait():
+                await self._link_wait(frame)
             case _:
                 raise RequestRefused(ErrorCode.NOT_AUTHENTICATED, "register or authenticate first")
 
@@ -372,16 +486,16 @@ class Session:
         check_version(frame.version)
         device = frame.device
         self._challenge.verify(frame.username, device.device_id, device.ed25519, frame.signature)
-        try:
-            verify_device_keys(frame.username, device)
-        except SignatureError:
-            raise RequestRefused(
-                ErrorCode.BAD_SIGNATURE,
-                f"the keys of device {device.device_id} are not self-signed",
-            ) from None
+        self._check_device(frame.username, device)
         self._check_keys(device.ed25519, frame.one_time_keys, frame.fallback_key)
+        published = _first_list(frame.device_list, frame.username, device)
         await self._storage.create_account(
-            frame.username, device, frame.one_time_keys, frame.fallback_key, _today()
+            frame.username,
+            published,
+            frame.recovery_key,
+            frame.one_time_keys,
+            frame.fallback_key,
+            _today(),
         )
         _logger.debug("account registered")
         await self._start(DeviceAddress(frame.username, device.device_id), frame.version)
@@ -393,9 +507,66 @@ class Session:
         self._challenge.verify(
             frame.username, frame.device_id, keys.ed25519 if keys else None, frame.signature
         )
-        await self._storage.touch_device(device, _today())
+        if not await self._storage.touch_device(device, _today()):  # removed meanwhile
+            raise RequestRefused(ErrorCode.AUTH_FAILED, "authentication failed")
         _logger.debug("device authenticated")
         await self._start(device, frame.version)
+
+    async def _recover(self, frame: Recover) -> None:
+        """Hand the account to a new account key: checks that need no stored state first,
+        so that a wrong code and an unknown user get the same ``auth_failed``."""
+        check_version(frame.version)
+        device, username = frame.device, frame.username
+        self._challenge.verify(username, device.device_id, device.ed25519, frame.signature)
+        self._check_device(username, device)
+        self._check_keys(device.ed25519, frame.one_time_keys, frame.fallback_key)
+        published = _first_list(frame.device_list, username, device)
+        account = await self._storage.account(username)
+        old_recovery_key = account.recovery_key if account is not None else None
+        self._challenge.verify_recovery(
+            username,
+            published.account_key,
+            frame.recovery_key,
+            old_recovery_key,
+            frame.recovery_signature,
+        )
+        assert old_recovery_key is not None  # verify_recovery refuses None
+        removed = await self._storage.recover(
+            username,
+            old_recovery_key,
+            published,
+            frame.recovery_key,
+            frame.one_time_keys,
+            frame.fallback_key,
+            _today(),
+        )
+        _logger.info("account recovered, %d devices removed", len(removed))
+        await self._relay.devices_removed(removed)
+        await self._start(DeviceAddress(username, device.device_id), frame.version)
+
+    async def _link_wait(self, frame: LinkWait) -> None:
+        """Hold the new device's offer; this connection then waits for the answer, exempt
+        from the authentication deadline until the link expires."""
+        if self._link is not None:
+            raise RequestRefused(
+                ErrorCode.LINK_EXISTS, f"this connection already waits under link {self._link}"
+            )
+        links = self._relay.links
+        links.wait(frame.link_id, frame.offer, self)
+        self._link = frame.link_id
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+        waiting = LinkWaiting(link_id=frame.link_id, expires_in_seconds=math.ceil(links.ttl))
+        await self._transport.send(encode(waiting))
+
+    def _check_device(self, username: str, device: DeviceKeys) -> None:
+        try:
+            verify_device_keys(username, device)
+        except SignatureError:
+            raise RequestRefused(
+                ErrorCode.BAD_SIGNATURE,
+                f"the keys of device {device.device_id} are not self-signed",
+            ) from None
 
     async def _start(self, device: DeviceAddress, version: int) -> None:
         """Welcome the authenticated device and start delivering to it."""
@@ -419,14 +590,15 @@ class Session:
 
     def _auth_expired(self) -> None:
         if self.device is None and not self._closing:
-            self._spawn(self._time_out())
+            message = f"no authentication within {self._relay.auth_timeout:g} seconds"
+            self._spawn(
+                self._time_out(ErrorCode.NOT_AUTHENTICATED, message, "authentication timeout")
+            )
 
-    async def _time_out(self) -> None:
-        message = f"no authentication within {self._relay.auth_timeout:g} seconds"
-        await self._transport.send(
-            encode(Error(id=None, code=ErrorCode.NOT_AUTHENTICATED, message=message))
-        )
-        await self._close(CLOSE_POLICY_VIOLATION, "authentication timeout")
+    async def _time_out(self, code: ErrorCode, message: str, reason: str) -> None:
+        """Tell an unauthenticated connection why its time is up, and close it."""
+        await self._transport.send(encode(Error(id=None, code=code, message=message)))
+        await self._close(CLOSE_POLICY_VIOLATION, reason)
 
     # --- requests of an authenticated device ---------------------------------------------
 
@@ -439,16 +611,79 @@ class Session:
                 reply = ClaimedKeys(id=frame.id, username=frame.username, devices=claimed)
                 await self._transport.send(encode(reply))
             case GetDevices():
-                devices = await self._storage.get_devices(frame.username)
-                await self._transport.send(
-                    encode(Devices(id=frame.id, username=frame.username, devices=devices))
-                )
+                await self._get_devices(frame, device)
             case UploadKeys():
                 await self._upload_keys(frame, device)
-            case Register() | Authenticate():
+            case PublishDevices():
+                await self._publish_devices(frame, device)
+            case SetRecovery():
+                await self._set_recovery(frame, device)
+            case LinkFetch():
+                offer = self._relay.links.fetch(frame.link_id)
+                await self._transport.send(
+                    encode(LinkOffer(id=frame.id, link_id=frame.link_id, offer=offer))
+                )
+            case LinkApprove():
+                await self._relay.links.approve(frame.link_id, frame.answer)
+                await self._transport.send(encode(LinkApproved(id=frame.id)))
+            case Register() | Authenticate() | Recover() | LinkWait():
                 raise RequestRefused(
                     ErrorCode.ALREADY_AUTHENTICATED, "this connection is already authenticated"
                 )
+
+    async def _get_devices(self, frame: GetDevices, device: DeviceAddress) -> None:
+        """The stored signed list; last active days only for the caller's own account."""
+        own = frame.username == device.username
+        found = await self._storage.get_devices(frame.username, last_active=own)
+        reply = Devices(
+            id=frame.id,
+            username=frame.username,
+            device_list=found.device_list,
+            last_active=found.last_active,
+        )
+        await self._transport.send(encode(reply))
+
+    async def _publish_devices(self, frame: PublishDevices, device: DeviceAddress) -> None:
+        """Store a newer list signed by the account key; remove the devices that left it
+        (the publishing device may be one of them: it gets the answer, then is closed)."""
+        username = device.username
+        account = await self._storage.account(username)
+        if account is None or account.account_key is None:
+            raise _bad_list(
+                f"account {username} has no account key (created before device lists)"
+            )
+        published = _open_list(frame.device_list, username, account.account_key)
+        if published.version <= account.list_version:
+            raise _bad_list(
+                f"list version {published.version} is not above the stored version "
+                f"{account.list_version}"
+            )
+        if not published.devices:
+            raise _bad_list("a device list holds at least one device")
+        removed = await self._storage.publish_devices(username, published, _today())
+        _logger.debug("device list published, %d devices removed", len(removed))
+        await self._transport.send(
+            encode(DevicesPublished(id=frame.id, version=published.version))
+        )
+        await self._relay.devices_removed(removed)
+
+    async def _set_recovery(self, frame: SetRecovery, device: DeviceAddress) -> None:
+        username = device.username
+        account = await self._storage.account(username)
+        account_key = account.account_key if account is not None else None
+        if account_key is None:
+            raise RequestRefused(
+                ErrorCode.BAD_SIGNATURE,
+                f"account {username} has no account key (created before device lists)",
+            )
+        try:
+            verify(account_key, recovery_key_bytes(username, frame.recovery_key), frame.signature)
+        except SignatureError:
+            raise RequestRefused(
+                ErrorCode.BAD_SIGNATURE, "the recovery key is not signed by the account key"
+            ) from None
+        await self._storage.set_recovery(username, account_key, frame.recovery_key)
+        await self._transport.send(encode(RecoverySet(id=frame.id)))
 
     def _queue_send(self, frame: Send, device: DeviceAddress) -> None:
         """Check a ``send`` and queue its write; the responder answers it once committed."""
@@ -489,16 +724,17 @@ class Session:
                         failpoint("relay.after_store")
                         result = send.outcome.result()
                         _logger.debug(
-                            "stored %d envelopes for %d devices",
-                            len(send.envelope_ids),
-                            len(result),
+                            "stored %d envelopes for %d devices, skipped %d",
+                            len(send.envelope_ids) - len(result.skipped),
+                            len(result.stored),
+                            len(result.skipped),
                         )
-                        stored += result
+                        stored += result.stored
                 await self._relay.hand_over(stored)
                 for send in answered:
                     failure = send.outcome.exception()
                     if failure is None:
-                        sent = Sent(id=send.request_id, envelope_ids=send.envelope_ids)
+                        sent = _sent(send.request_id, send.envelope_ids, send.outcome.result())
                         await self._transport.send(encode(sent))
                     else:
                         await self._answer_failure(send.request_id, "send", failure)
@@ -541,7 +777,7 @@ class Session:
 
     async def _upload_keys(self, frame: UploadKeys, device: DeviceAddress) -> None:
         keys = await self._storage.device_keys(device)
-        if keys is None:  # cannot happen while devices are never deleted
+        if keys is None:  # removed from the account's list; its connection is closing
             raise RequestRefused(ErrorCode.UNKNOWN_DEVICE, f"no device {device}")
         self._check_keys(keys.ed25519, frame.one_time_keys, frame.fallback_key)
         count = await self._storage.upload_keys(

@@ -137,6 +137,12 @@ class BlobStore(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def forget_devices(self, devices: list[DeviceAddress]) -> None:
+        """The devices left their accounts: they may read no blob any more, as if each had
+        fetched every blob addressed to it (a blob no device is left waiting for is
+        deleted). Blobs they uploaded stay until fetched or expired."""
+
+    @abc.abstractmethod
     async def sweep_expired(self, now: int) -> int:
         """Delete every blob past its expiry, and every incomplete one past its upload
         deadline; returns how many."""

@@ -429,6 +429,32 @@ class FilesystemBlobStore(BlobStore):
         if deleted:
             self._forget_files([blob_id])
 
+    async def forget_devices(self, devices: list[DeviceAddress]) -> None:
+        await self._run(self._forget_devices, devices)
+
+    def _forget_devices(self, devices: list[DeviceAddress]) -> None:
+        db = self._conn()
+        with self._transaction(db):
+            touched = {
+                blob_id
+                for device in devices
+                for (blob_id,) in db.execute(
+                    "DELETE FROM blob_recipients WHERE username = ? AND device_id = ?"
+                    " RETURNING blob_id",
+                    tuple(device),
+                ).fetchall()
+            }
+            deleted = [
+                blob_id
+                for blob_id in sorted(touched)
+                if db.execute(
+                    "SELECT 1 FROM blob_recipients WHERE blob_id = ? LIMIT 1", (blob_id,)
+                ).fetchone()
+                is None
+            ]
+            db.executemany("DELETE FROM blobs WHERE blob_id = ?", [(b,) for b in deleted])
+        self._forget_files(deleted)
+
     async def sweep_expired(self, now: int) -> int:
         return await self._run(self._sweep, now)
 

@@ -158,7 +158,8 @@ class _BlobHandlers:
     async def _check_recipient(self, recipient: wire.BlobRecipient) -> DeviceAddress:
         device = DeviceAddress(recipient.user, recipient.device)
         if await self._storage.device_keys(device) is None:
-            await self._storage.get_devices(recipient.user)  # unknown_user if there is no account
+            if await self._storage.account(recipient.user) is None:
+                raise RequestRefused(ErrorCode.UNKNOWN_USER, f"no user {recipient.user}")
             raise RequestRefused(ErrorCode.UNKNOWN_DEVICE, f"unknown device {device}")
         return device
 

@@ -1,14 +1,19 @@
-"""The ``Storage`` ABC: accounts, devices, one-time keys and the mailbox.
+"""The ``Storage`` ABC: accounts, their signed device lists, one-time keys and the mailbox.
 
 Every backend keeps the semantics written in these docstrings; the relay relies
 on nothing else. Refusals are raised as :class:`~obrolan.errors.RequestRefused`
 with the wire code, so the relay can send them as they are.
 
 What a backend may hold is fixed by the design: usernames, the day an account was
-created, device public keys, the day a device was created and last active,
-unclaimed public one-time keys, the fallback key, and envelopes until they are
-acknowledged or expire. No IP addresses, no contact lists, no timestamps finer
-than a day except an envelope's expiry.
+created, the account's public account key, its signed device list (as the account
+key signed it) and its version, the public recovery key, device public keys, the day
+a device was created and last active, unclaimed public one-time keys, the fallback
+key, and envelopes until they are acknowledged or expire. No IP addresses, no
+contact lists, no timestamps finer than a day except an envelope's expiry.
+
+The devices of an account are exactly those of its last accepted device list:
+publishing a list (or recovering the account) removes the devices that left it,
+with their queued envelopes and keys.
 """
 
 from __future__ import annotations
@@ -23,10 +28,50 @@ from obrolan.protocol.frames import (
     Envelope,
     OneTimeKey,
     OutboundEnvelope,
+    SignedDeviceList,
 )
 from obrolan.server.address import DeviceAddress
 
-__all__ = ["NOT_HELD", "PendingEnvelope", "Storage", "StoredEnvelopes"]
+__all__ = [
+    "NOT_HELD",
+    "Account",
+    "AccountDevices",
+    "PendingEnvelope",
+    "PublishedList",
+    "Storage",
+    "StoreResult",
+    "StoredEnvelopes",
+]
+
+
+class PublishedList(NamedTuple):
+    """A device list whose signatures the relay has verified, as storage keeps it."""
+
+    signed: SignedDeviceList
+    """Kept exactly as signed: clients verify it again."""
+    account_key: str
+    version: int
+    devices: list[DeviceKeys]
+    """The listed devices' keys, in list order."""
+
+
+class Account(NamedTuple):
+    """What the relay checks an account's signed requests against."""
+
+    account_key: str | None
+    """None for an account created before device lists (it cannot publish one)."""
+    list_version: int
+    """The version of the stored device list, 0 if there is none."""
+    recovery_key: str | None
+
+
+class AccountDevices(NamedTuple):
+    """Answer to :meth:`Storage.get_devices`."""
+
+    device_list: SignedDeviceList
+    last_active: dict[str, str]
+    """Device id to the last UTC day it authenticated; empty unless asked for."""
+
 
 PendingEnvelope = tuple[int, Envelope]
 """``(seq, envelope)``: an envelope waiting for a device and its place in the queue."""
@@ -47,6 +92,15 @@ class StoredEnvelopes(NamedTuple):
     (the relay then reads the device's queue from storage)."""
     envelopes: list[PendingEnvelope]
     """The newly stored envelopes in ``seq`` order; a resend of a queued envelope is not here."""
+
+
+class StoreResult(NamedTuple):
+    """What one ``send`` stored, and what it did not."""
+
+    stored: list[StoredEnvelopes]
+    skipped: list[str]
+    """Ids of envelopes not stored because their device is not (or no longer) in the
+    recipient's account, in the order of the send."""
 
 
 NOT_HELD: tuple[str, ...] = (
@@ -88,12 +142,14 @@ class Storage(abc.ABC):
     async def create_account(
         self,
         username: str,
-        device: DeviceKeys,
+        device_list: PublishedList,
+        recovery_key: str,
         one_time_keys: list[OneTimeKey],
         fallback_key: OneTimeKey | None,
         day: str,
     ) -> None:
-        """Create an account with its first device and that device's keys, atomically.
+        """Create an account with its first device list (one device) and that device's
+        keys, atomically.
 
         Signatures must already be verified. ``day`` (``YYYY-MM-DD``) becomes both the
         account's and the device's created and last-active day.
@@ -103,19 +159,75 @@ class Storage(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def account(self, username: str) -> Account | None:
+        """The account's keys and list version, or None if there is no such account."""
+
+    @abc.abstractmethod
     async def device_keys(self, device: DeviceAddress) -> DeviceKeys | None:
         """The device's public keys, or None if the account or the device does not exist."""
 
     @abc.abstractmethod
-    async def touch_device(self, device: DeviceAddress, day: str) -> None:
-        """Record that the device was active on ``day``; a no-op when it already is."""
+    async def touch_device(self, device: DeviceAddress, day: str) -> bool:
+        """Record that the device was active on ``day`` (a no-op when it already is).
+
+        Returns False when the device does not exist (any more): it was removed since
+        its keys were read.
+        """
 
     @abc.abstractmethod
-    async def get_devices(self, username: str) -> list[DeviceKeys]:
-        """Every device of an account, ordered by device id.
+    async def get_devices(self, username: str, *, last_active: bool) -> AccountDevices:
+        """The account's signed device list, as last published; with ``last_active``
+        also each device's last active day.
 
         Raises:
-            RequestRefused: ``unknown_user``.
+            RequestRefused: ``unknown_user``, also for an account created before device
+                lists (it has none).
+        """
+
+    @abc.abstractmethod
+    async def publish_devices(
+        self, username: str, device_list: PublishedList, day: str
+    ) -> list[DeviceAddress]:
+        """Replace the account's device list with a newer one, atomically.
+
+        Signatures must already be verified. Devices that are new in the list (a new
+        device id, or new keys under an old id) are created with ``day`` as their created
+        and last-active day; devices that left it are deleted with their queued
+        envelopes and keys. Returns the deleted devices.
+
+        Raises:
+            RequestRefused: ``bad_device_list`` if the account's account key is not the
+                list's, or the list's version is not above the stored one (the check and
+                the write are one step, so of two racing lists one fails).
+        """
+
+    @abc.abstractmethod
+    async def recover(
+        self,
+        username: str,
+        old_recovery_key: str,
+        device_list: PublishedList,
+        recovery_key: str,
+        one_time_keys: list[OneTimeKey],
+        fallback_key: OneTimeKey | None,
+        day: str,
+    ) -> list[DeviceAddress]:
+        """Hand the account to a new account key, atomically: store the new list (one
+        device), its device's keys and the new recovery key; delete every old device with
+        its queued envelopes and keys. Returns the deleted devices.
+
+        Raises:
+            RequestRefused: ``auth_failed`` if the account does not exist or its recovery
+                key is no longer ``old_recovery_key`` (nothing is written).
+        """
+
+    @abc.abstractmethod
+    async def set_recovery(self, username: str, account_key: str, recovery_key: str) -> None:
+        """Replace the account's recovery key.
+
+        Raises:
+            RequestRefused: ``bad_signature`` if the account key is no longer
+                ``account_key`` (the signature was checked against it).
         """
 
     @abc.abstractmethod
@@ -163,19 +275,21 @@ class Storage(abc.ABC):
         envelopes: list[OutboundEnvelope],
         expires_at: int,
         max_queue: int,
-    ) -> asyncio.Future[list[StoredEnvelopes]]:
+    ) -> asyncio.Future[StoreResult]:
         """Queue a durable write of envelopes for their devices: all of them, or none.
 
         Returns at once, so that a connection can pipeline its sends; writes queued one
         after another are applied in that order. When the future's result is set, the
         envelopes survive a crash of the server. An envelope id the recipient device
         already has queued is stored once (a resend is a no-op). ``expires_at`` is in
-        seconds since the Unix epoch. The result has one entry per distinct recipient
-        device, in the order the devices first appear in ``envelopes``.
+        seconds since the Unix epoch. The result's ``stored`` has one entry per distinct
+        recipient device, in the order the devices first appear in ``envelopes``;
+        envelopes for a device the recipient's account does not have are not stored and
+        are listed in ``skipped``.
 
-        The future fails with :class:`RequestRefused`: ``unknown_user`` or
-        ``unknown_device`` for a recipient that does not exist, ``queue_full`` if a
-        recipient would then have more than ``max_queue`` envelopes waiting.
+        The future fails with :class:`RequestRefused`: ``unknown_user`` for a recipient
+        account that does not exist, ``queue_full`` if a recipient would then have more
+        than ``max_queue`` envelopes waiting.
         """
 
     @abc.abstractmethod
@@ -217,7 +331,9 @@ class Storage(abc.ABC):
     async def disclose(self, username: str) -> dict[str, Any]:
         """Everything held about one account, as JSON-ready data, never ciphertext.
 
-        Keys: ``username``, ``created_day``, ``devices`` (each: ``device_id``,
+        Keys: ``username``, ``created_day``, ``account_key`` (None for an account
+        created before device lists), ``list_version``, ``recovery_key_held``,
+        ``devices`` (each: ``device_id``,
         ``ed25519``, ``curve25519``, ``signature``, ``created_day``,
         ``last_active_day``, ``unclaimed_one_time_keys``, ``fallback_key_held``),
         ``queued_for_account`` (envelopes waiting for its devices: ``envelope_id``,

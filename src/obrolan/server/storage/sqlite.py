@@ -49,9 +49,19 @@ from obrolan.protocol.frames import (
     Envelope,
     OneTimeKey,
     OutboundEnvelope,
+    SignedDeviceList,
 )
 from obrolan.server.address import DeviceAddress
-from obrolan.server.storage.base import NOT_HELD, PendingEnvelope, Storage, StoredEnvelopes
+from obrolan.server.storage.base import (
+    NOT_HELD,
+    Account,
+    AccountDevices,
+    PendingEnvelope,
+    PublishedList,
+    Storage,
+    StoredEnvelopes,
+    StoreResult,
+)
 
 __all__ = [
     "IDLE_CHECKPOINT_SECONDS",
@@ -143,6 +153,21 @@ _SCHEMA_V2 = (
 )
 
 
+_SCHEMA_V3 = (
+    # Device lists (issue 3). The signed list is kept as its bytes and signature, exactly
+    # as the account key signed them; the devices table holds the listed devices' keys
+    # (what authentication and claims read). Accounts created before this version have
+    # no account key: no list can be checked against them, so they cannot publish one,
+    # set a recovery key or be recovered (their devices still authenticate and receive).
+    # Pre-release: such accounts are registered anew under another name.
+    "ALTER TABLE accounts ADD COLUMN account_key TEXT",
+    "ALTER TABLE accounts ADD COLUMN device_list BLOB",
+    "ALTER TABLE accounts ADD COLUMN device_list_signature TEXT",
+    "ALTER TABLE accounts ADD COLUMN list_version INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE accounts ADD COLUMN recovery_key TEXT",
+)
+
+
 def _migrate_to_v1(conn: sqlite3.Connection) -> None:
     for statement in _SCHEMA_V1:
         conn.execute(statement)
@@ -153,7 +178,16 @@ def _migrate_to_v2(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
-_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_to_v1, _migrate_to_v2)
+def _migrate_to_v3(conn: sqlite3.Connection) -> None:
+    for statement in _SCHEMA_V3:
+        conn.execute(statement)
+
+
+_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _migrate_to_v1,
+    _migrate_to_v2,
+    _migrate_to_v3,
+)
 """``_MIGRATIONS[n]`` brings a database from schema version n to n + 1."""
 SCHEMA_VERSION = len(_MIGRATIONS)
 """The ``PRAGMA user_version`` this code writes and reads."""
@@ -536,9 +570,9 @@ class _WriterDb:
     costs one insert and one delete, not reads and counter updates besides.
 
     * Device row ids by address: a device keeps its row for its whole life, so an entry
-      never changes; a miss reads the table. (Rows are deleted only by an operator's
-      cascade while the server is stopped; a row deleted while it runs makes inserts
-      fail their foreign key, which rolls the group back and clears this cache.)
+      never changes; a miss reads the table. A device removed from its account's list
+      loses its row (and its queue, by cascade) in a directory operation of this writer,
+      which drops its entries here at once (:meth:`forget_devices`).
     * Each device's queue length, for the ``queue_full`` check without counting rows.
     * Each device's newest ``seq`` and the next ``seq`` to give: the writer numbers
       envelopes itself, so a send knows their order without reading it back.
@@ -602,13 +636,20 @@ class _WriterDb:
             )
         raise RequestRefused(ErrorCode.UNKNOWN_USER, f"no user {device.username}")
 
+    def forget_devices(self, rows: list[tuple[DeviceAddress, int]]) -> None:
+        """Drop what is kept in memory about devices whose rows were just deleted."""
+        for device, rowid in rows:
+            self._rowids.pop(device, None)
+            self._queued.pop(rowid, None)
+            self._newest.pop(rowid, None)
+
     def store(
         self,
         sender: DeviceAddress,
         envelopes: list[OutboundEnvelope],
         expires_at: int,
         max_queue: int,
-    ) -> list[StoredEnvelopes]:
+    ) -> StoreResult:
         """Insert envelopes for their devices, all or none (see ``Storage.store_envelopes``).
 
         Raises:
@@ -620,10 +661,22 @@ class _WriterDb:
             by_recipient.setdefault(recipient, {}).setdefault(envelope.envelope_id, envelope)
         # Every refusal is decided before the first insert, so no savepoint is needed.
         planned = []
+        gone: set[DeviceAddress] = set()
         for recipient, group in by_recipient.items():
-            rowid = self.device_rowid(recipient)
+            try:
+                rowid = self.device_rowid(recipient)
+            except RequestRefused as exc:
+                if exc.code is not ErrorCode.UNKNOWN_DEVICE:
+                    raise
+                gone.add(recipient)  # not in the account's list (any more): skipped
+                continue
             self._check_room(recipient, rowid, group, max_queue)
             planned.append((recipient, rowid, group))
+        skipped = (
+            [e.envelope_id for e in envelopes if DeviceAddress(e.to_user, e.to_device) in gone]
+            if gone
+            else []
+        )
         from_user, from_device = sender
         stored = []
         for recipient, rowid, group in planned:
@@ -653,7 +706,7 @@ class _WriterDb:
                     [(row[0], Envelope(row[2], from_user, from_device, row[5])) for row in rows],
                 )
             )
-        return stored
+        return StoreResult(stored, skipped)
 
     def _check_room(
         self,
@@ -726,10 +779,68 @@ def _insert_keys(
         )
 
 
+def _insert_device(conn: sqlite3.Connection, username: str, device: DeviceKeys, day: str) -> int:
+    cursor = conn.execute(
+        "INSERT INTO devices (username, device_id, ed25519, curve25519, signature, created_day,"
+        " last_active_day) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (username, device.device_id, device.ed25519, device.curve25519, device.signature, day, day),
+    )
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
+
+
+def _store_list(
+    conn: sqlite3.Connection, username: str, device_list: PublishedList, recovery_key: str | None
+) -> None:
+    """Set the account's list (and, unless None, its recovery key)."""
+    conn.execute(
+        "UPDATE accounts SET account_key = ?, device_list = ?, device_list_signature = ?,"
+        " list_version = ?, recovery_key = COALESCE(?, recovery_key) WHERE username = ?",
+        (
+            device_list.account_key,
+            device_list.signed.device_list,
+            device_list.signed.signature,
+            device_list.version,
+            recovery_key,
+            username,
+        ),
+    )
+
+
+def _replace_devices(
+    db: _WriterDb, username: str, devices: list[DeviceKeys], day: str, *, keep: bool
+) -> list[DeviceAddress]:
+    """Make the account's device rows those of ``devices``; returns the devices deleted.
+
+    With ``keep``, a device whose id and keys are unchanged keeps its row (its queue and
+    keys); one with new keys under an old id is a new device. Deleting a row deletes its
+    queue, one-time keys and fallback key (foreign key cascade; ``secure_delete`` zeroes
+    them). Their blobs are the blob store's, which the relay tells separately.
+    """
+    conn = db.conn
+    wanted = {(d.device_id, d.ed25519, d.curve25519) for d in devices} if keep else set()
+    held = set()
+    removed: list[tuple[DeviceAddress, int]] = []
+    for rowid, device_id, ed25519, curve25519 in conn.execute(
+        "SELECT id, device_id, ed25519, curve25519 FROM devices WHERE username = ?", (username,)
+    ).fetchall():
+        if (device_id, ed25519, curve25519) in wanted:
+            held.add(device_id)
+        else:
+            removed.append((DeviceAddress(username, device_id), rowid))
+    conn.executemany("DELETE FROM devices WHERE id = ?", [(rowid,) for _, rowid in removed])
+    db.forget_devices(removed)
+    for device in devices:
+        if device.device_id not in held:
+            _insert_device(conn, username, device, day)
+    return [device for device, _ in removed]
+
+
 def _create_account(
     db: _WriterDb,
     username: str,
-    device: DeviceKeys,
+    device_list: PublishedList,
+    recovery_key: str,
     one_time_keys: list[OneTimeKey],
     fallback_key: OneTimeKey | None,
     day: str,
@@ -739,21 +850,71 @@ def _create_account(
         conn.execute("INSERT INTO accounts (username, created_day) VALUES (?, ?)", (username, day))
     except sqlite3.IntegrityError:
         raise RequestRefused(ErrorCode.USERNAME_TAKEN, f"username {username} is taken") from None
-    cursor = conn.execute(
-        "INSERT INTO devices (username, device_id, ed25519, curve25519, signature, created_day,"
-        " last_active_day) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (username, device.device_id, device.ed25519, device.curve25519, device.signature, day, day),
-    )
-    assert cursor.lastrowid is not None
-    _insert_keys(conn, cursor.lastrowid, one_time_keys, fallback_key)
+    _store_list(conn, username, device_list, recovery_key)
+    (device,) = device_list.devices
+    _insert_keys(conn, _insert_device(conn, username, device, day), one_time_keys, fallback_key)
 
 
-def _touch_device(db: _WriterDb, device: DeviceAddress, day: str) -> None:
-    db.conn.execute(
-        "UPDATE devices SET last_active_day = ?"
-        " WHERE username = ? AND device_id = ? AND last_active_day <> ?",
-        (day, device.username, device.device_id, day),
-    )
+def _publish_devices(
+    db: _WriterDb, username: str, device_list: PublishedList, day: str
+) -> list[DeviceAddress]:
+    row = db.conn.execute(
+        "SELECT account_key, list_version FROM accounts WHERE username = ?", (username,)
+    ).fetchone()
+    if row is None or row[0] != device_list.account_key:
+        raise RequestRefused(
+            ErrorCode.BAD_DEVICE_LIST, f"the list is not signed by {username}'s account key"
+        )
+    if device_list.version <= row[1]:
+        raise RequestRefused(
+            ErrorCode.BAD_DEVICE_LIST,
+            f"list version {device_list.version} is not above the stored version {row[1]}",
+        )
+    _store_list(db.conn, username, device_list, None)
+    return _replace_devices(db, username, device_list.devices, day, keep=True)
+
+
+def _recover(
+    db: _WriterDb,
+    username: str,
+    old_recovery_key: str,
+    device_list: PublishedList,
+    recovery_key: str,
+    one_time_keys: list[OneTimeKey],
+    fallback_key: OneTimeKey | None,
+    day: str,
+) -> list[DeviceAddress]:
+    row = db.conn.execute(
+        "SELECT recovery_key FROM accounts WHERE username = ?", (username,)
+    ).fetchone()
+    if row is None or row[0] != old_recovery_key:  # changed since the signature was checked
+        raise RequestRefused(ErrorCode.AUTH_FAILED, "authentication failed")
+    _store_list(db.conn, username, device_list, recovery_key)
+    removed = _replace_devices(db, username, device_list.devices, day, keep=False)
+    (device,) = device_list.devices
+    rowid = db.device_rowid(DeviceAddress(username, device.device_id))
+    _insert_keys(db.conn, rowid, one_time_keys, fallback_key)
+    return removed
+
+
+def _set_recovery(db: _WriterDb, username: str, account_key: str, recovery_key: str) -> None:
+    changed = db.conn.execute(
+        "UPDATE accounts SET recovery_key = ? WHERE username = ? AND account_key = ?",
+        (recovery_key, username, account_key),
+    ).rowcount
+    if not changed:
+        raise RequestRefused(ErrorCode.BAD_SIGNATURE, "the account key has changed")
+
+
+def _touch_device(db: _WriterDb, device: DeviceAddress, day: str) -> bool:
+    row = db.conn.execute(
+        "SELECT id, last_active_day FROM devices WHERE username = ? AND device_id = ?", device
+    ).fetchone()
+    if row is None:
+        return False
+    if row[1] != day:  # day resolution: at most one write per device and day
+        db.conn.execute("UPDATE devices SET last_active_day = ? WHERE id = ?", (day, row[0]))
+    return True
 
 
 def _upload_keys(
@@ -841,8 +1002,8 @@ class SqliteStorage(Storage):
         self._read_only = read_only
         self._writer: _Writer | None = None
         self._reader: sqlite3.Connection | None = None
-        # Device row ids never change and devices are never deleted (schema v1), so the
-        # hot read path (pending) resolves an address once per device and process.
+        # A device's row id never changes while it exists, so the hot read path (pending)
+        # resolves an address once per device and process; removing devices clears this.
         self._rowids: dict[DeviceAddress, int] = {}
 
     # --- lifecycle
@@ -915,14 +1076,33 @@ class SqliteStorage(Storage):
     async def create_account(
         self,
         username: str,
-        device: DeviceKeys,
+        device_list: PublishedList,
+        recovery_key: str,
         one_time_keys: list[OneTimeKey],
         fallback_key: OneTimeKey | None,
         day: str,
     ) -> None:
         await self._write(
-            _create_account, username, device, one_time_keys, fallback_key, day, savepoint=True
+            _create_account,
+            username,
+            device_list,
+            recovery_key,
+            one_time_keys,
+            fallback_key,
+            day,
+            savepoint=True,
         )
+
+    async def account(self, username: str) -> Account | None:
+        row = (
+            self._read()
+            .execute(
+                "SELECT account_key, list_version, recovery_key FROM accounts WHERE username = ?",
+                (username,),
+            )
+            .fetchone()
+        )
+        return Account(*row) if row else None
 
     async def device_keys(self, device: DeviceAddress) -> DeviceKeys | None:
         row = (
@@ -936,22 +1116,61 @@ class SqliteStorage(Storage):
         )
         return DeviceKeys(*row) if row else None
 
-    async def touch_device(self, device: DeviceAddress, day: str) -> None:
-        await self._write(_touch_device, device, day)
+    async def touch_device(self, device: DeviceAddress, day: str) -> bool:
+        return await self._write(_touch_device, device, day)
 
-    async def get_devices(self, username: str) -> list[DeviceKeys]:
-        rows = (
-            self._read()
-            .execute(
-                "SELECT device_id, ed25519, curve25519, signature FROM devices"
-                " WHERE username = ? ORDER BY device_id",
-                (username,),
-            )
-            .fetchall()
-        )
-        if not rows:
+    async def get_devices(self, username: str, *, last_active: bool) -> AccountDevices:
+        db = self._read()
+        row = db.execute(
+            "SELECT device_list, device_list_signature FROM accounts WHERE username = ?",
+            (username,),
+        ).fetchone()
+        if row is None or row[0] is None:  # none, or created before device lists
             raise RequestRefused(ErrorCode.UNKNOWN_USER, f"no user {username}")
-        return [DeviceKeys(*row) for row in rows]
+        days: dict[str, str] = {}
+        if last_active:
+            days = dict(
+                db.execute(
+                    "SELECT device_id, last_active_day FROM devices WHERE username = ?",
+                    (username,),
+                ).fetchall()
+            )
+        return AccountDevices(SignedDeviceList(device_list=row[0], signature=row[1]), days)
+
+    async def publish_devices(
+        self, username: str, device_list: PublishedList, day: str
+    ) -> list[DeviceAddress]:
+        removed = await self._write(_publish_devices, username, device_list, day, savepoint=True)
+        if removed:
+            self._rowids.clear()  # after the commit: a read before it may have cached them
+        return removed
+
+    async def recover(
+        self,
+        username: str,
+        old_recovery_key: str,
+        device_list: PublishedList,
+        recovery_key: str,
+        one_time_keys: list[OneTimeKey],
+        fallback_key: OneTimeKey | None,
+        day: str,
+    ) -> list[DeviceAddress]:
+        removed = await self._write(
+            _recover,
+            username,
+            old_recovery_key,
+            device_list,
+            recovery_key,
+            one_time_keys,
+            fallback_key,
+            day,
+            savepoint=True,
+        )
+        self._rowids.clear()  # after the commit: a read before it may have cached them
+        return removed
+
+    async def set_recovery(self, username: str, account_key: str, recovery_key: str) -> None:
+        await self._write(_set_recovery, username, account_key, recovery_key, savepoint=True)
 
     async def upload_keys(
         self,
@@ -978,7 +1197,7 @@ class SqliteStorage(Storage):
         envelopes: list[OutboundEnvelope],
         expires_at: int,
         max_queue: int,
-    ) -> asyncio.Future[list[StoredEnvelopes]]:
+    ) -> asyncio.Future[StoreResult]:
         return self._write(_WriterDb.store, sender, envelopes, expires_at, max_queue)
 
     async def last_seq(self, device: DeviceAddress) -> int:
@@ -1037,7 +1256,9 @@ class SqliteStorage(Storage):
     async def disclose(self, username: str) -> dict[str, Any]:
         db = self._read()
         account = db.execute(
-            "SELECT created_day FROM accounts WHERE username = ?", (username,)
+            "SELECT created_day, account_key, list_version, recovery_key IS NOT NULL"
+            " FROM accounts WHERE username = ?",
+            (username,),
         ).fetchone()
         if account is None:
             raise UnknownContact(username)
@@ -1107,6 +1328,9 @@ class SqliteStorage(Storage):
         return {
             "username": username,
             "created_day": account[0],
+            "account_key": account[1],
+            "list_version": account[2],
+            "recovery_key_held": bool(account[3]),
             "devices": devices,
             "queued_for_account": queued_for,
             "queued_from_account": queued_from,

@@ -1,0 +1,149 @@
+"""Several devices per account: linking, fan-out and self-sync, removal, recovery.
+
+Real server processes on loopback, real profiles; devices are in-process clients
+unless the test is about the command line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from obrolan.client import Client
+from obrolan.client.enrolment import default_device_name
+from obrolan.client.models import MessageState
+from obrolan.crypto.account import LinkCode
+from obrolan.errors import ConfigError, CryptoError, DeviceRemoved, RequestRefused
+from obrolan.protocol.codes import ErrorCode
+from tests.e2e.conftest import mailbox_rows
+
+
+async def link(server, profiles: Callable[[str], Path], existing: Client, name: str,
+               *, with_history: bool = False) -> Client:  # type: ignore[no-untyped-def]
+    """A new device of ``existing``'s account, linked and approved in process."""
+    codes: asyncio.Queue[LinkCode] = asyncio.Queue()
+    linking = asyncio.create_task(
+        Client.link(profiles(name), server.url, existing.username, None, codes.put_nowait,
+                    device_name=name)
+    )
+    code = await asyncio.wait_for(codes.get(), 15)
+    await existing.approve(str(code), with_history=with_history)
+    return await asyncio.wait_for(linking, 15)
+
+
+def texts(client: Client, peer: str) -> list[tuple[str, str]]:
+    return [(m.sender, m.text) for m in client.history(peer) if m.state is not MessageState.NOTICE]
+
+
+async def test_messages_reach_every_device_of_both_people(server, profiles, pair) -> None:  # type: ignore[no-untyped-def]
+    laptop, bob = pair
+    phone = await link(server, profiles, laptop, "phone")
+    phone.accept("bob")  # a new device without history knows no accepted conversation yet
+    try:
+        assert {d.name for d in await laptop.devices()} == {"phone", default_device_name()}
+        await bob.send("alice", "hello alice")
+        await bob.flush(10)
+        for device in (laptop, phone):
+            received = await device.sync()
+            assert [m.text for m in received] == ["hello alice"]
+        await phone.send("bob", "hi from my phone")
+        await phone.flush(10)
+        assert [m.text for m in await bob.sync()] == ["hi from my phone"]
+        await laptop.sync()
+        await laptop.send("bob", "and from my laptop")
+        await laptop.flush(10)
+        await bob.sync()
+        await phone.sync()
+        expected = [("bob", "hello alice"), ("alice", "hi from my phone"),
+                    ("alice", "and from my laptop")]
+        assert texts(laptop, "bob") == expected
+        assert texts(phone, "bob") == expected
+        assert texts(bob, "alice") == expected
+        own = [m for m in laptop.history("bob") if m.text == "hi from my phone"]
+        assert own[0].outgoing and own[0].state is MessageState.SENT
+    finally:
+        await phone.close()
+
+
+async def test_a_removed_device_gets_nothing_new(server, profiles, pair) -> None:  # type: ignore[no-untyped-def]
+    laptop, bob = pair
+    phone = await link(server, profiles, laptop, "phone")
+    phone.accept("bob")
+    phone_id = phone.device_id
+    try:
+        await bob.send("alice", "before removal")
+        await bob.flush(10)
+        assert [m.text for m in await phone.sync()] == ["before removal"]
+        await laptop.remove_device(phone_id)
+        assert phone_id not in {d.device_id for d in await laptop.devices()}
+        await bob.sync()  # a new connection: bob looks at alice's list again
+        await bob.send("alice", "after removal")
+        await bob.flush(10)
+        assert [m.text for m in await laptop.sync()] == ["before removal", "after removal"]
+        assert mailbox_rows(server.data_dir, to="alice") == 0
+        with pytest.raises(DeviceRemoved):
+            await phone.sync(timeout=10)
+        assert "after removal" not in [m.text for m in phone.history("bob")]
+    finally:
+        await phone.close()
+
+
+async def test_link_codes_that_are_wrong_reused_or_for_another_account(server, profiles, pair) -> None:  # type: ignore[no-untyped-def]
+    laptop, bob = pair
+    codes: asyncio.Queue[LinkCode] = asyncio.Queue()
+    linking = asyncio.create_task(
+        Client.link(profiles("tablet"), server.url, "alice", None, codes.put_nowait)
+    )
+    code = await asyncio.wait_for(codes.get(), 15)
+    with pytest.raises(RequestRefused) as unknown:
+        await laptop.approve(str(LinkCode.create()))
+    assert unknown.value.code == ErrorCode.UNKNOWN_LINK
+    wrong_secret = LinkCode(code.link_id, LinkCode.create().secret)
+    with pytest.raises(CryptoError, match="link code is wrong"):
+        await laptop.approve(str(wrong_secret))
+    with pytest.raises(CryptoError):
+        await laptop.approve("not a code")
+    with pytest.raises(ConfigError, match="alice's account"):
+        await bob.approve(str(code))
+    assert len(await laptop.devices()) == 1
+    await laptop.approve(str(code))
+    tablet = await asyncio.wait_for(linking, 15)
+    try:
+        with pytest.raises(RequestRefused) as reused:
+            await laptop.approve(str(code))
+        assert reused.value.code == ErrorCode.LINK_USED
+        assert len(await laptop.devices()) == 2
+    finally:
+        await tablet.close()
+
+
+async def test_history_moves_to_a_new_device(server, profiles, pair) -> None:  # type: ignore[no-untyped-def]
+    laptop, bob = pair
+    for n in range(20):
+        await bob.send("alice", f"from bob {n}")
+        await laptop.send("bob", f"from alice {n}")
+    await bob.flush(20)
+    await laptop.flush(20)
+    await laptop.sync()
+    tablet = await link(server, profiles, laptop, "tablet", with_history=True)
+    try:
+        assert tablet.history_follows
+        sent = await laptop.send_history(tablet.device_id)
+        assert sent == len(laptop.history("bob"))
+        summary = await tablet.receive_history(timeout=30)
+        assert summary.messages == sent
+        assert texts(tablet, "bob") == texts(laptop, "bob")
+        assert not tablet.history_pending()
+        assert blob_rows(server.data_dir) == 0
+    finally:
+        await tablet.close()
+
+
+def blob_rows(data_dir: Path) -> int:
+    with sqlite3.connect(data_dir / "blobs.db") as db:
+        (count,) = db.execute("SELECT COUNT(*) FROM blobs").fetchone()
+    return int(count)

@@ -1,0 +1,136 @@
+"""A hostile server cannot add a device to an account or swap its account key unnoticed.
+
+A shim in front of the real server rewrites the device lists it returns; the
+client under attack talks only to the shim. What it then sends is read from the
+frames the shim recorded.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import msgspec
+import pytest
+
+from obrolan.client import Client
+from obrolan.client.models import MessageState
+from obrolan.crypto.account import AccountKey, device_entry
+from obrolan.crypto.device import DeviceIdentity
+from obrolan.errors import IdentityChanged
+from obrolan.protocol.frames import DeviceList
+from tests.support.shim import MaliciousServer
+
+EVIL = "evil0device"
+
+
+def _list_of(frame: dict[str, Any]) -> DeviceList:
+    raw = base64.b64decode(frame["device_list"]["device_list"])
+    return msgspec.json.decode(raw, type=DeviceList)
+
+
+def inject_device(username: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Add a self-signed device of the server's to ``username``'s list, keeping the signature."""
+    fake = DeviceIdentity.create().device_keys(username, EVIL)
+
+    def rewrite(frame: dict[str, Any]) -> dict[str, Any]:
+        if frame.get("type") == "devices" and frame.get("username") == username:
+            listed = _list_of(frame)
+            forged = msgspec.structs.replace(
+                listed, devices=[*listed.devices, device_entry(fake, b"")]
+            )
+            frame["device_list"]["device_list"] = base64.b64encode(
+                msgspec.json.encode(forged)
+            ).decode()
+        return frame
+
+    return rewrite
+
+
+def replace_account_key(username: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Hand out a list for ``username`` signed by an account key the server made."""
+    account = AccountKey.create()
+    fake = DeviceIdentity.create().device_keys(username, EVIL)
+    signed = account.sign_device_list(username, 1, [device_entry(fake, b"")])
+    replacement = json.loads(msgspec.json.encode(signed))
+
+    def rewrite(frame: dict[str, Any]) -> dict[str, Any]:
+        if frame.get("type") == "devices" and frame.get("username") == username:
+            frame["device_list"] = replacement
+        return frame
+
+    return rewrite
+
+
+def envelopes_to(shim: MaliciousServer, device_id: str) -> list[dict[str, Any]]:
+    return [
+        e for f in shim.sent_by_clients if f.get("type") == "send"
+        for e in f["envelopes"] if e["to_device"] == device_id
+    ]
+
+
+@pytest.fixture
+async def attacked(server, profiles) -> AsyncIterator[tuple[MaliciousServer, Client, Client]]:  # type: ignore[no-untyped-def]
+    """alice behind the shim, bob on the real server, after one honest exchange."""
+    async with MaliciousServer(server.ws_url) as shim:
+        alice = await Client.register(profiles("alice"), shim.url, "alice", None)
+        bob = await Client.register(profiles("bob"), server.url, "bob", None)
+        alice.accept("bob")
+        bob.accept("alice")
+        try:
+            await alice.send("bob", "honest hello")
+            await alice.flush(10)
+            assert [m.text for m in await bob.sync()] == ["honest hello"]
+            yield shim, alice, bob
+        finally:
+            await alice.close()
+            await bob.close()
+
+
+def notices(client: Client, peer: str) -> list[str]:
+    return [m.text for m in client.history(peer) if m.state is MessageState.NOTICE]
+
+
+async def test_an_injected_device_is_never_encrypted_to(attacked) -> None:  # type: ignore[no-untyped-def]
+    shim, alice, bob = attacked
+    shim.rewrite = inject_device("bob")
+    await alice.sync()  # a new connection: alice looks at bob's list again
+    await alice.send("bob", "for bob only")
+    await alice.flush(10)
+    assert [m.text for m in await bob.sync()] == ["for bob only"]
+    assert envelopes_to(shim, EVIL) == []
+    assert any("refused" in n and "signature does not verify" in n for n in notices(alice, "bob"))
+
+
+async def test_a_replaced_account_key_of_a_verified_contact_stops_sending(attacked) -> None:  # type: ignore[no-untyped-def]
+    shim, alice, bob = attacked
+    assert alice.mark_verified("bob", bob.account_key)
+    shim.rewrite = replace_account_key("bob")
+    await alice.sync()
+    queued = await alice.send("bob", "should not leave")
+    await alice.flush(10)
+    failed = alice.message(queued.message_id, "alice")
+    assert failed is not None and failed.state is MessageState.FAILED
+    assert "account key has changed" in (failed.error or "")
+    with pytest.raises(IdentityChanged):
+        await alice.send("bob", "still refused")
+    assert envelopes_to(shim, EVIL) == []
+    assert any("account key has changed" in n and "obrolan trust bob" in n
+               for n in notices(alice, "bob"))
+    [contact] = [c for c in alice.contacts() if c.username == "bob"]
+    assert contact.key_changed and contact.identity_key == bob.account_key
+
+
+async def test_a_changed_key_of_an_unverified_contact_is_a_warning(attacked) -> None:  # type: ignore[no-untyped-def]
+    shim, alice, _ = attacked
+    before = await alice.safety_number("bob")
+    shim.rewrite = replace_account_key("bob")
+    await alice.sync()
+    await alice.send("bob", "sent while the key looks changed")
+    await alice.flush(10)
+    [contact] = [c for c in alice.contacts() if c.username == "bob"]
+    assert contact.key_changed and not contact.verified
+    assert await alice.safety_number("bob") != before
+    assert any("account key has changed" in n for n in notices(alice, "bob"))

@@ -1,0 +1,82 @@
+"""A malicious server for tests: a WebSocket proxy in front of a real server that rewrites.
+
+Clients connect to the shim as if it were the server. Every frame the server
+sends passes through ``rewrite`` (which may change it, as a hostile operator
+could), and every frame a client sends is recorded, so a test can check what
+the client did with what it was shown::
+
+    async with MaliciousServer(server.ws_url) as shim:
+        shim.rewrite = add_device_to("bob", fake)
+        alice = await Client.open(profile, None)  # profile's server_url is shim.url
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Self
+
+import aiohttp
+from aiohttp import web
+
+__all__ = ["MaliciousServer"]
+
+Rewrite = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class MaliciousServer:
+    """A proxy on 127.0.0.1 that forwards /v1/ws to ``upstream`` and rewrites what comes back."""
+
+    def __init__(self, upstream_ws: str) -> None:
+        self._upstream = upstream_ws
+        self.rewrite: Rewrite = lambda frame: frame
+        self.sent_by_clients: list[dict[str, Any]] = []
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> Self:
+        app = web.Application()
+        app.router.add_get("/v1/ws", self._proxy)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _proxy(self, request: web.Request) -> web.WebSocketResponse:
+        client = web.WebSocketResponse(max_msg_size=0)
+        await client.prepare(request)
+        async with aiohttp.ClientSession() as http, http.ws_connect(
+            self._upstream, max_msg_size=0
+        ) as server:
+
+            async def downstream() -> None:
+                async for message in server:
+                    if message.type is not aiohttp.WSMsgType.TEXT:
+                        break
+                    await client.send_str(json.dumps(self.rewrite(json.loads(message.data))))
+                await client.close(code=server.close_code or 1000)
+
+            pump = asyncio.create_task(downstream())
+            try:
+                async for message in client:
+                    if message.type is not aiohttp.WSMsgType.TEXT:
+                        break
+                    self.sent_by_clients.append(json.loads(message.data))
+                    await server.send_str(message.data)
+            finally:
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pump
+        return client
