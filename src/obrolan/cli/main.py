@@ -30,6 +30,7 @@ from obrolan.cli.common import (
     read_passphrase,
 )
 from obrolan.cli.render import format_event, print_messages
+from obrolan.cli.verify_command import add_verify_command
 from obrolan.client.client import Client
 from obrolan.client.models import MessageState
 from obrolan.errors import ConfigError, ObrolanError, RequestRefused, ServerUnreachable
@@ -254,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("safety-number", cmd_safety_number, "print the safety number to compare with a contact")
     p.add_argument("user")
+    add_verify_command(sub)
 
     conversation_commands.add_parsers(sub)
     device_commands.add_parsers(sub)
