@@ -7,6 +7,8 @@
 - :mod:`~obrolan.crypto.keys` — Argon2id from a passphrase, random keys, HKDF sub-keys.
 - :func:`safety_number` — the 60 digits two people compare out of band.
 - :mod:`~obrolan.crypto.sas` — SAS verification: 7 emoji two devices compare, then MACs.
+- :mod:`~obrolan.crypto.megolm` — Megolm group sessions: encrypt once, every member reads.
+- :mod:`~obrolan.crypto.group_state` — a group's state from its chain of signed updates.
 
 Failures surface as :class:`~obrolan.errors.CryptoError` and its subclasses
 (:class:`~obrolan.errors.DecryptionError`, :class:`~obrolan.errors.SignatureError`);
