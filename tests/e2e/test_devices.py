@@ -46,16 +46,16 @@ async def test_messages_reach_every_device_of_both_people(server, profiles, pair
     try:
         assert {d.name for d in await laptop.devices()} == {"phone", default_device_name()}
         await bob.send("alice", "hello alice")
-        await bob.flush(10)
+        await bob.flush(30)
         for device in (laptop, phone):
             received = await device.sync()
             assert [m.text for m in received] == ["hello alice"]
         await phone.send("bob", "hi from my phone")
-        await phone.flush(10)
+        await phone.flush(30)
         assert [m.text for m in await bob.sync()] == ["hi from my phone"]
         await laptop.sync()
         await laptop.send("bob", "and from my laptop")
-        await laptop.flush(10)
+        await laptop.flush(30)
         await bob.sync()
         await phone.sync()
         expected = [("bob", "hello alice"), ("alice", "hi from my phone"),
@@ -76,13 +76,13 @@ async def test_a_removed_device_gets_nothing_new(server, profiles, pair) -> None
     phone_id = phone.device_id
     try:
         await bob.send("alice", "before removal")
-        await bob.flush(10)
+        await bob.flush(30)
         assert [m.text for m in await phone.sync()] == ["before removal"]
         await laptop.remove_device(phone_id)
         assert phone_id not in {d.device_id for d in await laptop.devices()}
         await bob.sync()  # a new connection: bob looks at alice's list again
         await bob.send("alice", "after removal")
-        await bob.flush(10)
+        await bob.flush(30)
         assert [m.text for m in await laptop.sync()] == ["before removal", "after removal"]
         assert mailbox_rows(server.data_dir, to="alice") == 0
         with pytest.raises(DeviceRemoved):

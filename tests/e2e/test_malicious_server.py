@@ -81,7 +81,7 @@ async def attacked(server, profiles) -> AsyncIterator[tuple[MaliciousServer, Cli
         bob.accept("alice")
         try:
             await alice.send("bob", "honest hello")
-            await alice.flush(10)
+            await alice.flush(30)
             assert [m.text for m in await bob.sync()] == ["honest hello"]
             yield shim, alice, bob
         finally:
@@ -98,7 +98,7 @@ async def test_an_injected_device_is_never_encrypted_to(attacked) -> None:  # ty
     shim.rewrite = inject_device("bob")
     await alice.sync()  # a new connection: alice looks at bob's list again
     await alice.send("bob", "for bob only")
-    await alice.flush(10)
+    await alice.flush(30)
     assert [m.text for m in await bob.sync()] == ["for bob only"]
     assert envelopes_to(shim, EVIL) == []
     assert any("refused" in n and "signature does not verify" in n for n in notices(alice, "bob"))
@@ -110,7 +110,7 @@ async def test_a_replaced_account_key_of_a_verified_contact_stops_sending(attack
     shim.rewrite = replace_account_key("bob")
     await alice.sync()
     queued = await alice.send("bob", "should not leave")
-    await alice.flush(10)
+    await alice.flush(30)
     failed = alice.message(queued.message_id, "alice")
     assert failed is not None and failed.state is MessageState.FAILED
     assert "account key has changed" in (failed.error or "")
@@ -129,7 +129,7 @@ async def test_a_changed_key_of_an_unverified_contact_is_a_warning(attacked) -> 
     shim.rewrite = replace_account_key("bob")
     await alice.sync()
     await alice.send("bob", "sent while the key looks changed")
-    await alice.flush(10)
+    await alice.flush(30)
     [contact] = [c for c in alice.contacts() if c.username == "bob"]
     assert contact.key_changed and not contact.verified
     assert await alice.safety_number("bob") != before

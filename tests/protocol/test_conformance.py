@@ -818,3 +818,196 @@ async def test_server_keeps_a_waiting_link_past_the_auth_timeout_until_it_expire
         assert (await conn.receive())["closed"] == 1008
     finally:
         stop_server(process)
+
+
+# --- groups: one Megolm ciphertext for many devices (§8, §23) ----------------------------------
+
+
+def recipient(device: Device) -> Frame:
+    """A Recipient of a multi-recipient envelope (§7.10)."""
+    return {"to_device": device.device_id, "to_user": device.user}
+
+
+async def olm_envelope(conn: Connection, sender: Device, receiver: Device, body: Frame) -> Frame:
+    """§15.2: a pre-key message to the receiver's device carrying ``body``, as an envelope."""
+    devices = await conn.request({"type": "get_devices", "id": 90, "username": receiver.user})
+    listed = open_list(devices["device_list"], receiver.user, receiver.owner.key.public)
+    (keys,) = [entry["keys"] for entry in listed["devices"]]
+    claimed = await conn.request({"type": "claim_keys", "id": 91, "username": receiver.user})
+    key = claimed["devices"][0]["one_time_key"]
+    verify(keys["ed25519"], signed("obrolan-otk-v1", key["key_id"], key["key"]), key["signature"])
+    session = sender.account.create_outbound_session(
+        vodozemac.Curve25519PublicKey.from_base64(keys["curve25519"]),
+        vodozemac.Curve25519PublicKey.from_base64(key["key"]),
+    )
+    plaintext = {
+        "content": body,
+        "recipient_device": receiver.device_id,
+        "recipient": receiver.user,
+        "sender_device": sender.device_id,
+        "sender": sender.user,
+    }
+    message_type, sealed = session.encrypt(json.dumps(plaintext).encode()).to_parts()
+    olm = {"body": b64(sealed), "message_type": message_type, "sender_key": sender.curve25519}
+    return envelope_for(receiver, json.dumps(olm).encode())
+
+
+async def queued_until_drained(conn: Connection) -> list[Frame]:
+    """Every envelope delivered on a fresh connection before ``drained``."""
+    envelopes: list[Frame] = []
+    while (frame := await conn.receive()) != {"type": "drained"}:
+        assert frame["type"] == "deliver", frame
+        envelopes += frame["envelopes"]
+    return envelopes
+
+
+async def test_spec_client_sends_one_group_message_to_two_devices(connect: Connect) -> None:
+    """§23.14/§23.15: a group key over Olm, then one send_multi; each device gets both once,
+    decrypts the Megolm message, checks the device signature and acks; then nothing is left."""
+    alice, alice_conn = await registered(connect)
+    members = [await registered(connect) for _ in range(2)]
+    for _, conn in members:
+        await conn.ws.close()
+    group_id = new_id()
+    now = int(time.time() * 1000)
+
+    megolm = vodozemac.GroupSession()
+    group_key = {
+        "session_key": megolm.session_key.to_base64(),
+        "session_id": megolm.session_id,
+        "group_id": group_id,
+        "sent_at_ms": now,
+        "message_id": new_id(),
+        "kind": "group_key",
+    }
+    keys = [await olm_envelope(alice_conn, alice, device, group_key) for device, _ in members]
+    sent = await alice_conn.request({"type": "send", "id": 1, "envelopes": keys})
+    assert sent["envelope_ids"] == [k["envelope_id"] for k in keys]
+
+    message = json.dumps({
+        "text": "Halo semua, dari spesifikasi",
+        "sent_at_ms": now,
+        "message_id": new_id(),
+        "sender_device": alice.device_id,
+        "sender": alice.user,
+        "group_id": group_id,
+    }).encode()
+    signed_message = {
+        "signature": alice.sign(signed("obrolan-group-message-v1", message)),
+        "message": b64(message),
+    }
+    body = megolm.encrypt(json.dumps(signed_message).encode()).to_bytes()
+    ciphertext = json.dumps({"body": b64(body), "group_session": megolm.session_id}).encode()
+    stranger = Device(username())  # no such account: skipped, not an error
+    envelope = {
+        "ciphertext": b64(ciphertext),
+        "recipients": [recipient(device) for device, _ in members] + [recipient(stranger)],
+        "envelope_id": new_id(),
+    }
+    multi = {"type": "send_multi", "envelope": envelope}
+    answer = await alice_conn.request(multi | {"id": 2})
+    assert answer == {
+        "type": "sent",
+        "id": 2,
+        "envelope_ids": [envelope["envelope_id"]],
+        "skipped": [],
+        "skipped_recipients": [recipient(stranger)],
+    }
+    assert await alice_conn.request(multi | {"id": 3}) == answer | {"id": 3}  # stored once
+
+    own = await alice_conn.request({"type": "get_devices", "id": 4, "username": alice.user})
+    (alice_keys,) = [d["keys"] for d in open_list(own["device_list"], alice.user,
+                                                  alice.owner.key.public)["devices"]]
+    for device, _ in members:
+        conn = await connect()
+        assert (await conn.authenticate(device))["type"] == "welcome"
+        key_envelope, group_envelope = await queued_until_drained(conn)  # key first (§8)
+        assert key_envelope["envelope_id"] in sent["envelope_ids"]
+        assert group_envelope == {
+            "envelope_id": envelope["envelope_id"],
+            "from_user": alice.user,
+            "from_device": alice.device_id,
+            "ciphertext": envelope["ciphertext"],
+        }
+        olm = json.loads(base64.b64decode(key_envelope["ciphertext"]))
+        pre_key = vodozemac.AnyOlmMessage.from_parts(0, base64.b64decode(olm["body"])).to_pre_key()
+        assert pre_key is not None
+        _, opened = device.account.create_inbound_session(
+            vodozemac.Curve25519PublicKey.from_base64(olm["sender_key"]), pre_key
+        )
+        shared = json.loads(opened)["content"]
+        inbound = vodozemac.InboundGroupSession(vodozemac.SessionKey(shared["session_key"]))
+
+        sealed = json.loads(base64.b64decode(group_envelope["ciphertext"]))
+        assert "sender_key" not in sealed and sealed["group_session"] == inbound.session_id
+        decrypted = inbound.decrypt(vodozemac.MegolmMessage.from_bytes(
+            base64.b64decode(sealed["body"])
+        ))
+        received = json.loads(decrypted.plaintext)
+        raw_message = base64.b64decode(received["message"])
+        verify(alice_keys["ed25519"], signed("obrolan-group-message-v1", raw_message),
+               received["signature"])
+        shown = json.loads(raw_message)
+        assert (shown["group_id"], shown["sender"]) == (group_id, group_envelope["from_user"])
+        ids = [key_envelope["envelope_id"], group_envelope["envelope_id"]]
+        await conn.send({"type": "ack", "envelope_ids": ids})
+
+        again = await connect()  # replaces conn (4000) once the ack has been taken
+        assert (await again.authenticate(device))["type"] == "welcome"
+        assert await queued_until_drained(again) == []
+        assert (await conn.receive())["closed"] == 4000
+
+
+async def test_server_skips_recipients_it_cannot_queue(connect: Connect) -> None:
+    """A full queue and an unknown device are skipped; with nobody left, the envelope is."""
+    _, conn = await registered(connect)
+    full, full_conn = await registered(connect)
+    room, room_conn = await registered(connect)
+    await full_conn.ws.close()
+    await room_conn.ws.close()
+    for number in range(MAX_QUEUE // 100):
+        envelopes = [envelope_for(full, b"x") for _ in range(100)]
+        assert (await conn.request({"type": "send", "id": number, "envelopes": envelopes}))[
+            "type"
+        ] == "sent"
+    gone = Device(room.user, "nodevice")
+    envelope = {"envelope_id": new_id(), "ciphertext": b64(b"megolm"),
+                "recipients": [recipient(full), recipient(room), recipient(gone)]}
+    answer = await conn.request({"type": "send_multi", "id": 10, "envelope": envelope})
+    assert answer["envelope_ids"] == [envelope["envelope_id"]] and answer["skipped"] == []
+    assert answer["skipped_recipients"] == [recipient(full), recipient(gone)]
+
+    lonely = {"envelope_id": new_id(), "ciphertext": b64(b"megolm"),
+              "recipients": [recipient(full)]}
+    answer = await conn.request({"type": "send_multi", "id": 11, "envelope": lonely})
+    assert (answer["envelope_ids"], answer["skipped"]) == ([], [lonely["envelope_id"]])
+    nobody = lonely | {"envelope_id": new_id(), "recipients": []}
+    answer = await conn.request({"type": "send_multi", "id": 12, "envelope": nobody})
+    assert (answer["envelope_ids"], answer["skipped"]) == ([], [nobody["envelope_id"]])
+
+    reader = await connect()
+    assert (await reader.authenticate(room))["type"] == "welcome"
+    (delivered,) = await queued_until_drained(reader)
+    assert delivered["envelope_id"] == envelope["envelope_id"]
+
+
+async def test_server_refuses_bad_send_multi(connect: Connect) -> None:
+    """Too many recipients, too large a ciphertext, a recipient twice: errors with the id."""
+    device, conn = await registered(connect)
+    peer, _ = await registered(connect)
+    limits = conn.challenge["limits"]
+    many = [recipient(Device(f"user{i:05d}")) for i in range(limits["max_recipients_per_envelope"])]
+    cases: list[tuple[list[Frame], int, str]] = [
+        ([recipient(peer), *many], 1, "too_many_items"),
+        ([recipient(peer)], limits["max_envelope_bytes"] + 1, "envelope_too_large"),
+        ([recipient(peer), recipient(device), recipient(peer)], 1, "malformed_frame"),
+    ]
+    for number, (recipients, size, code) in enumerate(cases, start=20):
+        envelope = {"envelope_id": new_id(), "recipients": recipients, "ciphertext": b64(b"x" * size)}
+        answer = await conn.request({"type": "send_multi", "id": number, "envelope": envelope})
+        assert (answer["type"], answer["code"]) == ("error", code), code
+    stranger = await connect()
+    await stranger.send({"type": "send_multi", "id": 30, "envelope": {
+        "envelope_id": new_id(), "recipients": [recipient(peer)], "ciphertext": b64(b"x")}})
+    answer = await stranger.receive()
+    assert (answer["code"], answer["id"]) == ("not_authenticated", 30)

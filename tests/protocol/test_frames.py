@@ -15,7 +15,7 @@ import msgspec
 import pytest
 
 from obrolan.errors import RemoteProtocolError
-from obrolan.protocol import content, frames
+from obrolan.protocol import content, frames, groups
 from obrolan.protocol.codes import ErrorCode
 from obrolan.protocol.limits import SUPPORTED_VERSIONS, Limits
 
@@ -36,6 +36,17 @@ CONTENT_SAMPLES: dict[str, type[msgspec.Struct]] = {
     "link_secrets": content.LinkSecrets,
     "device_list": frames.DeviceList,
     "device_list_linked": frames.DeviceList,
+    "group_update_create": groups.GroupUpdate,
+    "group_update_add": groups.GroupUpdate,
+    "group_update_mute": groups.GroupUpdate,
+    "group_update_invite": groups.GroupUpdate,
+    "group_message": groups.GroupMessage,
+    "signed_group_message": groups.SignedGroupMessage,
+    "group_ciphertext": groups.GroupCiphertext,
+    "plaintext_group_state": content.Plaintext,
+    "plaintext_group_key": content.Plaintext,
+    "plaintext_group_join": content.Plaintext,
+    "plaintext_group_report": content.Plaintext,
 }
 """Samples of what travels inside ciphertext, sealed offers and signed lists, with their type."""
 DECODERS = {
@@ -44,6 +55,10 @@ DECODERS = {
     content.NewDeviceOffer: content.decode_link_offer,
     content.LinkSecrets: content.decode_link_secrets,
     frames.DeviceList: msgspec.json.Decoder(frames.DeviceList).decode,
+    groups.GroupUpdate: groups.decode_group_update,
+    groups.GroupMessage: groups.decode_group_message,
+    groups.SignedGroupMessage: msgspec.json.Decoder(groups.SignedGroupMessage).decode,
+    groups.GroupCiphertext: groups.decode_group_ciphertext,
 }
 """How a receiver decodes each of them."""
 NOT_FRAMES = {*CONTENT_SAMPLES, "info", "vectors"}
@@ -151,13 +166,13 @@ def test_codec_fills_defaults_of_omitted_optional_fields() -> None:
 
 
 def test_codec_fills_defaults_of_new_optional_fields() -> None:
-    """``sent.skipped``, ``devices.last_active`` and ``Plaintext.sent_to`` may be omitted."""
+    """``sent.skipped(_recipients)``, ``devices.last_active``, ``Plaintext.sent_to`` may be omitted."""
     sent = frames.decode_server_frame(b'{"type":"sent","id":5,"envelope_ids":[]}')
     devices = json.loads(sample("devices"))
     del devices["last_active"]
     decoded = frames.decode_server_frame(json.dumps(devices))
     plain = content.decode_plaintext(sample("plaintext"))
-    assert isinstance(sent, frames.Sent) and sent.skipped == []
+    assert isinstance(sent, frames.Sent) and sent.skipped == [] and sent.skipped_recipients == []
     assert isinstance(decoded, frames.Devices) and decoded.last_active == {}
     assert plain.sent_to is None
 
@@ -477,5 +492,95 @@ def test_content_refuses_bad_txn(txn: str) -> None:
     """A verification's txn is 16 to 64 URL-safe base64 characters."""
     plain = json.loads(sample("plaintext_verify_start"))
     plain["content"]["txn"] = txn
+    with pytest.raises(msgspec.ValidationError):
+        content.decode_plaintext(json.dumps(plain).encode())
+
+
+# --- issue 4: multi-recipient envelopes and groups ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("envelope", "envelope_id"), "short"),
+        (("envelope", "recipients", 0, "to_user"), "Alice"),
+        (("envelope", "recipients", 0, "to_device"), "ph.one"),
+        (("envelope", "recipients", 0), {"to_user": "alice"}),
+        (("envelope", "recipients"), {"to_user": "alice", "to_device": "phone"}),
+        (("envelope", "ciphertext"), "eyJ"),
+        (("envelope",), None),
+    ],
+    ids=[
+        "envelope-id",
+        "username",
+        "device-id",
+        "recipient-fields",
+        "not-a-list",
+        "base64",
+        "null",
+    ],
+)
+def test_codec_reports_malformed_send_multi(path: tuple[str | int, ...], value: object) -> None:
+    """A send_multi whose envelope, recipients or ciphertext break their types is malformed."""
+    frame = json.loads(sample("send_multi"))
+    target = frame
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    assert refusal(json.dumps(frame)).code is ErrorCode.MALFORMED_FRAME
+
+
+def test_codec_accepts_send_multi_without_recipients() -> None:
+    """An empty recipient list decodes: the server answers it with the envelope skipped (§8)."""
+    frame = json.loads(sample("send_multi"))
+    frame["envelope"]["recipients"] = []
+    decoded = frames.decode_client_frame(json.dumps(frame))
+    assert isinstance(decoded, frames.SendMulti) and decoded.envelope.recipients == []
+
+
+@pytest.mark.parametrize(
+    ("sample_name", "change"),
+    [
+        ("group_update_add", {"prev": base64.b64encode(b"x" * 31).decode()}),
+        ("group_update_add", {"seq": -1}),
+        ("group_update_add", {"action": {"op": "banish", "user": "carol"}}),
+        ("group_update_add", {"action": {"user": "carol"}}),
+        ("group_update_mute", {"reason": "x" * 501}),
+        ("group_update_create", {"group_id": "too-short"}),
+    ],
+    ids=["prev-31-bytes", "negative-seq", "unknown-op", "no-op", "long-reason", "bad-group-id"],
+)
+def test_group_update_refuses_malformed_values(sample_name: str, change: dict[str, object]) -> None:
+    """prev is 32 bytes or null, seq 0 or more, an action names a known op, a reason <= 500."""
+    update = json.loads(sample(sample_name)) | change
+    with pytest.raises(msgspec.ValidationError):
+        groups.decode_group_update(json.dumps(update).encode())
+
+
+def test_group_update_decodes_defaults_of_omitted_members() -> None:
+    """An update without reason, and a create without description, rules, settings or members."""
+    update = json.loads(sample("group_update_create"))
+    del update["reason"]
+    update["action"] = {"op": "create", "title": "Arisan"}
+    decoded = groups.decode_group_update(json.dumps(update).encode())
+    assert decoded.reason == ""
+    assert decoded.action == groups.Create(title="Arisan")
+    assert decoded.action.settings == groups.GroupSettings(
+        who_can_post="all", who_can_add="admins", approval=True
+    )
+
+
+def test_group_ciphertext_is_not_an_olm_ciphertext_and_back() -> None:
+    """Receivers tell the two envelope contents apart by their members (§15.4 step 2)."""
+    with pytest.raises(msgspec.ValidationError):
+        content.decode_olm_ciphertext(sample("group_ciphertext"))
+    with pytest.raises(msgspec.ValidationError):
+        groups.decode_group_ciphertext(sample("olm_ciphertext"))
+
+
+def test_content_refuses_group_state_without_updates() -> None:
+    """A group_state carries at least one update."""
+    plain = json.loads(sample("plaintext_group_state"))
+    plain["content"]["updates"] = []
     with pytest.raises(msgspec.ValidationError):
         content.decode_plaintext(json.dumps(plain).encode())

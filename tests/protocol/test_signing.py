@@ -28,6 +28,8 @@ from obrolan.protocol.signing import (
     auth_bytes,
     device_keys_bytes,
     device_list_bytes,
+    group_message_bytes,
+    group_update_bytes,
     one_time_key_bytes,
     recover_bytes,
     recovery_key_bytes,
@@ -37,6 +39,11 @@ ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data"
 SPEC = ROOT / "docs" / "protocol.md"
 VECTORS = json.loads((DATA / "vectors.json").read_text())
+
+
+def raw(name: str) -> bytes:
+    """The exact bytes of one golden sample."""
+    return (DATA / f"{name}.json").read_bytes()
 
 
 def sample(name: str) -> dict[str, Any]:
@@ -109,6 +116,14 @@ def device_signatures() -> list[tuple[str, str, bytes, str]]:
     items += [
         (s, who, one_time_key_bytes(k["key_id"], k["key"]), k["signature"]) for s, who, k in keys
     ]
+    welcome, spam = sample("signed_group_message"), sample("plaintext_group_report")
+    spam = spam["content"]["reported"]
+    items += [
+        ("signed_group_message", "alice", group_message_bytes(raw("group_message")),
+         welcome["signature"]),
+        ("plaintext_group_report", "bob",
+         group_message_bytes(base64.b64decode(spam["message"])), spam["signature"]),
+    ]
     return items
 
 
@@ -135,6 +150,12 @@ def account_signatures() -> list[tuple[str, Ed25519PrivateKey, bytes, str]]:
     ]
     new_account_key = public(account_key("bob_recovered"))
     recover, set_recovery = sample("recover"), sample("set_recovery")
+    chain = sample("plaintext_group_state")["content"]["updates"]
+    items += [
+        (f"plaintext_group_state[{seq}]", account_key("alice"),
+         group_update_bytes(base64.b64decode(signed["update"])), signed["signature"])
+        for seq, signed in enumerate(chain)
+    ]
     items += [
         (
             "set_recovery",
@@ -192,6 +213,18 @@ def test_signing_builds_exact_recover_bytes() -> None:
         b"obrolan-recover-v1\x00" + b"\x00\xff" * 16 + b"\x00bob\x00" + b"A" * 43 + b"\x00"
         + b"R" * 43
     )
+
+
+def test_signing_builds_exact_group_update_bytes() -> None:
+    """group_update_bytes is the label, NUL, and the update's exact bytes (never re-encoded)."""
+    body = b'{"seq": 1 ,"group_id":"x"}'
+    assert group_update_bytes(body) == b"obrolan-group-update-v1\x00" + body
+
+
+def test_signing_builds_exact_group_message_bytes() -> None:
+    """group_message_bytes is the label, NUL, and the message's exact bytes."""
+    body = b'{"text":"halo"}'
+    assert group_message_bytes(body) == b"obrolan-group-message-v1\x00" + body
 
 
 def test_signing_encodes_strings_as_utf8() -> None:
@@ -268,6 +301,23 @@ def test_spec_hex_vectors_are_the_signed_bytes() -> None:
         recover_bytes(
             NONCE, "bob", public(account_key("bob_recovered")), recover["recovery_key"]
         ),
+        group_update_bytes(raw("group_update_create")),
+        group_message_bytes(raw("group_message")),
     ]
     assert [bytes.fromhex(block) for block in blocks] == expected
     assert all(" 00 " in block for block in blocks)  # one hex group per field
+
+
+def test_group_signatures_do_not_pass_for_each_other() -> None:
+    """An account key's group update signature is no list signature; a device's group message
+    signature is no self-signature: the labels keep each signature to its purpose."""
+    update = raw("group_update_create")
+    signed = sample("plaintext_group_state")["content"]["updates"][0]
+    assert base64.b64decode(signed["update"]) == update
+    with pytest.raises(SignatureError):
+        verify(public(account_key("alice")), device_list_bytes(update), signed["signature"])
+    message = sample("signed_group_message")
+    alice = account("alice").ed25519_key.to_base64()
+    verify(alice, group_message_bytes(raw("group_message")), message["signature"])
+    with pytest.raises(SignatureError):
+        verify(alice, group_update_bytes(raw("group_message")), message["signature"])

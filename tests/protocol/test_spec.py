@@ -11,6 +11,7 @@ fails here.
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import hmac
 import json
@@ -30,10 +31,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from obrolan.client.enrolment import link_address
+from obrolan.client.groups import invite_link
 from obrolan.crypto.account import LinkCode, RecoveryCode, open_name
+from obrolan.crypto.group_state import describe
 from obrolan.crypto.safety import safety_number
 from obrolan.crypto.sas import EMOJI, commitment_of
-from obrolan.protocol import blobs, content, frames
+from obrolan.protocol import blobs, content, frames, groups, signing
 from obrolan.protocol.codes import FATAL_CODES, ErrorCode
 from obrolan.protocol.limits import PROTOCOL_VERSION, Limits
 
@@ -52,6 +55,8 @@ RECORDS: list[type[msgspec.Struct]] = [
     frames.ListedDevice,
     frames.DeviceList,
     frames.SignedDeviceList,
+    frames.Recipient,
+    frames.MultiEnvelope,
     content.OlmCiphertext,
     content.Plaintext,
     content.Text,
@@ -69,6 +74,16 @@ RECORDS: list[type[msgspec.Struct]] = [
     content.VerifyCancel,
     content.NewDeviceOffer,
     content.LinkSecrets,
+    groups.GroupUpdate,
+    groups.GroupSettings,
+    groups.SignedGroupUpdate,
+    content.GroupState,
+    content.GroupKey,
+    groups.GroupMessage,
+    groups.SignedGroupMessage,
+    groups.GroupCiphertext,
+    content.GroupJoinRequest,
+    content.GroupReport,
     blobs.BlobRecipient,
     blobs.BlobCreated,
     blobs.HttpError,
@@ -90,7 +105,12 @@ NAMED_TYPES: dict[str, object] = {
     "LinkId": frames.LinkId,
     "Day": frames.Day,
     "Txn": content.Txn,
+    "GroupId": groups.GroupId,
+    "InviteId": groups.InviteId,
+    "GroupAction": groups.GroupAction,
 }
+ACTIONS: list[type[msgspec.Struct]] = list(typing.get_args(groups.GroupAction))
+"""The group actions (§23.6), each documented under a level-4 heading named by its ``op``."""
 SCALARS = {int: "integer", str: "string", bytes: "bytes", bool: "boolean"}
 
 
@@ -177,16 +197,23 @@ def code(cell: str) -> str:
 def type_names(tp: object) -> set[str]:
     """Every spelling the spec may use for a field type (aliases can share one object)."""
     named = {name for name, alias in NAMED_TYPES.items() if alias == tp}
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if named and origin is typing.Annotated and args[1].ge is not None:
+        # A range may be spelled out even where a named type has the same one (``seq``).
+        return named | {f"{n}, {args[1].ge} to {args[1].le}" for n in type_names(args[0])}
     if named:
         return named
     if tp in SCALARS:
         return {SCALARS[tp]}
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is typing.Annotated:
         base, meta = args
+        if meta.max_length is None and meta.min_length is not None:
+            return {f"{n}, {meta.min_length} or more" for n in type_names(base)}
         if meta.max_length is None:
             return {f"{n}, {meta.ge} to {meta.le}" for n in type_names(base)}
         unit = "bytes" if base is bytes else "characters"
+        if meta.min_length == meta.max_length:
+            return {f"{n}, exactly {meta.max_length} {unit}" for n in type_names(base)}
         low = f"{meta.min_length} to" if meta.min_length else "at most"
         return {f"{n}, {low} {meta.max_length} {unit}" for n in type_names(base)}
     if origin is typing.Literal:
@@ -284,6 +311,18 @@ def test_spec_record_table_lists_every_field(struct: type[msgspec.Struct]) -> No
     check_field_table(struct, section(struct.__name__, level=3).body)
 
 
+@pytest.mark.parametrize("action", ACTIONS, ids=lambda a: a.__struct_config__.tag)
+def test_spec_action_table_lists_every_field(action: type[msgspec.Struct]) -> None:
+    """Each group action has a level-4 section named by its ``op``, listing every field."""
+    check_field_table(action, section(str(action.__struct_config__.tag), level=4).body)
+
+
+def test_spec_documents_exactly_the_group_actions() -> None:
+    """§23.6 has one heading per action of groups.GroupAction, and no other."""
+    tags = {a.__struct_config__.tag for a in ACTIONS}
+    assert {s.title for s in subsections("Actions")} == tags
+
+
 def test_spec_info_table_lists_every_field() -> None:
     """The `GET /v1/info` section's table lists every field of frames.Info."""
     check_field_table(frames.Info, section("HTTP: `GET /v1/info").body)
@@ -365,8 +404,8 @@ def test_spec_named_types_carry_the_code_patterns() -> None:
             assert all(f"`{value}`" in rows[name] for value in typing.get_args(alias)), name
             continue
         if typing.get_origin(alias) is not typing.Annotated:
-            # A union of content kinds: each kind has its own documented record.
-            assert set(typing.get_args(alias)) <= set(RECORDS), name
+            # A union of content kinds or actions: each has its own documented table.
+            assert set(typing.get_args(alias)) <= {*RECORDS, *ACTIONS}, name
             continue
         (meta,) = typing.get_args(alias)[1:]
         if meta.pattern is not None:
@@ -570,3 +609,60 @@ def test_spec_emoji_table_is_the_clients() -> None:
         (i, emoji, name) for i, (emoji, name) in enumerate(EMOJI)
     ]
     assert len(rows) == 64
+
+
+# --- groups (§23) -------------------------------------------------------------------------------
+
+GROUP_CHAIN = [
+    "group_update_create",
+    "group_update_add",
+    "group_update_mute",
+    "group_update_invite",
+]
+
+
+def test_spec_chain_hash_table_is_the_sha256_of_each_update() -> None:
+    """§23.5's table: each sample update's seq, op and SHA-256, which the next update's prev is."""
+    rows = [[code(cell) for cell in row] for row in table(section("The chain").body)]
+    expected = []
+    for name in GROUP_CHAIN:
+        data = (DATA / f"{name}.json").read_bytes()
+        update = groups.decode_group_update(data)
+        expected.append(
+            [str(update.seq), update.action.__struct_config__.tag, hashlib.sha256(data).hexdigest()]
+        )
+    assert rows == expected
+
+
+def test_spec_chain_shows_the_update_samples_in_order() -> None:
+    """§23.5 shows the four updates' exact bytes, in chain order."""
+    blocks = json_blocks(section("The chain").body)
+    assert blocks == [(DATA / f"{name}.json").read_text() for name in GROUP_CHAIN]
+
+
+def test_spec_moderation_log_is_what_the_reference_client_prints() -> None:
+    """§23.20's log lines are `obrolan group log` for the sample chain (describe, UTC times)."""
+    (block,) = re.findall(r"```text\n(.*?)\n```", section("The moderation log").body, re.DOTALL)
+    lines = []
+    for name in GROUP_CHAIN:
+        update = groups.decode_group_update((DATA / f"{name}.json").read_bytes())
+        when = datetime.datetime.fromtimestamp(update.at_ms / 1000, datetime.UTC)
+        lines.append(f"#{update.seq:<4} {when:%Y-%m-%d %H:%M} UTC  {describe(update)}")
+    assert block.splitlines() == lines
+
+
+def test_spec_invite_link_is_the_clients() -> None:
+    """§23.16's link template and sample link are what client/groups.py makes for the samples."""
+    body = section("Invite links and joining").body
+    (template,) = re.findall(r"```text\n(.*?)\n```", body, re.DOTALL)
+    (sample_link,) = re.findall(r"`(obrolan://join\?[^`]*)`", body)
+    join = sample_json("plaintext_group_join")
+    link = invite_link(join["content"]["group_id"], join["content"]["invite_id"], join["recipient"])
+    assert sample_link == link
+    assert template == invite_link("GROUP_ID", "INVITE_ID", "USERNAME")
+
+
+def test_spec_signing_table_names_every_signing_function() -> None:
+    """§11's table has a row for each function of protocol/signing.py (and the blob store's)."""
+    rows = {code(row[0]).split("(")[0] for row in table(section("Signatures").body)}
+    assert rows == {*signing.__all__, blobs.blob_request_bytes.__name__}

@@ -83,7 +83,7 @@ def write_version_1_database(path: Path, bob: RawDevice, queued: Envelope) -> No
 async def test_server_migrates_a_version_1_database_keeping_its_queue(
     tmp_path: Path, connect: Connect, online: Online
 ) -> None:
-    """A version 1 database opens as version 3: the queued envelope comes first, then new
+    """A version 1 database opens as version 4: the queued envelope comes first, then new
     ones; the old account, which has no account key, still authenticates but cannot
     publish a device list and has none to give."""
     data = tmp_path / "data"
@@ -105,7 +105,7 @@ async def test_server_migrates_a_version_1_database_keeping_its_queue(
         assert isinstance(lookup, Error) and lookup.code is ErrorCode.UNKNOWN_USER
 
     with closing(sqlite3.connect(data / "obrolan.db")) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (3,)
+        assert db.execute("PRAGMA user_version").fetchone() == (4,)
         columns = [row[1] for row in db.execute("PRAGMA table_info(devices)")]
         assert "queued" not in columns
         assert db.execute(

@@ -8,6 +8,7 @@ frames they mean, including wrong ones. Example::
     welcome = await client.register(alice)
     drained = await client.until_drained()
     reply = await client.request(Send(id=1, envelopes=[outbound(bob, b"opaque bytes")]))
+    reply = await client.request(SendMulti(id=2, envelope=multi([bob, carol], b"group bytes")))
 
     laptop = RawDevice("alice", "laptop", alice.account)   # a second device, same account
     reply = await client.request(alice.account.publish_frame(2, [alice, laptop]))
@@ -43,9 +44,11 @@ from obrolan.protocol.frames import (
     DeviceKeys,
     Drained,
     Envelope,
+    MultiEnvelope,
     OneTimeKey,
     OutboundEnvelope,
     PublishDevices,
+    Recipient,
     Recover,
     Register,
     ServerFrame,
@@ -65,7 +68,9 @@ __all__ = [
     "RawDevice",
     "envelope_id",
     "listed",
+    "multi",
     "outbound",
+    "recipient",
 ]
 
 RECEIVE_GUARD_SECONDS = 15.0
@@ -83,6 +88,21 @@ def outbound(to: RawDevice, ciphertext: bytes) -> OutboundEnvelope:
         envelope_id=envelope_id(),
         to_user=to.username,
         to_device=to.device_id,
+        ciphertext=ciphertext,
+    )
+
+
+def recipient(device: RawDevice) -> Recipient:
+    """``device`` as a recipient of a multi-recipient envelope."""
+    return Recipient(to_user=device.username, to_device=device.device_id)
+
+
+def multi(to: Sequence[RawDevice | Recipient], ciphertext: bytes) -> MultiEnvelope:
+    """A multi-recipient envelope with a fresh id for these devices (in this order),
+    carrying ``ciphertext`` (opaque to the server)."""
+    return MultiEnvelope(
+        envelope_id=envelope_id(),
+        recipients=[r if isinstance(r, Recipient) else recipient(r) for r in to],
         ciphertext=ciphertext,
     )
 

@@ -34,6 +34,10 @@ class MaliciousServer:
         self._upstream = upstream_ws
         self.rewrite: Rewrite = lambda frame: frame
         self.sent_by_clients: list[dict[str, Any]] = []
+        self.swap_from: str | None = None
+        """When set: hold the next ``deliver`` from this user and send it after the one
+        that follows it (two envelopes delivered in swapped order)."""
+        self._held: str | None = None
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -54,6 +58,14 @@ class MaliciousServer:
         if self._runner is not None:
             await self._runner.cleanup()
 
+    def _hold(self, frame: dict[str, Any]) -> bool:
+        return (
+            self.swap_from is not None
+            and self._held is None
+            and frame.get("type") == "deliver"
+            and all(e["from_user"] == self.swap_from for e in frame["envelopes"])
+        )
+
     async def _proxy(self, request: web.Request) -> web.WebSocketResponse:
         client = web.WebSocketResponse(max_msg_size=0)
         await client.prepare(request)
@@ -65,7 +77,14 @@ class MaliciousServer:
                 async for message in server:
                     if message.type is not aiohttp.WSMsgType.TEXT:
                         break
-                    await client.send_str(json.dumps(self.rewrite(json.loads(message.data))))
+                    frame = self.rewrite(json.loads(message.data))
+                    if self._hold(frame):
+                        self._held = json.dumps(frame)
+                        continue
+                    await client.send_str(json.dumps(frame))
+                    if self._held is not None and frame.get("type") == "deliver":
+                        held, self._held, self.swap_from = self._held, None, None
+                        await client.send_str(held)
                 await client.close(code=server.close_code or 1000)
 
             pump = asyncio.create_task(downstream())

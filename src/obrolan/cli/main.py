@@ -19,6 +19,7 @@ from obrolan.cli import (
     archive_commands,
     conversation_commands,
     device_commands,
+    group_commands,
     server_commands,
 )
 from obrolan.cli.common import (
@@ -72,7 +73,15 @@ async def cmd_register(args: argparse.Namespace) -> int:
 async def cmd_send(args: argparse.Namespace) -> int:
     async with Client.open(args.profile, passphrase_for(args.profile)) as client:
         reply_to = None if args.reply_to is None else client.resolve(args.reply_to).message_id
-        if args.file is None:
+        if args.group is not None:
+            text = args.text or args.user  # `send --group G TEXT`: TEXT lands in `user`
+            if args.file is not None or not text:
+                raise ConfigError("a group message is text: obrolan send --group GROUP TEXT")
+            group_id = client.groups.resolve(args.group)
+            queued = await client.groups.send(group_id, text, reply_to)
+        elif args.user is None:
+            raise ConfigError("say whom to: obrolan send USER TEXT (or --group GROUP TEXT)")
+        elif args.file is None:
             if not args.text:
                 raise ConfigError("say something, or attach a file with --file PATH")
             queued = await client.send(args.user, args.text, reply_to=reply_to)
@@ -99,7 +108,7 @@ async def cmd_send(args: argparse.Namespace) -> int:
     if args.json:
         print_json(message.as_json())
     else:
-        print(f"sent to {args.user}")
+        print(f"sent to {args.group or args.user}")
     return 0
 
 
@@ -233,9 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ca-file", metavar="PEM", help="trust this CA for the server's certificate")
     p.add_argument("--name", metavar="NAME", help="this device's name (default: the host name)")
 
-    p = verb("send", cmd_send, "send a text message")
-    p.add_argument("user")
+    p = verb("send", cmd_send, "send a text message (to a user, or to a group with --group)")
+    p.add_argument("user", nargs="?", help="the recipient (not with --group)")
     p.add_argument("text", nargs="?", default="")
+    p.add_argument("--group", metavar="GROUP", help="post TEXT in this group (id or title)")
     p.add_argument("--file", type=Path, metavar="PATH", help="attach a file (encrypted, resumable)")
     p.add_argument("--reply-to", metavar="MESSAGE", help="quote a message (its id, or the start of it)")
 
@@ -259,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     conversation_commands.add_parsers(sub)
     device_commands.add_parsers(sub)
+    group_commands.add_parsers(sub)
     archive_commands.add_parsers(sub)
     server_commands.add_parsers(sub)
     return parser
@@ -278,6 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``obrolan`` command; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "send" and args.user is None and args.group is None:
+        parser.error("send needs USER TEXT, or --group GROUP TEXT")
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

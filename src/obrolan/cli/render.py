@@ -23,7 +23,10 @@ def format_message(message: Message) -> str:
     when = _when(message.sent_at_ms)
     if message.state is MessageState.NOTICE:
         return f"{when} · {message.text}"
-    arrow = f"{message.sender} → {message.peer}" if message.outgoing else message.sender
+    if message.peer.startswith("#"):  # a group: which one, and who wrote
+        arrow = f"{message.peer[: SHORT_ID + 1]} {message.sender}"
+    else:
+        arrow = f"{message.sender} → {message.peer}" if message.outgoing else message.sender
     text = "this message was deleted" if message.deleted else message.text
     if message.attachment is not None:
         text = f"[file {message.attachment['name']}, {message.attachment['size']} bytes] {text}"

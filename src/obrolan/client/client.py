@@ -50,6 +50,7 @@ from obrolan.client.enrolment import (
     enrol_by_recovery,
     enrol_by_registration,
 )
+from obrolan.client.groups import Groups
 from obrolan.client.history_transfer import INCOMING as INCOMING_HISTORY
 from obrolan.client.history_transfer import HistoryTransfers
 from obrolan.client.ids import check_username, new_id
@@ -84,6 +85,7 @@ from obrolan.errors import (
 )
 from obrolan.failpoints import failpoint
 from obrolan.protocol import content, frames
+from obrolan.protocol import groups as groups_wire
 from obrolan.protocol.codes import ErrorCode
 from obrolan.protocol.frames import DeviceList, ListedDevice, SignedDeviceList
 from obrolan.protocol.limits import PROTOCOL_VERSION
@@ -136,6 +138,11 @@ class Client:
         )
         self._events: asyncio.Queue[Event | None] = asyncio.Queue()
         """What happened, after it was stored; None wakes a reader after a fatal error."""
+        self.groups = Groups(
+            store, self, self._account, vault.pickle_key, self._conversations,
+            self._events.put_nowait,
+        )
+        """This device's group chats (:mod:`obrolan.client.groups`)."""
         self._outbox_wakeup = asyncio.Event()
         self._outbox_idle = asyncio.Event()
         self._drained = asyncio.Event()
@@ -450,6 +457,37 @@ class Client:
                 return device
         raise ConfigError(f"no device {device_id!r} in this account (see `obrolan devices`)")
 
+    # --- what groups need (GroupHost) -----------------------------------------------------
+
+    def queue_olm(self, username: str, body: content.Content, to_device: str | None) -> None:
+        self._queue(username, body, to_device=to_device)
+
+    def queue_multi(self, envelope: frames.MultiEnvelope, message_rowid: int) -> None:
+        peer = self._store.message(message_rowid).peer  # "#GROUP_ID", for the logs
+        self._store.enqueue(peer, None, message_rowid=message_rowid, multi=frames.encode(envelope))
+        self._outbox_idle.clear()
+        self._outbox_wakeup.set()
+        self.start()
+
+    async def verified_devices(self, username: str) -> list[frames.DeviceKeys]:
+        view = await self._fetch_devices(await self._connected(), username)
+        return [
+            d for d in view.devices
+            if view.blocked is None and (username, d.device_id) != (self.username, self.device_id)
+        ]
+
+    async def account_key_of(self, username: str) -> str | None:
+        if username == self.username:
+            return self._account.public
+        try:
+            contact = await self._contact(username)
+        except UnknownContact:
+            return None
+        return None if contact.blocked_by_change else contact.current_key
+
+    def sign_device(self, data: bytes) -> str:
+        return self._identity.sign(data)
+
     # --- what verification (SAS) needs ---------------------------------------------------
 
     @property
@@ -740,7 +778,7 @@ class Client:
             return 0
         with self._store.transaction():
             self._store.mark_read(username, unread)
-            if self.receipts:
+            if self.receipts and not username.startswith("#"):  # no receipts in groups
                 self._queue(username, content.Receipt(
                     message_id=new_id(), sent_at_ms=now_ms(), targets=unread, status="read"
                 ))
@@ -1042,20 +1080,31 @@ class Client:
             except (UnknownContact, IdentityChanged) as exc:
                 self._fail(entry, str(exc))
                 return
+            except RequestRefused as exc:  # the server refused a lookup for this entry
+                self._fail(entry, exc.message)
+                return
             if not envelopes:
+                if entry.recipient == self.username:  # a copy for our other devices: none
+                    with self._store.transaction():
+                        self._store.dequeue(entry.id)
+                    return
                 self._fail(entry, f"{entry.recipient} has no device that can receive messages")
                 return
             failpoint("outbox.after_encrypt")
-        try:
-            sent = await conn.request(
-                lambda i: frames.Send(
-                    id=i,
-                    envelopes=[
-                        frames.OutboundEnvelope(envelope_id=e, to_user=u, to_device=d, ciphertext=c)
-                        for e, u, d, c in envelopes
-                    ],
-                )
+        request: Callable[[int], msgspec.Struct]
+        if entry.multi is not None:
+            multi = msgspec.json.decode(entry.multi, type=frames.MultiEnvelope)
+            request = lambda i: frames.SendMulti(id=i, envelope=multi)
+        else:
+            request = lambda i: frames.Send(
+                id=i,
+                envelopes=[
+                    frames.OutboundEnvelope(envelope_id=e, to_user=u, to_device=d, ciphertext=c)
+                    for e, u, d, c in envelopes
+                ],
             )
+        try:
+            sent = await conn.request(request)
         except RequestRefused as exc:
             if exc.code in (
                 ErrorCode.UNKNOWN_USER, ErrorCode.UNKNOWN_DEVICE, ErrorCode.ENVELOPE_TOO_LARGE
@@ -1063,7 +1112,7 @@ class Client:
                 self._fail(entry, exc.message)
                 return
             raise
-        if isinstance(sent, frames.Sent) and sent.skipped:
+        if isinstance(sent, frames.Sent) and (sent.skipped or sent.skipped_recipients):
             # Devices that left their account since we looked: drop them, look again next time.
             self._views.clear()
         failpoint("outbox.after_sent")
@@ -1214,6 +1263,7 @@ class Client:
         for envelope in envelopes:
             if not self._store.is_processed(envelope.envelope_id):
                 events = await self._open_envelope(conn, envelope)
+                events += await self.groups.process_inbox()
                 self._after_changes(events)
                 for event in events:
                     self._events.put_nowait(event)
@@ -1227,7 +1277,7 @@ class Client:
         try:
             sealed = content.decode_olm_ciphertext(envelope.ciphertext)
         except msgspec.DecodeError:
-            return self._store_undecryptable(envelope, "the envelope is malformed")
+            return self._open_group_envelope(envelope)
         sender = self._store.device_by_curve(sealed.sender_key)
         claimed = (envelope.from_user, envelope.from_device)
         if sender is None or sender[:2] != claimed:
@@ -1262,6 +1312,17 @@ class Client:
         failpoint("inbox.after_store")
         return events
 
+    def _open_group_envelope(self, envelope: frames.Envelope) -> list[Event]:
+        """A Megolm message of a group (one ciphertext for every member device)."""
+        try:
+            sealed = groups_wire.decode_group_ciphertext(envelope.ciphertext)
+        except msgspec.DecodeError:
+            return self._store_undecryptable(envelope, "the envelope is malformed")
+        with self._store.transaction():
+            events = self.groups.receive_message(envelope, sealed)
+            self._store.mark_processed(envelope.envelope_id)
+        return events
+
     def _apply(self, body: content.Plaintext, *, verified: bool) -> list[Event]:
         """What a decrypted event does, by who sent it (inside the inbox transaction)."""
         own = body.sender == self.username
@@ -1279,6 +1340,9 @@ class Client:
             return self._conversations.receive(body, unverified)
         if isinstance(kind, content.VERIFICATION):
             return self._verification_event(body)
+        if isinstance(kind, content.GROUP_CONTROL):
+            self.groups.stash(body)  # applied after this transaction: it may need lookups
+            return []
         if own:
             if isinstance(kind, content.HistoryTransfer):
                 self._store.set_meta(INCOMING_HISTORY, content.encode(kind).decode())

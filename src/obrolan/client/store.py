@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+from sqlcipher3 import dbapi2
 
 from obrolan.client.models import Contact, Message, MessageState
 from obrolan.client.vault import Vault
@@ -23,7 +24,7 @@ from obrolan.protocol.content import Attachment
 
 __all__ = ["Conversation", "Counters", "OutboxEntry", "Store", "now_ms"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 def _statements(script: str) -> list[str]:
     """Split a script of plain statements (no triggers) on ``;``."""
@@ -186,7 +187,68 @@ _SCHEMA_V3 = [
     "ALTER TABLE outbox ADD COLUMN to_device TEXT",
 ]
 
-_MIGRATIONS: dict[int, list[str]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3}
+_SCHEMA_V4 = [
+    # Groups: the verified chain of signed state updates (also the moderation log), Megolm
+    # sessions, what waits to be applied, join requests and reports. Group messages live in
+    # `messages` under the peer "#GROUP_ID", with the signed bytes a report needs.
+    """CREATE TABLE group_updates (
+        group_id  TEXT NOT NULL,
+        seq       INTEGER NOT NULL,
+        update_bytes BLOB NOT NULL,
+        signature TEXT NOT NULL,
+        actor_key TEXT NOT NULL,          -- the account key that verified it
+        PRIMARY KEY (group_id, seq)
+    )""",
+    """CREATE TABLE groups (
+        group_id TEXT PRIMARY KEY,
+        member   INTEGER NOT NULL DEFAULT 1  -- 0 once we left or were removed
+    )""",
+    """CREATE TABLE group_outbound (
+        group_id    TEXT PRIMARY KEY,
+        pickle      TEXT NOT NULL,
+        created_ms  INTEGER NOT NULL,
+        messages    INTEGER NOT NULL DEFAULT 0,
+        shared_with TEXT NOT NULL DEFAULT '[]'  -- "user/device" that have the key
+    )""",
+    """CREATE TABLE group_inbound (
+        session_id    TEXT NOT NULL,
+        sender        TEXT NOT NULL,          -- who shared it over Olm (authenticated)
+        sender_device TEXT NOT NULL,
+        group_id      TEXT NOT NULL,
+        pickle        TEXT NOT NULL,
+        PRIMARY KEY (session_id, sender, sender_device)
+    )""",
+    """CREATE TABLE group_inbox (
+        id            INTEGER PRIMARY KEY,
+        sender        TEXT NOT NULL,
+        sender_device TEXT NOT NULL,
+        body          BLOB NOT NULL          -- the Olm-carried group content, as received
+    )""",
+    """CREATE TABLE group_join_requests (
+        group_id  TEXT NOT NULL,
+        username  TEXT NOT NULL,
+        invite_id TEXT NOT NULL,
+        at_ms     INTEGER NOT NULL,
+        PRIMARY KEY (group_id, username)
+    )""",
+    """CREATE TABLE group_reports (
+        id        INTEGER PRIMARY KEY,
+        group_id  TEXT NOT NULL,
+        reporter  TEXT NOT NULL,
+        sender    TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        text      TEXT NOT NULL,
+        reason    TEXT NOT NULL,
+        verified  INTEGER NOT NULL,          -- the sender's device signature checked out
+        at_ms     INTEGER NOT NULL
+    )""",
+    "ALTER TABLE messages ADD COLUMN signed BLOB",
+    "ALTER TABLE outbox ADD COLUMN multi BLOB",
+]
+
+_MIGRATIONS: dict[int, list[str]] = {
+    1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4
+}
 """The statements that bring the schema from version N-1 to N."""
 
 PROCESSED_KEEP_MS = 60 * 24 * 3600 * 1000
@@ -220,6 +282,8 @@ class OutboxEntry:
     """(envelope_id, to_user, to_device, ciphertext) for each recipient device."""
     to_device: str | None = None
     """Only this device of the recipient (history, verification); else every device."""
+    multi: bytes | None = None
+    """A group message: the JSON of a ready ``MultiEnvelope`` (encrypted once, Megolm)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +315,11 @@ class Store:
         self._vault = vault
         self._db = vault.connection
         self._migrate()
+
+    @property
+    def connection(self) -> dbapi2.Connection:
+        """The SQLCipher connection (for the group queries, which share it)."""
+        return self._db
 
     def transaction(self) -> AbstractContextManager[object]:
         """One atomic, durable unit of work (BEGIN IMMEDIATE … COMMIT)."""
@@ -474,14 +543,15 @@ class Store:
     # --- outbox -------------------------------------------------------------------------
 
     def enqueue(
-        self, recipient: str, payload: bytes, *, message_rowid: int | None = None,
-        counter: int | None = None, to_device: str | None = None,
+        self, recipient: str, payload: bytes | None, *, message_rowid: int | None = None,
+        counter: int | None = None, to_device: str | None = None, multi: bytes | None = None,
     ) -> int:
-        """Queue an event for ``recipient`` (only its device ``to_device`` if given)."""
+        """Queue an event for ``recipient`` (only its device ``to_device`` if given), or a
+        ready multi-recipient envelope (``multi``: the JSON of a ``MultiEnvelope``)."""
         cursor = self._db.execute(
-            "INSERT INTO outbox (message_rowid, recipient, payload, counter, to_device) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (message_rowid, recipient, payload, counter, to_device),
+            "INSERT INTO outbox (message_rowid, recipient, payload, counter, to_device, multi) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (message_rowid, recipient, payload, counter, to_device, multi),
         )
         return int(cursor.lastrowid)
 
@@ -489,7 +559,7 @@ class Store:
         """Queued events, oldest first, with their envelopes once encrypted."""
         entries = []
         for row in self._db.execute(
-            "SELECT id, message_rowid, recipient, payload, counter, to_device FROM outbox "
+            "SELECT id, message_rowid, recipient, payload, counter, to_device, multi FROM outbox "
             "ORDER BY id"
         ).fetchall():
             envelopes = self._db.execute(
@@ -498,7 +568,8 @@ class Store:
                 (row[0],),
             ).fetchall()
             entries.append(OutboxEntry(
-                row[0], row[1], row[2], row[3], row[4], [tuple(e) for e in envelopes], row[5]
+                row[0], row[1], row[2], row[3], row[4], [tuple(e) for e in envelopes], row[5],
+                row[6],
             ))
         return entries
 

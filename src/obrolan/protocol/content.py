@@ -20,15 +20,21 @@ from obrolan.protocol.frames import (
     SignedDeviceList,
     Username,
 )
+from obrolan.protocol.groups import GroupId, SignedGroupMessage, SignedGroupUpdate
 
 __all__ = [
     "DELETE_WINDOW_MS",
     "EPHEMERAL",
+    "GROUP_CONTROL",
     "VERIFICATION",
     "Attachment",
     "Content",
     "Delete",
     "Edit",
+    "GroupJoinRequest",
+    "GroupKey",
+    "GroupReport",
+    "GroupState",
     "HistoryTransfer",
     "LinkSecrets",
     "NewDeviceOffer",
@@ -220,6 +226,45 @@ class VerifyCancel(msgspec.Struct, frozen=True, tag_field="kind", tag="verify_ca
     reason: Literal["mismatch", "cancelled", "timeout", "bad_commitment", "bad_mac"]
 
 
+class GroupKey(msgspec.Struct, frozen=True, tag_field="kind", tag="group_key"):
+    """A sending device shares its Megolm session for a group with one member device."""
+
+    message_id: MessageId
+    sent_at_ms: int
+    group_id: GroupId
+    session_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    session_key: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+    """vodozemac's ``SessionKey`` in base64: it lets the receiver decrypt from now on."""
+
+
+class GroupState(msgspec.Struct, frozen=True, tag_field="kind", tag="group_state"):
+    """Signed state updates of a group: the whole chain for a new member, else the new ones."""
+
+    message_id: MessageId
+    sent_at_ms: int
+    group_id: GroupId
+    updates: Annotated[list[SignedGroupUpdate], msgspec.Meta(min_length=1)]
+
+
+class GroupJoinRequest(msgspec.Struct, frozen=True, tag_field="kind", tag="group_join"):
+    """Someone with an invite link asks the member who made it to be let in."""
+
+    message_id: MessageId
+    sent_at_ms: int
+    group_id: GroupId
+    invite_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{16,64}\Z")]
+
+
+class GroupReport(msgspec.Struct, frozen=True, tag_field="kind", tag="group_report"):
+    """A member reports a group message to the group's admins, with its sender's signature."""
+
+    message_id: MessageId
+    sent_at_ms: int
+    group_id: GroupId
+    reported: SignedGroupMessage
+    reason: Annotated[str, msgspec.Meta(max_length=500)]
+
+
 Content = (
     Text
     | Reaction
@@ -233,13 +278,20 @@ Content = (
     | VerifyKey
     | VerifyMac
     | VerifyCancel
+    | GroupKey
+    | GroupState
+    | GroupJoinRequest
+    | GroupReport
 )
 """Every kind of content, told apart by ``kind``."""
 
 VERIFICATION = (VerifyStart, VerifyKey, VerifyMac, VerifyCancel)
 """The kinds of a SAS verification between two devices."""
 
-EPHEMERAL = (Receipt, Typing, HistoryTransfer, *VERIFICATION)
+GROUP_CONTROL = (GroupKey, GroupState, GroupJoinRequest, GroupReport)
+"""Kinds that carry group state and keys over Olm (never a 1:1 conversation event)."""
+
+EPHEMERAL = (Receipt, Typing, HistoryTransfer, *VERIFICATION, *GROUP_CONTROL)
 """Kinds that carry no counter: they are never stored as conversation events."""
 
 DELETE_WINDOW_MS = 48 * 3600 * 1000

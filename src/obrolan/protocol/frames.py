@@ -46,13 +46,16 @@ __all__ = [
     "LinkWait",
     "LinkWaiting",
     "ListedDevice",
+    "MultiEnvelope",
     "OneTimeKey",
     "OutboundEnvelope",
     "PublishDevices",
+    "Recipient",
     "Recover",
     "RecoverySet",
     "Register",
     "Send",
+    "SendMulti",
     "Sent",
     "ServerFrame",
     "SetRecovery",
@@ -113,6 +116,21 @@ class OutboundEnvelope(msgspec.Struct, frozen=True):
     envelope_id: EnvelopeId
     to_user: Username
     to_device: DeviceId
+    ciphertext: bytes
+
+
+class Recipient(msgspec.Struct, frozen=True):
+    """One device a multi-recipient envelope goes to."""
+
+    to_user: Username
+    to_device: DeviceId
+
+
+class MultiEnvelope(msgspec.Struct, frozen=True):
+    """One ciphertext for several devices (a group's Megolm message), uploaded once."""
+
+    envelope_id: EnvelopeId
+    recipients: list[Recipient]
     ciphertext: bytes
 
 
@@ -288,6 +306,13 @@ class Send(_Frame, frozen=True, tag="send"):
     envelopes: list[OutboundEnvelope]
 
 
+class SendMulti(_Frame, frozen=True, tag="send_multi"):
+    """Store one ciphertext once, queued for each recipient device; answered by ``sent``."""
+
+    id: RequestId
+    envelope: MultiEnvelope
+
+
 class Ack(_Frame, frozen=True, tag="ack"):
     """The device has stored these envelopes; the server deletes them. No answer."""
 
@@ -307,6 +332,7 @@ ClientFrame = (
     | LinkFetch
     | LinkApprove
     | Send
+    | SendMulti
     | Ack
 )
 
@@ -414,6 +440,8 @@ class Sent(_Frame, frozen=True, tag="sent"):
     envelope_ids: list[EnvelopeId]
     skipped: list[EnvelopeId] = []
     """Envelopes not stored because their device is no longer in the account's list."""
+    skipped_recipients: list[Recipient] = []
+    """For ``send_multi``: recipients not queued (not in their account, or queue full)."""
 
 
 class Deliver(_Frame, frozen=True, tag="deliver"):

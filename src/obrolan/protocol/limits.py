@@ -22,6 +22,8 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     """Largest WebSocket message; a larger one closes the connection (1009)."""
     max_envelopes_per_send: int = 100
     """Most envelopes in one ``send`` frame."""
+    max_recipients_per_envelope: int = 2000
+    """Most recipient devices of one ``send_multi`` envelope."""
     max_queue_per_device: int = 10_000
     """Most envelopes waiting for one device; more gets ``queue_full``."""
     max_one_time_keys: int = 100

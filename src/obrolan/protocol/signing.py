@@ -11,6 +11,8 @@ __all__ = [
     "auth_bytes",
     "device_keys_bytes",
     "device_list_bytes",
+    "group_message_bytes",
+    "group_update_bytes",
     "one_time_key_bytes",
     "recover_bytes",
     "recovery_key_bytes",
@@ -49,3 +51,13 @@ def recovery_key_bytes(username: str, recovery_key: str) -> bytes:
 def recover_bytes(nonce: bytes, username: str, account_key: str, recovery_key: str) -> bytes:
     """What the old recovery key signs to hand the account to a new account key."""
     return _join(b"obrolan-recover-v1", nonce, username, account_key, recovery_key)
+
+
+def group_update_bytes(update: bytes) -> bytes:
+    """What an actor's account key signs: the exact JSON bytes of a ``GroupUpdate``."""
+    return _join(b"obrolan-group-update-v1", update)
+
+
+def group_message_bytes(message: bytes) -> bytes:
+    """What a sending device signs: the exact JSON bytes of a ``GroupMessage``."""
+    return _join(b"obrolan-group-message-v1", message)

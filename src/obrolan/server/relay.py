@@ -76,10 +76,12 @@ from obrolan.protocol.frames import (
     LinkWaiting,
     OneTimeKey,
     PublishDevices,
+    Recipient,
     Recover,
     RecoverySet,
     Register,
     Send,
+    SendMulti,
     Sent,
     SetRecovery,
     SignedDeviceList,
@@ -192,18 +194,28 @@ def _first_list(signed: SignedDeviceList, username: str, device: DeviceKeys) -> 
 
 def _sent(request_id: int, envelope_ids: list[str], result: StoreResult) -> Sent:
     if not result.skipped:
-        return Sent(id=request_id, envelope_ids=envelope_ids)
+        return Sent(
+            id=request_id,
+            envelope_ids=envelope_ids,
+            skipped_recipients=result.skipped_recipients,
+        )
     skipped = set(result.skipped)  # envelope ids are random: one id names one envelope
     stored = [envelope_id for envelope_id in envelope_ids if envelope_id not in skipped]
-    return Sent(id=request_id, envelope_ids=stored, skipped=result.skipped)
+    return Sent(
+        id=request_id,
+        envelope_ids=stored,
+        skipped=result.skipped,
+        skipped_recipients=result.skipped_recipients,
+    )
 
 
 class _QueuedSend(NamedTuple):
-    """A ``send`` whose write is queued: what its answer needs."""
+    """A ``send`` or ``send_multi`` whose write is queued: what its answer needs."""
 
     request_id: int
     envelope_ids: list[str]
     outcome: asyncio.Future[StoreResult]
+    multi: bool
 
 
 class Relay:
@@ -373,7 +385,7 @@ class Session:
             await self._refuse(None, exc.code, str(exc))
             return
         device = self.device
-        if device is not None and type(frame) is Send:
+        if device is not None and (type(frame) is Send or type(frame) is SendMulti):
             self._queue_send(frame, device)
             if len(self._sends) >= _MAX_SENDS_IN_FLIGHT:
                 await self._answered()
@@ -685,29 +697,40 @@ class Session:
         await self._storage.set_recovery(username, account_key, frame.recovery_key)
         await self._transport.send(encode(RecoverySet(id=frame.id)))
 
-    def _queue_send(self, frame: Send, device: DeviceAddress) -> None:
-        """Check a ``send`` and queue its write; the responder answers it once committed."""
+    def _queue_send(self, frame: Send | SendMulti, device: DeviceAddress) -> None:
+        """Check a ``send`` or ``send_multi`` and queue its write; the responder answers it
+        once committed."""
         limits = self._limits
+        expires_at = int(time.time()) + limits.envelope_ttl_seconds
         try:
-            self._check_send(frame)
-            outcome = self._storage.store_envelopes(
-                device,
-                frame.envelopes,
-                int(time.time()) + limits.envelope_ttl_seconds,
-                limits.max_queue_per_device,
-            )
+            if isinstance(frame, Send):
+                envelope_ids = [envelope.envelope_id for envelope in frame.envelopes]
+                self._check_send(frame)
+                outcome = self._storage.store_envelopes(
+                    device, frame.envelopes, expires_at, limits.max_queue_per_device
+                )
+            else:
+                envelope_ids = [frame.envelope.envelope_id]
+                self._check_send_multi(frame)
+                outcome = self._storage.store_multi(
+                    device, frame.envelope, expires_at, limits.max_queue_per_device
+                )
         except Exception as exc:  # noqa: BLE001 - refused before anything was queued: answered in turn
             outcome = asyncio.get_running_loop().create_future()
             outcome.set_exception(exc)
-        self._sends.append(
-            _QueuedSend(frame.id, [envelope.envelope_id for envelope in frame.envelopes], outcome)
-        )
+        self._sends.append(_QueuedSend(frame.id, envelope_ids, outcome, type(frame) is SendMulti))
         if self._responder is None:
             self._responder = asyncio.create_task(self._answer_sends())
 
     async def _answer_sends(self) -> None:
-        """Answer the queued sends in request order, each once its write has committed;
-        hand every answered batch's envelopes over to their devices first."""
+        """Answer the queued sends in request order, each once its write has committed.
+
+        A batch's ``send`` envelopes are handed over to their devices before the answers
+        (few devices each), its ``send_multi`` envelopes after them: a push to every
+        device of a large group should not hold up the sender's ``sent``. When one batch
+        has both for one device, they reach :meth:`Session.offer` out of commit order;
+        it then leaves that device's connection to read its queue from storage, in order.
+        """
         sends = self._sends
         try:
             while sends:
@@ -719,17 +742,22 @@ class Session:
                 answered = sends[:count]
                 del sends[:count]
                 stored: list[StoredEnvelopes] = []
+                fanned_out: list[StoredEnvelopes] = []
                 for send in answered:
                     if send.outcome.exception() is None:
                         failpoint("relay.after_store")
                         result = send.outcome.result()
                         _logger.debug(
-                            "stored %d envelopes for %d devices, skipped %d",
+                            "stored %d envelopes for %d devices, skipped %d (%d recipients)",
                             len(send.envelope_ids) - len(result.skipped),
                             len(result.stored),
                             len(result.skipped),
+                            len(result.skipped_recipients),
                         )
-                        stored += result.stored
+                        if send.multi:
+                            fanned_out += result.stored
+                        else:
+                            stored += result.stored
                 await self._relay.hand_over(stored)
                 for send in answered:
                     failure = send.outcome.exception()
@@ -738,6 +766,8 @@ class Session:
                         await self._transport.send(encode(sent))
                     else:
                         await self._answer_failure(send.request_id, "send", failure)
+                if fanned_out:
+                    await self._relay.hand_over(fanned_out)
         finally:
             self._responder = None
 
@@ -761,6 +791,33 @@ class Session:
                     f"envelope {envelope.envelope_id} is {len(envelope.ciphertext)} bytes, "
                     f"limit is {limits.max_envelope_bytes}",
                 )
+
+    def _check_send_multi(self, frame: SendMulti) -> None:
+        """Refuse too many recipients, a recipient named twice, or too large a ciphertext."""
+        limits = self._limits
+        envelope = frame.envelope
+        recipients = envelope.recipients
+        if len(recipients) > limits.max_recipients_per_envelope:
+            raise RequestRefused(
+                ErrorCode.TOO_MANY_ITEMS,
+                f"envelope {envelope.envelope_id} has {len(recipients)} recipients, "
+                f"limit is {limits.max_recipients_per_envelope}",
+            )
+        if len(envelope.ciphertext) > limits.max_envelope_bytes:
+            raise RequestRefused(
+                ErrorCode.ENVELOPE_TOO_LARGE,
+                f"envelope {envelope.envelope_id} is {len(envelope.ciphertext)} bytes, "
+                f"limit is {limits.max_envelope_bytes}",
+            )
+        seen: set[Recipient] = set()
+        for recipient in recipients:
+            if recipient in seen:
+                raise RequestRefused(
+                    ErrorCode.MALFORMED_FRAME,
+                    f"envelope {envelope.envelope_id} names recipient "
+                    f"{recipient.to_user}/{recipient.to_device} twice",
+                )
+            seen.add(recipient)
 
     async def _ack(self, frame: Ack, device: DeviceAddress) -> None:
         ids = frame.envelope_ids

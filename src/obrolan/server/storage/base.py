@@ -26,8 +26,10 @@ from obrolan.protocol.frames import (
     ClaimedDevice,
     DeviceKeys,
     Envelope,
+    MultiEnvelope,
     OneTimeKey,
     OutboundEnvelope,
+    Recipient,
     SignedDeviceList,
 )
 from obrolan.server.address import DeviceAddress
@@ -78,7 +80,7 @@ PendingEnvelope = tuple[int, Envelope]
 
 
 class StoredEnvelopes(NamedTuple):
-    """What one ``send`` stored for one recipient device.
+    """What one ``send`` or ``send_multi`` stored for one recipient device.
 
     The relay hands these straight to the device's connection on this node when that
     connection has already delivered everything up to ``previous_seq``, instead of
@@ -95,12 +97,16 @@ class StoredEnvelopes(NamedTuple):
 
 
 class StoreResult(NamedTuple):
-    """What one ``send`` stored, and what it did not."""
+    """What one ``send`` or ``send_multi`` stored, and what it did not."""
 
     stored: list[StoredEnvelopes]
     skipped: list[str]
-    """Ids of envelopes not stored because their device is not (or no longer) in the
-    recipient's account, in the order of the send."""
+    """Ids of envelopes not stored: for ``send``, because their device is not (or no longer)
+    in the recipient's account, in the order of the send; for ``send_multi``, the envelope's
+    id when no recipient was queued."""
+    skipped_recipients: list[Recipient]
+    """For ``send_multi``: the recipients not queued, in the order given (always empty
+    for ``send``)."""
 
 
 NOT_HELD: tuple[str, ...] = (
@@ -293,6 +299,35 @@ class Storage(abc.ABC):
         """
 
     @abc.abstractmethod
+    def store_multi(
+        self,
+        sender: DeviceAddress,
+        envelope: MultiEnvelope,
+        expires_at: int,
+        max_queue: int,
+    ) -> asyncio.Future[StoreResult]:
+        """Queue a durable write of one ciphertext for several devices, like
+        :meth:`store_envelopes` (same ordering, durability and ``expires_at``).
+
+        The ciphertext is held once, however many devices it is queued for; each device's
+        queue gets an entry that reads as an ordinary envelope from ``sender`` (see
+        :meth:`pending`), is deleted by that device's :meth:`ack` or at expiry, and the
+        ciphertext goes with the last entry. ``envelope.recipients`` must be distinct (the
+        relay checks). A recipient is not queued, and is listed in ``skipped_recipients``,
+        when its account does not exist, the account has no such device, or its queue
+        would then hold more than ``max_queue`` envelopes: one recipient never fails the
+        others. When no recipient is queued, nothing is written and the envelope's id is
+        in ``skipped``.
+
+        A resend from the same sender device while any device still has the envelope
+        queued writes no second copy: devices that have it queued keep their one entry
+        (as with :meth:`store_envelopes`, and they are not in ``stored``), and a recipient
+        that has not (its queue had been full) is queued to the ciphertext already held.
+
+        The future never fails with :class:`RequestRefused`.
+        """
+
+    @abc.abstractmethod
     async def last_seq(self, device: DeviceAddress) -> int:
         """The ``seq`` of the newest envelope waiting for the device, 0 if there is none."""
 
@@ -340,7 +375,9 @@ class Storage(abc.ABC):
         ``to_device``, ``from_user``, ``from_device``, ``size``, ``expires_day``),
         ``queued_from_account`` (envelopes it sent that still wait: ``envelope_id``,
         ``from_device``, ``to_user``, ``to_device``, ``size``, ``expires_day``), and
-        ``not_held`` (:data:`NOT_HELD`).
+        ``not_held`` (:data:`NOT_HELD`). Both queue lists have one entry per waiting
+        device; a ``send_multi`` envelope is listed for each of its devices, each time
+        with the size of its one stored ciphertext.
 
         Raises:
             UnknownContact: no account has this username.
@@ -349,4 +386,6 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def stats(self) -> dict[str, int]:
         """Counts for the operator: ``accounts``, ``devices``, ``one_time_keys``,
-        ``queued_envelopes``, ``queued_bytes``."""
+        ``queued_envelopes`` (queue entries: a ``send_multi`` envelope counts once per
+        device it waits for) and ``queued_bytes`` (ciphertext bytes held: a ``send_multi``
+        ciphertext counts once)."""

@@ -22,6 +22,12 @@ The writer keeps what the mailbox needs per message in memory instead of reading
 back: device row ids, each device's queue length and newest ``seq``, and the next
 ``seq`` (see :class:`_WriterDb`).
 
+A ``send`` envelope's ciphertext sits in its mailbox row, as before multi-recipient
+envelopes: the 1:1 path reads and deletes one row. A ``send_multi`` ciphertext is
+stored once in ``ciphertexts``; each recipient's mailbox row points to it
+(``ciphertext_id``, its own ``ciphertext`` NULL), and a trigger deletes it with the
+last row that points to it, whatever deleted that row (ack, expiry, device removal).
+
 Reads run on the event loop's thread over a second connection: they are short
 indexed lookups, and in WAL mode a reader never waits for the writer's commit.
 """
@@ -36,7 +42,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -47,8 +53,10 @@ from obrolan.protocol.frames import (
     ClaimedDevice,
     DeviceKeys,
     Envelope,
+    MultiEnvelope,
     OneTimeKey,
     OutboundEnvelope,
+    Recipient,
     SignedDeviceList,
 )
 from obrolan.server.address import DeviceAddress
@@ -168,6 +176,72 @@ _SCHEMA_V3 = (
 )
 
 
+_SCHEMA_V4 = (
+    # Multi-recipient envelopes (issue 4): one ciphertext, stored once, for many devices.
+    # The row is found again by its sender and envelope id, so a resend adds no copy.
+    """
+    CREATE TABLE ciphertexts (
+        id INTEGER PRIMARY KEY,
+        from_user TEXT NOT NULL,
+        from_device TEXT NOT NULL,
+        envelope_id TEXT NOT NULL,
+        data BLOB NOT NULL,
+        UNIQUE (from_user, from_device, envelope_id)
+    )
+    """,
+    # The mailbox is rebuilt because its ciphertext becomes NULL-able (SQLite cannot drop
+    # a NOT NULL): a row holds its own ciphertext (send) or points to a shared one
+    # (send_multi), never both. No foreign key on ciphertext_id: its check would cost the
+    # delete of every shared ciphertext a scan; the trigger below keeps them in step.
+    # The ciphertext comes last, so that reading the other columns of a row whose
+    # ciphertext spills into overflow pages never walks them.
+    """
+    CREATE TABLE mailbox_v4 (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        device INTEGER NOT NULL REFERENCES devices (id) ON DELETE CASCADE,
+        envelope_id TEXT NOT NULL,
+        from_user TEXT NOT NULL,
+        from_device TEXT NOT NULL,
+        expires_at INTEGER NOT NULL,
+        ciphertext_id INTEGER,
+        ciphertext BLOB,
+        CHECK ((ciphertext IS NULL) <> (ciphertext_id IS NULL)),
+        UNIQUE (device, envelope_id)
+    )
+    """,
+    """
+    INSERT INTO mailbox_v4 (seq, device, envelope_id, from_user, from_device, expires_at,
+        ciphertext)
+    SELECT seq, device, envelope_id, from_user, from_device, expires_at, ciphertext
+    FROM mailbox
+    """,
+    # Keep AUTOINCREMENT's high-water mark: a seq is never given twice.
+    "DELETE FROM sqlite_sequence WHERE name = 'mailbox_v4'",
+    (
+        "INSERT INTO sqlite_sequence (name, seq)"
+        " SELECT 'mailbox_v4', seq FROM sqlite_sequence WHERE name = 'mailbox'"
+    ),
+    "DROP TABLE mailbox",
+    "ALTER TABLE mailbox_v4 RENAME TO mailbox",
+    "CREATE INDEX mailbox_by_device ON mailbox (device, seq)",
+    "CREATE INDEX mailbox_by_expiry ON mailbox (expires_at)",
+    # Partial: a 1:1 row adds nothing to it.
+    (
+        "CREATE INDEX mailbox_by_ciphertext ON mailbox (ciphertext_id)"
+        " WHERE ciphertext_id IS NOT NULL"
+    ),
+    # A 1:1 row's delete only tests the WHEN; a shared ciphertext goes with its last row.
+    """
+    CREATE TRIGGER mailbox_drops_shared_ciphertext AFTER DELETE ON mailbox
+    WHEN OLD.ciphertext_id IS NOT NULL
+    BEGIN
+        DELETE FROM ciphertexts WHERE id = OLD.ciphertext_id
+            AND NOT EXISTS (SELECT 1 FROM mailbox WHERE ciphertext_id = OLD.ciphertext_id);
+    END
+    """,
+)
+
+
 def _migrate_to_v1(conn: sqlite3.Connection) -> None:
     for statement in _SCHEMA_V1:
         conn.execute(statement)
@@ -183,10 +257,16 @@ def _migrate_to_v3(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _migrate_to_v4(conn: sqlite3.Connection) -> None:
+    for statement in _SCHEMA_V4:
+        conn.execute(statement)
+
+
 _MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migrate_to_v1,
     _migrate_to_v2,
     _migrate_to_v3,
+    _migrate_to_v4,
 )
 """``_MIGRATIONS[n]`` brings a database from schema version n to n + 1."""
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -563,6 +643,11 @@ _INSERT_ENVELOPE = (
     " (seq, device, envelope_id, from_user, from_device, ciphertext, expires_at)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
+_INSERT_SHARED_ENTRY = (
+    "INSERT OR IGNORE INTO mailbox"
+    " (seq, device, envelope_id, from_user, from_device, ciphertext_id, expires_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 class _WriterDb:
@@ -613,20 +698,27 @@ class _WriterDb:
         self._next_seq = max(row[0] if row else 0, *newest.values(), 0) + 1
         self._loaded = True
 
-    def device_rowid(self, device: DeviceAddress) -> int:
-        """The device's row id.
-
-        Raises:
-            RequestRefused: ``unknown_user`` or ``unknown_device``.
-        """
+    def find_rowid(self, device: DeviceAddress) -> int | None:
+        """The device's row id, None if the account or the device does not exist."""
         rowid = self._rowids.get(device)
         if rowid is not None:
             return rowid
         row = self.conn.execute(
             "SELECT id FROM devices WHERE username = ? AND device_id = ?", device
         ).fetchone()
-        if row is not None:
-            self._rowids[device] = rowid = int(row[0])
+        if row is None:
+            return None
+        self._rowids[device] = rowid = int(row[0])
+        return rowid
+
+    def device_rowid(self, device: DeviceAddress) -> int:
+        """The device's row id.
+
+        Raises:
+            RequestRefused: ``unknown_user`` or ``unknown_device``.
+        """
+        rowid = self.find_rowid(device)
+        if rowid is not None:
             return rowid
         if self.conn.execute(
             "SELECT 1 FROM accounts WHERE username = ?", (device.username,)
@@ -706,7 +798,72 @@ class _WriterDb:
                     [(row[0], Envelope(row[2], from_user, from_device, row[5])) for row in rows],
                 )
             )
-        return StoreResult(stored, skipped)
+        return StoreResult(stored, skipped, [])
+
+    def store_multi(
+        self,
+        sender: DeviceAddress,
+        envelope: MultiEnvelope,
+        expires_at: int,
+        max_queue: int,
+    ) -> StoreResult:
+        """Store one ciphertext once and queue it for each recipient that can take it
+        (see ``Storage.store_multi``). Never raises :class:`RequestRefused`."""
+        envelope_id = envelope.envelope_id
+        queued: list[tuple[DeviceAddress, int]] = []
+        skipped: list[Recipient] = []
+        for recipient in envelope.recipients:
+            address = DeviceAddress(recipient.to_user, recipient.to_device)
+            rowid = self.find_rowid(address)
+            if rowid is None or self._waiting_after(rowid, (envelope_id,), max_queue) > max_queue:
+                skipped.append(recipient)
+            else:
+                queued.append((address, rowid))
+        if not queued:
+            return StoreResult([], [envelope_id], skipped)
+        from_user, from_device = sender
+        held = self.conn.execute(
+            "SELECT id FROM ciphertexts WHERE from_user = ? AND from_device = ?"
+            " AND envelope_id = ?",
+            (from_user, from_device, envelope_id),
+        ).fetchone()
+        if held is not None:  # a resend: queue the copy already held, write no other
+            shared = int(held[0])
+        else:
+            cursor = self.conn.execute(
+                "INSERT INTO ciphertexts (from_user, from_device, envelope_id, data)"
+                " VALUES (?, ?, ?, ?)",
+                (from_user, from_device, envelope_id, envelope.ciphertext),
+            )
+            assert cursor.lastrowid is not None
+            shared = cursor.lastrowid
+        first = self._next_seq
+        rows = [
+            (seq, rowid, envelope_id, from_user, from_device, shared, expires_at)
+            for seq, (_, rowid) in enumerate(queued, first)
+        ]
+        self._next_seq = first + len(rows)
+        added = self.conn.executemany(_INSERT_SHARED_ENTRY, rows).rowcount
+        if added < len(rows):  # devices that have the envelope id queued already
+            kept = {
+                seq
+                for (seq,) in self.conn.execute(
+                    "SELECT seq FROM mailbox WHERE ciphertext_id = ? AND seq >= ?",
+                    (shared, first),
+                )
+            }
+            rows = [row for row in rows if row[0] in kept]
+            if not rows and held is None:  # ids taken by other senders' envelopes
+                self.conn.execute("DELETE FROM ciphertexts WHERE id = ?", (shared,))
+        delivered = Envelope(envelope_id, from_user, from_device, envelope.ciphertext)
+        stored = []
+        by_rowid = {rowid: address for address, rowid in queued}
+        for seq, rowid, *_ in rows:
+            self._queued[rowid] = self._queued.get(rowid, 0) + 1
+            previous = self._newest.get(rowid, 0)
+            self._newest[rowid] = seq
+            stored.append(StoredEnvelopes(by_rowid[rowid], previous, [(seq, delivered)]))
+        return StoreResult(stored, [], skipped)
 
     def _check_room(
         self,
@@ -715,26 +872,32 @@ class _WriterDb:
         group: dict[str, OutboundEnvelope],
         max_queue: int,
     ) -> None:
-        if self._queued.get(rowid, 0) + len(group) <= max_queue:
-            return
-        # Near the limit: count from the table, where resends of queued envelopes count once.
+        waiting = self._waiting_after(rowid, group, max_queue)
+        if waiting > max_queue:
+            raise RequestRefused(
+                ErrorCode.QUEUE_FULL,
+                f"device {recipient} would have {waiting} envelopes waiting, limit is {max_queue}",
+            )
+
+    def _waiting_after(self, rowid: int, envelope_ids: Collection[str], max_queue: int) -> int:
+        """How many envelopes the device would have waiting with these queued too: an upper
+        bound while that is within ``max_queue``, else counted from the table, where
+        resends of queued envelopes count once."""
+        waiting = self._queued.get(rowid, 0) + len(envelope_ids)
+        if waiting <= max_queue:
+            return waiting
         (queued,) = self.conn.execute(
             "SELECT COUNT(*) FROM mailbox WHERE device = ?", (rowid,)
         ).fetchone()
         self._queued[rowid] = queued
         already = sum(
             1
-            for envelope_id in group
+            for envelope_id in envelope_ids
             if self.conn.execute(
                 "SELECT 1 FROM mailbox WHERE device = ? AND envelope_id = ?", (rowid, envelope_id)
             ).fetchone()
         )
-        waiting = queued + len(group) - already
-        if waiting > max_queue:
-            raise RequestRefused(
-                ErrorCode.QUEUE_FULL,
-                f"device {recipient} would have {waiting} envelopes waiting, limit is {max_queue}",
-            )
+        return int(queued) + len(envelope_ids) - already
 
     def ack(self, device: DeviceAddress, envelope_ids: list[str]) -> None:
         """Delete these envelopes of the device; unknown ids and devices are ignored."""
@@ -981,6 +1144,13 @@ def _claim_keys(db: _WriterDb, username: str, device_ids: list[str] | None) -> l
     return claimed
 
 
+_SIZE = (
+    "IFNULL(length(m.ciphertext),"
+    " (SELECT length(data) FROM ciphertexts c WHERE c.id = m.ciphertext_id))"
+)
+"""A mailbox row's ciphertext size, its own or the shared one's (never the bytes)."""
+
+
 def _expires_day(expires_at: int) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(expires_at))
 
@@ -1200,6 +1370,15 @@ class SqliteStorage(Storage):
     ) -> asyncio.Future[StoreResult]:
         return self._write(_WriterDb.store, sender, envelopes, expires_at, max_queue)
 
+    def store_multi(
+        self,
+        sender: DeviceAddress,
+        envelope: MultiEnvelope,
+        expires_at: int,
+        max_queue: int,
+    ) -> asyncio.Future[StoreResult]:
+        return self._write(_WriterDb.store_multi, sender, envelope, expires_at, max_queue)
+
     async def last_seq(self, device: DeviceAddress) -> int:
         rowid = self._rowid(device)
         if rowid is None:
@@ -1220,8 +1399,9 @@ class SqliteStorage(Storage):
         rows = (
             self._read()
             .execute(
-                "SELECT seq, envelope_id, from_user, from_device, ciphertext FROM mailbox"
-                " WHERE device = ? AND seq > ? ORDER BY seq LIMIT ?",
+                "SELECT m.seq, m.envelope_id, m.from_user, m.from_device, IFNULL(m.ciphertext,"
+                " (SELECT c.data FROM ciphertexts c WHERE c.id = m.ciphertext_id))"
+                " FROM mailbox m WHERE m.device = ? AND m.seq > ? ORDER BY m.seq LIMIT ?",
                 (rowid, after_seq, limit),
             )
             .fetchall()
@@ -1301,9 +1481,8 @@ class SqliteStorage(Storage):
                 "expires_day": _expires_day(expires_at),
             }
             for envelope_id, to_device, from_user, from_device, size, expires_at in db.execute(
-                "SELECT m.envelope_id, d.device_id, m.from_user, m.from_device,"
-                " length(m.ciphertext), m.expires_at"
-                " FROM mailbox m JOIN devices d ON d.id = m.device"
+                f"SELECT m.envelope_id, d.device_id, m.from_user, m.from_device, {_SIZE},"
+                " m.expires_at FROM mailbox m JOIN devices d ON d.id = m.device"
                 " WHERE d.username = ? ORDER BY m.seq",
                 (username,),
             )
@@ -1318,9 +1497,8 @@ class SqliteStorage(Storage):
                 "expires_day": _expires_day(expires_at),
             }
             for envelope_id, from_device, to_user, to_device, size, expires_at in db.execute(
-                "SELECT m.envelope_id, m.from_device, d.username, d.device_id,"
-                " length(m.ciphertext), m.expires_at"
-                " FROM mailbox m JOIN devices d ON d.id = m.device"
+                f"SELECT m.envelope_id, m.from_device, d.username, d.device_id, {_SIZE},"
+                " m.expires_at FROM mailbox m JOIN devices d ON d.id = m.device"
                 " WHERE m.from_user = ? ORDER BY m.seq",
                 (username,),
             )
@@ -1344,6 +1522,7 @@ class SqliteStorage(Storage):
                 "SELECT (SELECT COUNT(*) FROM accounts), (SELECT COUNT(*) FROM devices),"
                 " (SELECT COUNT(*) FROM one_time_keys), (SELECT COUNT(*) FROM mailbox),"
                 " (SELECT COALESCE(SUM(length(ciphertext)), 0) FROM mailbox)"
+                " + (SELECT COALESCE(SUM(length(data)), 0) FROM ciphertexts)"
             )
             .fetchone()
         )

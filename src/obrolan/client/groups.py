@@ -1,0 +1,565 @@
+"""Group chats on this device: signed state, Megolm messages, moderation, reports.
+
+The server knows nothing of groups. A group's state is the chain of signed
+updates this device verified (``crypto.group_state``); every change is signed
+by its actor's account key, sent end to end over Olm to every member device,
+and checked here before it counts. A group message is signed by the sending
+device, encrypted once with this device's Megolm session for the group and
+uploaded once for all member devices (``send_multi``). The Megolm session is
+replaced when a member leaves or is removed, and every ``ROTATE_MESSAGES``
+messages or ``ROTATE_AGE_MS``, so a removed member reads nothing sent after.
+
+Group events that arrive over Olm are stashed in the inbox transaction and
+applied afterwards (:meth:`Groups.process_inbox`), because checking them may
+need the actors' account keys from the server.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Protocol
+from urllib.parse import parse_qs, urlsplit
+
+import msgspec
+
+from obrolan.client.conversation import Conversations
+from obrolan.client.group_store import GroupStore, Report, group_peer
+from obrolan.client.ids import new_id
+from obrolan.client.models import Event, Message, MessageState
+from obrolan.client.store import Store, now_ms
+from obrolan.crypto.account import AccountKey
+from obrolan.crypto.group_state import (
+    GroupView,
+    UpdateRejected,
+    apply_update,
+    can_post,
+    describe,
+    peek,
+    sign_update,
+)
+from obrolan.crypto.megolm import InboundGroupSession, OutboundGroupSession
+from obrolan.crypto.signatures import verify
+from obrolan.errors import CryptoError, ObrolanError, SignatureError
+from obrolan.protocol import content, groups
+from obrolan.protocol.frames import DeviceKeys, Envelope, MultiEnvelope, Recipient
+from obrolan.protocol.limits import Limits
+from obrolan.protocol.signing import group_message_bytes
+
+__all__ = ["GroupError", "GroupHost", "Groups", "invite_link"]
+
+log = logging.getLogger("obrolan.client")
+
+ROTATE_MESSAGES = 100
+"""A sending device starts a new Megolm session after this many messages…"""
+ROTATE_AGE_MS = 7 * 24 * 3600 * 1000
+"""…or once its session is this old."""
+MAX_RECIPIENTS = Limits().max_recipients_per_envelope
+"""Recipients per upload (the server's default limit); a larger group takes several."""
+_OWN_INVITE = "own_invite:"
+"""Meta key prefix: invites this device made (it alone approves joins at once)."""
+
+
+class GroupError(ObrolanError):
+    """A group action that cannot be done: unknown group, missing role, bad invite."""
+
+
+class GroupHost(Protocol):
+    """What the client lends the groups: its identity, outbox and device lists."""
+
+    username: str
+    device_id: str
+
+    def queue_olm(self, username: str, body: content.Content, to_device: str | None) -> None:
+        """Queue an Olm-encrypted event (inside the caller's transaction)."""
+
+    def queue_multi(self, envelope: MultiEnvelope, message_rowid: int) -> None:
+        """Queue a ready multi-recipient envelope (inside the caller's transaction)."""
+
+    async def verified_devices(self, username: str) -> list[DeviceKeys]:
+        """The devices of ``username``'s verified list (ours: without this device)."""
+
+    async def account_key_of(self, username: str) -> str | None:
+        """The account key pinned for ``username`` (looked up on first contact)."""
+
+    def device_key(self, username: str, device_id: str) -> str | None:
+        """The Ed25519 key of a device in ``username``'s last verified list."""
+
+    def sign_device(self, data: bytes) -> str:
+        """Sign with this device's Ed25519 key."""
+
+
+def invite_link(group_id: str, invite_id: str, inviter: str) -> str:
+    """What a person shares to invite others: it names the group and whom to ask."""
+    return f"obrolan://join?group={group_id}&invite={invite_id}&from={inviter}"
+
+
+class Groups:
+    """This device's groups: their verified state, sessions and messages."""
+
+    def __init__(self, store: Store, host: GroupHost, account: AccountKey, pickle_key: bytes,
+                 conversations: Conversations, emit: Callable[[Event], None]) -> None:
+        self._store = store
+        self._rows = GroupStore(store.connection)
+        self._host = host
+        self._account = account
+        self._pickle_key = pickle_key
+        self._conversations = conversations
+        self._emit = emit
+        self._views: dict[str, GroupView] = {}
+
+    @property
+    def me(self) -> str:
+        return self._host.username
+
+    # --- reading ------------------------------------------------------------------------
+
+    def view(self, group_id: str) -> GroupView:
+        """The group's state as this device verified it.
+
+        Raises:
+            GroupError: this device knows no such group.
+        """
+        if group_id not in self._views:
+            view = None
+            for signed, key in self._rows.chain(group_id):
+                view, _ = apply_update(view, signed, _known_key(key))
+            if view is None:
+                raise GroupError(f"no group {group_id!r} on this device (see `obrolan group list`)")
+            self._views[group_id] = view
+        return self._views[group_id]
+
+    def all(self) -> list[GroupView]:
+        return [self.view(g) for g in self._rows.group_ids()]
+
+    def resolve(self, ref: str) -> str:
+        """A group id from its id, the start of it, or its exact title."""
+        ids = self._rows.group_ids()
+        if ref in ids:
+            return ref
+        matches = [g for g in ids if g.startswith(ref)] or [
+            g for g in ids if self.view(g).title == ref
+        ]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise GroupError(f"no group {ref!r} on this device (see `obrolan group list`)")
+        raise GroupError(f"{ref!r} matches {len(matches)} groups: give more of the id")
+
+    def log(self, group_id: str) -> list[tuple[int, int, str]]:
+        """The moderation log: (seq, the actor's time, what was done) for every update."""
+        self.view(group_id)
+        entries = []
+        for signed, _ in self._rows.chain(group_id):
+            update = peek(signed)
+            entries.append((update.seq, update.at_ms, describe(update)))
+        return entries
+
+    def history(self, group_id: str, limit: int | None = None) -> list[Message]:
+        return self._store.history(group_peer(group_id), limit)
+
+    def join_requests(self, group_id: str) -> list[tuple[str, str]]:
+        self.view(group_id)
+        return self._rows.join_requests(group_id)
+
+    def reports(self, group_id: str) -> list[Report]:
+        self.view(group_id)
+        return self._rows.reports(group_id)
+
+    # --- changing the state: sign, check, store, send -----------------------------------
+
+    async def create(self, title: str, members: list[str]) -> GroupView:
+        """A new group with us as its owner and ``members`` in it."""
+        invited = sorted(set(members) - {self.me})
+        for member in invited:
+            if await self._host.account_key_of(member) is None:
+                raise GroupError(f"{member} cannot be added: their account key is not trusted")
+        group_id = new_id()
+        action = groups.Create(title=title, members=invited)
+        return await self._act(group_id, action, "", genesis=True)
+
+    async def act(self, group_id: str, action: groups.GroupAction, reason: str = "") -> GroupView:
+        """Sign one change as us, check it as every member will, and send it to them.
+
+        Raises:
+            GroupError: we lack the role, or the change makes no sense (nothing is sent).
+        """
+        return await self._act(group_id, action, reason, genesis=False)
+
+    async def _act(self, group_id: str, action: groups.GroupAction, reason: str, *,
+                   genesis: bool) -> GroupView:
+        before = None if genesis else self.view(group_id)
+        update = groups.GroupUpdate(
+            group_id=group_id,
+            seq=0 if before is None else before.seq + 1,
+            prev=None if before is None else before.head,
+            actor=self.me,
+            at_ms=now_ms(),
+            action=action,
+            reason=reason,
+        )
+        signed = sign_update(self._account, update)
+        try:
+            after, _ = apply_update(before, signed, lambda _: self._account.public)
+        except UpdateRejected as exc:
+            raise GroupError(str(exc)) from None
+        recipients = self._recipients(before, after)
+        with self._store.transaction():
+            self._store_update(group_id, update, signed, self._account.public, after)
+            chain = [s for s, _ in self._rows.chain(group_id)]
+            for username in recipients:
+                newcomer = before is None or username not in before.members
+                body = content.GroupState(
+                    message_id=new_id(), sent_at_ms=now_ms(), group_id=group_id,
+                    updates=chain if newcomer else [signed],
+                )
+                self._host.queue_olm(username, body, None)
+            self._host.queue_olm(self.me, content.GroupState(
+                message_id=new_id(), sent_at_ms=now_ms(), group_id=group_id, updates=chain,
+            ), None)
+            self._after_update(after, update, before)
+        return after
+
+    def _recipients(self, before: GroupView | None, after: GroupView) -> list[str]:
+        """Everyone who must learn of the change: the members, and who just left."""
+        people = set(after.members) | (set(before.members) if before is not None else set())
+        people.discard(self.me)
+        return sorted(people)
+
+    def _store_update(self, group_id: str, update: groups.GroupUpdate,
+                      signed: groups.SignedGroupUpdate, actor_key: str, after: GroupView) -> None:
+        self._rows.add_update(group_id, update.seq, signed, actor_key)
+        self._views[group_id] = after
+        self._conversations.notice(group_peer(group_id), describe(update))
+
+    def _after_update(self, after: GroupView, update: groups.GroupUpdate,
+                      before: GroupView | None) -> None:
+        """What a verified update changes beyond the state: sessions, membership, messages."""
+        group_id = after.group_id
+        if before is not None and set(before.members) - set(after.members):
+            self._rows.drop_outbound(group_id)  # a new session nobody who left can read
+        self._rows.set_member(group_id, self.me in after.members)
+        action = update.action
+        if isinstance(action, groups.DeleteMessage):
+            found = self._store.find(group_peer(group_id), action.message_id)
+            if found is not None and found[1].sender == action.sender:
+                self._store.delete_for_everyone(found[0])
+        if isinstance(action, groups.ApproveJoin | groups.RejectJoin):
+            self._rows.drop_join_request(group_id, action.user)
+
+    async def invite(self, group_id: str, expires_in_seconds: int) -> str:
+        """Create a signed invite link valid for ``expires_in_seconds``; returns the link."""
+        invite_id = new_id()
+        await self.act(group_id, groups.Invite(
+            invite_id=invite_id, expires_at_ms=now_ms() + expires_in_seconds * 1000
+        ))
+        with self._store.transaction():
+            self._store.set_meta(_OWN_INVITE + invite_id, "1")
+        return invite_link(group_id, invite_id, self.me)
+
+    async def join(self, link: str) -> str:
+        """Ask to join with an invite link; returns the group id. An admin lets us in."""
+        try:
+            query = parse_qs(urlsplit(link).query)
+            group_id, invite_id, inviter = query["group"][0], query["invite"][0], query["from"][0]
+            request = content.GroupJoinRequest(
+                message_id=new_id(), sent_at_ms=now_ms(), group_id=group_id, invite_id=invite_id
+            )
+        except (KeyError, IndexError, ValueError, msgspec.ValidationError):
+            raise GroupError("that is not an obrolan invite link (obrolan://join?…)") from None
+        if await self._host.account_key_of(inviter) is None:
+            raise GroupError(f"the invite's author {inviter} is not trusted: check with them")
+        with self._store.transaction():
+            self._host.queue_olm(inviter, request, None)
+        return group_id
+
+    async def approve(self, group_id: str, username: str, reason: str = "") -> GroupView:
+        for requester, invite_id in self.join_requests(group_id):
+            if requester == username:
+                return await self.act(
+                    group_id, groups.ApproveJoin(user=username, invite_id=invite_id), reason
+                )
+        raise GroupError(f"{username} has not asked to join")
+
+    async def reject(self, group_id: str, username: str, reason: str = "") -> GroupView:
+        for requester, invite_id in self.join_requests(group_id):
+            if requester == username:
+                return await self.act(
+                    group_id, groups.RejectJoin(user=username, invite_id=invite_id), reason
+                )
+        raise GroupError(f"{username} has not asked to join")
+
+    # --- messages -----------------------------------------------------------------------
+
+    async def send(self, group_id: str, text: str, reply_to: str | None = None) -> Message:
+        """Post ``text``: one Megolm encryption, one upload for every member device."""
+        view = self.view(group_id)
+        refusal = can_post(view, self.me, now_ms())
+        if refusal is not None:
+            raise GroupError(f"you cannot post in {view.title}: {refusal}")
+        devices: dict[tuple[str, str], DeviceKeys] = {}
+        for username in sorted(view.members):
+            for device in await self._host.verified_devices(username):
+                devices[(username, device.device_id)] = device
+        outbound = self._rows.outbound(group_id)
+        fresh = (
+            outbound is None
+            or outbound.messages >= ROTATE_MESSAGES
+            or now_ms() - outbound.created_ms >= ROTATE_AGE_MS
+        )
+        if outbound is None or fresh:
+            session, shared = OutboundGroupSession.create(), frozenset[str]()
+            count, created = 0, now_ms()
+        else:
+            session = OutboundGroupSession.from_pickle(outbound.pickle, self._pickle_key)
+            shared, count, created = outbound.shared_with, outbound.messages, outbound.created_ms
+        missing = [pair for pair in devices if f"{pair[0]}/{pair[1]}" not in shared]
+        message = groups.GroupMessage(
+            group_id=group_id, sender=self.me, sender_device=self._host.device_id,
+            message_id=new_id(), sent_at_ms=now_ms(), text=text, reply_to=reply_to,
+        )
+        with self._store.transaction():
+            key = content.GroupKey(
+                message_id=new_id(), sent_at_ms=now_ms(), group_id=group_id,
+                session_id=session.session_id, session_key=session.session_key,
+            )
+            for username, device_id in missing:
+                self._host.queue_olm(username, key, device_id)
+            signed = self._sign(message)
+            ciphertext = content.encode(groups.GroupCiphertext(
+                group_session=session.session_id, body=session.encrypt(content.encode(signed))
+            ))
+            rowid = self._store.add_message(
+                message_id=message.message_id, peer=group_peer(group_id), sender=self.me,
+                sender_device=self._host.device_id, outgoing=True, text=text,
+                sent_at_ms=message.sent_at_ms, state=MessageState.QUEUED,
+            )
+            assert rowid is not None, "fresh message ids never collide"
+            self._rows.set_signed(rowid, content.encode(signed))
+            recipients = [Recipient(to_user=u, to_device=d) for u, d in devices]
+            for start in range(0, len(recipients), MAX_RECIPIENTS):
+                self._host.queue_multi(MultiEnvelope(
+                    envelope_id=new_id(),
+                    recipients=recipients[start : start + MAX_RECIPIENTS],
+                    ciphertext=ciphertext,
+                ), rowid)
+            if not devices:
+                self._store.set_state(rowid, MessageState.SENT)  # nobody else to tell
+            self._rows.save_outbound(
+                group_id, session.pickle(self._pickle_key), messages=count + 1,
+                shared_with=shared | {f"{u}/{d}" for u, d in missing}, created_ms=created,
+            )
+        return self._store.message(rowid)
+
+    def _sign(self, message: groups.GroupMessage) -> groups.SignedGroupMessage:
+        raw = content.encode(message)
+        return groups.SignedGroupMessage(
+            message=raw, signature=self._host.sign_device(group_message_bytes(raw))
+        )
+
+    async def report(self, group_id: str, message: Message, reason: str) -> int:
+        """Send a message, with its sender's signature, to the group's admins; returns how many."""
+        view = self.view(group_id)
+        found = self._store.find(group_peer(group_id), message.message_id)
+        signed = None if found is None else self._rows.signed_of(found[0])
+        if signed is None:
+            raise GroupError("that message cannot be reported (it is not a signed group message)")
+        reported = msgspec.json.decode(signed, type=groups.SignedGroupMessage)
+        admins = [a for a in view.admins if a != self.me]
+        with self._store.transaction():
+            for admin in admins:
+                self._host.queue_olm(admin, content.GroupReport(
+                    message_id=new_id(), sent_at_ms=now_ms(), group_id=group_id,
+                    reported=reported, reason=reason,
+                ), None)
+        return len(admins)
+
+    # --- receiving ----------------------------------------------------------------------
+
+    def stash(self, body: content.Plaintext) -> None:
+        """Keep an Olm-carried group event to apply after the inbox transaction."""
+        self._rows.add_inbox(body.sender, body.sender_device, content.encode(body.content))
+
+    async def process_inbox(self) -> list[Event]:
+        """Apply the stashed group events, in arrival order."""
+        events: list[Event] = []
+        for entry_id, sender, device, raw in self._rows.inbox():
+            try:
+                body = content.decode_content(raw)
+                events += await self._process(sender, device, body)
+            except (ObrolanError, msgspec.DecodeError) as exc:
+                log.warning("a group event from %s/%s was dropped: %s", sender, device, exc)
+            with self._store.transaction():
+                self._rows.done_inbox(entry_id)
+        return events
+
+    async def _process(self, sender: str, device: str, body: content.Content) -> list[Event]:
+        if isinstance(body, content.GroupState):
+            return await self._receive_state(sender, body)
+        if isinstance(body, content.GroupKey):
+            return self._receive_key(sender, device, body)
+        if isinstance(body, content.GroupJoinRequest):
+            return await self._receive_join_request(sender, body)
+        if isinstance(body, content.GroupReport):
+            return await self._receive_report(sender, body)
+        return []
+
+    async def _receive_state(self, sender: str, body: content.GroupState) -> list[Event]:
+        events = []
+        group_id = body.group_id
+        stored = {s.update: s for s, _ in self._rows.chain(group_id)}
+        for signed in body.updates:
+            if signed.update in stored:
+                continue  # already applied (a new member's full chain, our own echo)
+            try:
+                update = peek(signed)
+                if update.group_id != group_id:
+                    raise UpdateRejected(f"an update of group {update.group_id} came as {group_id}")
+                key = await self._host.account_key_of(update.actor)
+                current = self._current(group_id)
+                after, update = apply_update(current, signed, _known_key(key))
+            except (UpdateRejected, ObrolanError) as exc:
+                events.append(self._warn(group_id, f"a group update from {sender} was "
+                                                   f"rejected: {exc}"))
+                break  # the rest of the batch follows the rejected one: reject it too
+            assert key is not None
+            with self._store.transaction():
+                self._store_update(group_id, update, signed, key, after)
+                self._after_update(after, update, current)
+            events.append(Event("message", group_peer(group_id),
+                                self._store.history(group_peer(group_id), 1)[0]))
+        return events
+
+    def _current(self, group_id: str) -> GroupView | None:
+        try:
+            return self.view(group_id)
+        except GroupError:
+            return None
+
+    def _warn(self, group_id: str, text: str) -> Event:
+        log.warning("%s", text)
+        with self._store.transaction():
+            notice = self._conversations.notice(group_peer(group_id), f"⚠ {text}")
+        return Event("message", group_peer(group_id), notice)
+
+    def _receive_key(self, sender: str, device: str, key: content.GroupKey) -> list[Event]:
+        view = self._current(key.group_id)
+        if view is None or sender not in view.members:
+            return [self._warn(key.group_id, f"{sender} is not a member of this group: "
+                                             f"their messages in it will not be shown")]
+        try:
+            session = InboundGroupSession.from_session_key(key.session_key)
+        except CryptoError as exc:
+            log.warning("a group key from %s/%s is unusable: %s", sender, device, exc)
+            return []
+        if session.session_id != key.session_id:
+            return []
+        with self._store.transaction():
+            self._rows.save_inbound(session.session_id, key.group_id, sender, device,
+                                    session.pickle(self._pickle_key))
+        return []
+
+    async def _receive_join_request(self, sender: str,
+                                    request: content.GroupJoinRequest) -> list[Event]:
+        view = self._current(request.group_id)
+        if view is None or not view.is_admin(self.me):
+            return []
+        expires = view.invites.get(request.invite_id)
+        if expires is None or expires <= now_ms() or sender in view.members:
+            return []
+        if not view.settings.approval and self._store.get_meta(_OWN_INVITE + request.invite_id):
+            # Only the device that made the invite answers at once: two devices of ours
+            # signing the same approval would fork the group's chain.
+            await self.act(request.group_id,
+                           groups.ApproveJoin(user=sender, invite_id=request.invite_id))
+            return []
+        with self._store.transaction():
+            self._rows.add_join_request(request.group_id, sender, request.invite_id)
+            notice = self._conversations.notice(
+                group_peer(request.group_id),
+                f"{sender} asks to join: `obrolan group approve {request.group_id[:8]} {sender}`",
+            )
+        return [Event("message", group_peer(request.group_id), notice)]
+
+    async def _receive_report(self, reporter: str, report: content.GroupReport) -> list[Event]:
+        view = self._current(report.group_id)
+        if view is None or not view.is_admin(self.me) or reporter not in view.members:
+            return []
+        try:
+            message = groups.decode_group_message(report.reported.message)
+        except msgspec.DecodeError:
+            return []
+        await self._host.verified_devices(message.sender)
+        device_key = self._host.device_key(message.sender, message.sender_device)
+        verified = False
+        if device_key is not None and message.group_id == report.group_id:
+            try:
+                verify(device_key, group_message_bytes(report.reported.message),
+                       report.reported.signature)
+                verified = True
+            except SignatureError:
+                pass
+        with self._store.transaction():
+            self._rows.add_report(Report(
+                report.group_id, reporter, message.sender, message.message_id, message.text,
+                report.reason, verified, now_ms(),
+            ))
+            proof = "signature verified" if verified else "⚠ the sender's signature does NOT verify"
+            notice = self._conversations.notice(
+                group_peer(report.group_id),
+                f"{reporter} reported a message of {message.sender} ({proof}): {report.reason}",
+            )
+        return [Event("message", group_peer(report.group_id), notice)]
+
+    def receive_message(self, envelope: Envelope, ciphertext: groups.GroupCiphertext) -> list[Event]:
+        """Decrypt, check and store a group message (inside the inbox transaction)."""
+        sender, device = envelope.from_user, envelope.from_device
+        known = self._rows.inbound(ciphertext.group_session, sender, device)
+        if known is None:
+            return self._unreadable(envelope, "no key for it from its sender reached this device")
+        group_id, pickle = known
+        try:
+            session = InboundGroupSession.from_pickle(pickle, self._pickle_key)
+            plaintext, _ = session.decrypt(ciphertext.body)
+            signed = msgspec.json.decode(plaintext, type=groups.SignedGroupMessage)
+            message = groups.decode_group_message(signed.message)
+            device_key = self._host.device_key(sender, device)
+            if device_key is None:
+                raise SignatureError(f"{sender}/{device} is not in {sender}'s signed list")
+            verify(device_key, group_message_bytes(signed.message), signed.signature)
+        except (CryptoError, msgspec.DecodeError) as exc:
+            return self._unreadable(envelope, f"it could not be decrypted ({exc})")
+        if (message.group_id, message.sender, message.sender_device) != (group_id, sender, device):
+            return self._unreadable(envelope, "it names another group or sender")
+        view = self.view(group_id)
+        peer = group_peer(group_id)
+        if (sender, message.message_id) in view.deleted:
+            return []
+        refusal = can_post(view, sender, now_ms())
+        if refusal is not None:
+            notice = self._conversations.notice(
+                peer, f"a message from {sender} was not shown: {refusal}"
+            )
+            return [Event("message", peer, notice)]
+        rowid = self._store.add_message(
+            message_id=message.message_id, peer=peer, sender=sender, sender_device=device,
+            outgoing=sender == self.me, text=message.text, sent_at_ms=message.sent_at_ms,
+            state=MessageState.SENT if sender == self.me else MessageState.RECEIVED,
+        )
+        if rowid is None:
+            return []
+        self._rows.set_signed(rowid, plaintext)
+        return [Event("message", peer, self._store.message(rowid))]
+
+    def _unreadable(self, envelope: Envelope, reason: str) -> list[Event]:
+        log.warning("dropped a group message from %s: %s", envelope.from_user, reason)
+        notice = self._conversations.notice(
+            envelope.from_user,
+            f"a group message from {envelope.from_user} could not be read: {reason}",
+        )
+        return [Event("message", envelope.from_user, notice)]
+
+
+def _known_key(key: str | None) -> Callable[[str], str | None]:
+    """The actor's account key as already looked up (``apply_update`` checks the actor)."""
+    return lambda _actor: key

@@ -1,0 +1,98 @@
+"""The device, recovery and group verbs of the `obrolan` command, as a person uses them."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from tests.e2e.conftest import Cli
+
+CODE = re.compile(r"Recovery code: ([A-Z2-7]{4}(?:-[A-Z2-7]{4}){5})")
+
+
+def register(cli: Cli, name: str, profile: Path) -> str:
+    """Register and return the recovery code the command showed once."""
+    result = cli.register(name, profile)
+    match = CODE.search(result.stdout)
+    assert match is not None, result.stdout
+    assert "shown only this once" in result.stdout
+    return match[1]
+
+
+def test_devices_list_rename_and_remove(cli: Cli, profiles) -> None:  # type: ignore[no-untyped-def]
+    laptop = profiles("laptop")
+    register(cli, "alice", laptop)
+    [me] = cli("devices", "--json", "--profile", str(laptop)).json()
+    assert me["current"] and me["last_active"] is not None
+    renamed = cli("devices", "rename", me["device_id"], "work laptop", "--profile", str(laptop))
+    assert renamed.returncode == 0, renamed.stderr
+    listed = cli("devices", "--profile", str(laptop))
+    assert "work laptop" in listed.stdout and "(this device)" in listed.stdout
+    refused = cli("devices", "remove", me["device_id"], "--profile", str(laptop))
+    assert refused.returncode == 1 and "the device you are using" in refused.stderr
+    unknown = cli("devices", "remove", "nosuchdevice", "--profile", str(laptop))
+    assert unknown.returncode == 1 and "no device 'nosuchdevice'" in unknown.stderr
+    wrong = cli("devices", "approve", "AAAA-BBBB-CCCC-DDDD-EEEE-FFFF", "--profile", str(laptop))
+    assert wrong.returncode == 1 and "no new device waits with that link code" in wrong.stderr
+
+
+def test_recover_rotate_and_trust(cli: Cli, profiles) -> None:  # type: ignore[no-untyped-def]
+    alice, bob = profiles("alice"), profiles("bob")
+    first_code = register(cli, "alice", alice)
+    register(cli, "bob", bob)
+    assert cli("send", "alice", "hi", "--profile", str(bob)).returncode == 0
+    rotated = cli("recovery-code", "--rotate", "--profile", str(alice))
+    assert rotated.returncode == 0, rotated.stderr
+    new_code = CODE.search(rotated.stdout)
+    assert new_code is not None and new_code[1] != first_code
+    shutil.rmtree(alice)
+
+    stale = cli("recover", "alice", "--server", cli.server_url, "--profile", str(alice),
+                "--no-passphrase", env_extra={"OBROLAN_RECOVERY_CODE": first_code})
+    assert stale.returncode == 1 and "recovery code is wrong" in stale.stderr
+    malformed = cli("recover", "alice", "--server", cli.server_url, "--profile", str(alice),
+                    "--no-passphrase", env_extra={"OBROLAN_RECOVERY_CODE": "letmein"})
+    assert malformed.returncode == 1 and "24 letters" in malformed.stderr
+    recovered = cli("recover", "alice", "--server", cli.server_url, "--profile", str(alice),
+                    "--no-passphrase", env_extra={"OBROLAN_RECOVERY_CODE": new_code[1]})
+    assert recovered.returncode == 0, recovered.stderr
+    assert "account key changed" in recovered.stdout and CODE.search(recovered.stdout)
+
+    sent = cli("send", "alice", "who is this?", "--profile", str(bob))
+    assert sent.returncode == 0, sent.stderr  # bob never verified alice: a warning, not a block
+    contacts = cli("contacts", "--profile", str(bob))
+    assert "account key changed" in contacts.stdout
+    trusted = cli("trust", "alice", "--profile", str(bob))
+    assert trusted.returncode == 0 and "accepted alice's new account key" in trusted.stdout
+    again = cli("trust", "alice", "--profile", str(bob))
+    assert "nothing to accept" in again.stderr
+
+
+def test_group_verbs(cli: Cli, profiles) -> None:  # type: ignore[no-untyped-def]
+    alice, bob = profiles("alice"), profiles("bob")
+    register(cli, "alice", alice)
+    register(cli, "bob", bob)
+    created = cli("group", "create", "Book club", "--members", "bob", "--json",
+                  "--profile", str(alice))
+    assert created.returncode == 0, created.stderr
+    group_id = created.json()["group_id"]  # type: ignore[index]
+    assert cli("sync", "--profile", str(bob)).returncode == 0
+    info = cli("group", "info", "Book club", "--profile", str(bob))
+    assert "alice  owner" in info.stdout and "bob  member" in info.stdout
+    posted = cli("send", "--group", group_id[:8], "chapter one is great", "--profile", str(bob))
+    assert posted.returncode == 0, posted.stderr
+    synced = cli("sync", "--profile", str(alice))
+    assert f"#{group_id[:8]} bob" in synced.stdout and "chapter one is great" in synced.stdout
+    muted = cli("group", "mute", "Book club", "bob", "--for", "1h", "--reason", "spoilers",
+                "--profile", str(alice))
+    assert muted.returncode == 0, muted.stderr
+    assert cli("sync", "--profile", str(bob)).returncode == 0
+    refused = cli("send", "--group", "Book club", "chapter two…", "--profile", str(bob))
+    assert refused.returncode == 1 and "muted" in refused.stderr
+    log = cli("group", "log", "Book club", "--profile", str(bob))
+    assert "alice muted bob" in log.stdout and "spoilers" in log.stdout
+    not_admin = cli("group", "remove", "Book club", "alice", "--profile", str(bob))
+    assert not_admin.returncode == 1 and "Traceback" not in not_admin.stderr
+    unknown = cli("group", "info", "No such club", "--profile", str(bob))
+    assert unknown.returncode == 1 and "no group" in unknown.stderr

@@ -1,0 +1,251 @@
+"""Groups whose admins are answerable: signed state, Megolm, moderation, reports.
+
+Real server process on loopback; every member is a real in-process client with
+its own profile. alice owns the group from two devices (laptop and phone).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from obrolan.client import Client
+from obrolan.client.groups import GroupError
+from obrolan.client.models import Message, MessageState
+from obrolan.crypto.megolm import InboundGroupSession
+from obrolan.errors import DecryptionError
+from obrolan.protocol import groups
+from obrolan.protocol.frames import MultiEnvelope
+from obrolan.protocol.groups import GroupCiphertext, decode_group_ciphertext
+from tests.e2e.test_devices import link
+from tests.support.shim import MaliciousServer
+
+MEMBERS = ("bob", "carol", "dave", "erin")
+
+
+class Crowd:
+    """alice (laptop + phone) and the other people, all in process."""
+
+    def __init__(self, clients: dict[str, Client]) -> None:
+        self.clients = clients
+
+    def __getitem__(self, name: str) -> Client:
+        return self.clients[name]
+
+    async def sync(self, *names: str) -> None:
+        """Everyone sends what is queued, then everyone receives (twice: answers to answers)."""
+        chosen = names or tuple(self.clients)
+        for _ in range(2):
+            for name in chosen:
+                await self.clients[name].flush(30)
+            for name in chosen:
+                await self.clients[name].sync(60)
+
+
+@pytest.fixture
+async def crowd(server, profiles: Callable[[str], Path]) -> AsyncIterator[Crowd]:  # type: ignore[no-untyped-def]
+    clients: dict[str, Client] = {}
+    try:
+        for name in ("alice", *MEMBERS, "frank"):
+            clients[name] = await Client.register(profiles(name), server.url, name, None)
+        clients["alice-phone"] = await link(server, profiles, clients["alice"], "alice-phone")
+        yield Crowd(clients)
+    finally:
+        for client in clients.values():
+            await client.close()
+
+
+def texts(client: Client, group_id: str) -> list[str]:
+    return [m.text for m in client.groups.history(group_id)
+            if m.state is not MessageState.NOTICE and not m.deleted]
+
+
+def notices(client: Client, group_id: str) -> list[str]:
+    return [m.text for m in client.groups.history(group_id) if m.state is MessageState.NOTICE]
+
+
+def find(client: Client, group_id: str, text: str) -> Message:
+    [message] = [m for m in client.groups.history(group_id) if m.text == text]
+    return message
+
+
+async def make_group(crowd: Crowd) -> str:
+    view = await crowd["alice"].groups.create("Team", list(MEMBERS))
+    await crowd.sync()
+    return view.group_id
+
+
+def queued_ciphertext(sender: Client) -> GroupCiphertext:
+    """The group ciphertext waiting in the sender's outbox (what the server will get)."""
+    [entry] = [e for e in sender._store.outbox() if e.multi is not None]
+    envelope = msgspec.json.decode(entry.multi, type=MultiEnvelope)
+    return decode_group_ciphertext(envelope.ciphertext)
+
+
+async def test_every_member_device_reads_it_and_a_removed_member_reads_nothing_after(
+    crowd: Crowd,
+) -> None:
+    group_id = await make_group(crowd)
+    everyone = ("alice", "alice-phone", *MEMBERS)
+    for name in everyone:
+        view = crowd[name].groups.view(group_id)
+        assert sorted(view.members) == ["alice", *MEMBERS] and view.owner == "alice", name
+    await crowd["bob"].groups.send(group_id, "hello team")
+    await crowd.sync()
+    for name in everyone:
+        assert texts(crowd[name], group_id) == ["hello team"], name
+
+    await crowd["alice"].groups.act(group_id, groups.Remove(user="erin"), "left the project")
+    await crowd.sync()
+    assert "erin" not in crowd["erin"].groups.view(group_id).members
+    await crowd["dave"].groups.send(group_id, "after erin left")
+    ciphertext = queued_ciphertext(crowd["dave"])
+    await crowd.sync()
+    for name in ("alice", "alice-phone", "bob", "carol", "dave"):
+        assert texts(crowd[name], group_id)[-1] == "after erin left", name
+    assert texts(crowd["erin"], group_id) == ["hello team"]
+    # At the crypto level: none of the Megolm sessions erin holds decrypts the new message.
+    erin = crowd["erin"]
+    pickles = [r[0] for r in erin._store.connection.execute("SELECT pickle FROM group_inbound")]
+    assert pickles
+    for pickle in pickles:
+        session = InboundGroupSession.from_pickle(pickle, erin._vault.pickle_key)
+        assert session.session_id != ciphertext.group_session
+        with pytest.raises(DecryptionError):
+            session.decrypt(ciphertext.body)
+
+
+async def test_admin_tools_are_enforced_by_every_client_and_logged(crowd: Crowd, profiles) -> None:  # type: ignore[no-untyped-def]
+    group_id = await make_group(crowd)
+    alice, bob, carol = crowd["alice"], crowd["bob"], crowd["carol"]
+    await bob.groups.send(group_id, "spam spam spam")
+    await crowd.sync()
+    spam = find(carol, group_id, "spam spam spam")
+
+    with pytest.raises(GroupError, match="not an admin"):  # a member cannot delete others'
+        await carol.groups.act(group_id, groups.DeleteMessage(sender="bob",
+                                                              message_id=spam.message_id))
+    await alice.groups.act(group_id, groups.DeleteMessage(sender="bob", message_id=spam.message_id),
+                           "off-topic")
+    await alice.groups.act(group_id, groups.Mute(user="carol", until_ms=2**41), "flooding")
+    # bob is offline when only admins may post from now on; his device posts before it
+    # learns of it. Every receiver applies the rule anyway and hides the message.
+    await bob.close()
+    await alice.groups.act(
+        group_id, groups.SetSettings(settings=groups.GroupSettings(who_can_post="admins")),
+        "announcements only",
+    )
+    await alice.flush(30)
+    bob = crowd.clients["bob"] = await Client.load(profiles("bob"), None)
+    await bob.groups.send(group_id, "sneaking one in")  # checked against bob's stale state
+    await crowd.sync()
+    for name in ("alice", "alice-phone", *MEMBERS):
+        client = crowd[name]
+        assert "spam spam spam" not in texts(client, group_id), name
+        if name != "bob":  # his own device keeps what he wrote
+            assert "sneaking one in" not in texts(client, group_id), name
+        log = [line for _, _, line in client.groups.log(group_id)]
+        assert any("alice deleted a message of bob" in e and "off-topic" in e for e in log), log
+        assert any("alice muted carol" in e and "flooding" in e for e in log), log
+        assert any("announcements only" in e for e in log), log
+    assert any("was not shown" in n for n in notices(crowd["dave"], group_id))
+    with pytest.raises(GroupError, match=r"muted|only admins"):
+        await carol.groups.send(group_id, "let me speak")
+    with pytest.raises(GroupError, match="only admins"):
+        await bob.groups.send(group_id, "and again")
+
+
+async def test_invite_with_approval_and_a_verified_report(crowd: Crowd) -> None:
+    group_id = await make_group(crowd)
+    alice, frank, dave = crowd["alice"], crowd["frank"], crowd["dave"]
+    link_text = await alice.groups.invite(group_id, 3600)
+    assert await frank.groups.join(link_text) == group_id
+    await crowd.sync("frank", "alice")
+    assert alice.groups.join_requests(group_id) == [("frank", link_text.split("invite=")[1]
+                                                     .split("&")[0])]
+    with pytest.raises(GroupError):
+        frank.groups.view(group_id)  # not in yet
+    await alice.groups.approve(group_id, "frank", "a friend of dave")
+    await crowd.sync()
+    assert "frank" in frank.groups.view(group_id).members
+    await frank.groups.send(group_id, "thanks for having me")
+    await crowd["bob"].groups.send(group_id, "buy cheap pills here")
+    await crowd.sync()
+    assert texts(dave, group_id) == ["thanks for having me", "buy cheap pills here"]
+    assert await dave.groups.report(group_id, find(dave, group_id, "buy cheap pills here"),
+                                    "spam") == 1
+    await crowd.sync("dave", "alice")
+    [report] = alice.groups.reports(group_id)
+    assert (report.reporter, report.sender, report.reason, report.verified) == (
+        "dave", "bob", "spam", True
+    )
+    assert report.text == "buy cheap pills here"
+    assert any("alice approved frank" in e for _, _, e in alice.groups.log(group_id))
+
+
+async def test_bad_group_input_changes_nothing(crowd: Crowd) -> None:
+    group_id = await make_group(crowd)
+    bob, alice = crowd["bob"], crowd["alice"]
+    with pytest.raises(GroupError, match="no group"):
+        bob.groups.resolve("nosuchgroup")
+    with pytest.raises(GroupError, match="not an admin"):
+        await bob.groups.act(group_id, groups.Remove(user="carol"))
+    with pytest.raises(GroupError, match="owner"):
+        await bob.groups.act(group_id, groups.Promote(user="carol"))
+    with pytest.raises(GroupError, match="invite link"):
+        await crowd["frank"].groups.join("https://example.org/not-an-invite")
+    # an invite that was revoked lets nobody in
+    link_text = await alice.groups.invite(group_id, 3600)
+    invite_id = link_text.split("invite=")[1].split("&")[0]
+    await alice.groups.act(group_id, groups.RevokeInvite(invite_id=invite_id))
+    await crowd["frank"].groups.join(link_text)
+    await crowd.sync("frank", "alice")
+    assert alice.groups.join_requests(group_id) == []
+    assert sorted(bob.groups.view(group_id).members) == ["alice", *MEMBERS]
+
+
+async def test_a_group_message_costs_one_encryption_and_one_upload(server, profiles) -> None:  # type: ignore[no-untyped-def]
+    members = [f"member{n}" for n in range(5)]
+    clients: list[Client] = []
+    async with MaliciousServer(server.ws_url) as recorder:  # rewrites nothing: it counts
+        try:
+            alice = await Client.register(profiles("alice"), recorder.url, "alice", None)
+            clients.append(alice)
+            for name in members:
+                clients.append(await Client.register(profiles(name), server.url, name, None))
+            group_id = (await alice.groups.create("Many", members)).group_id
+            await alice.groups.send(group_id, "first: the session key goes out over Olm")
+            await alice.flush(30)
+            before = len(recorder.sent_by_clients)
+            await alice.groups.send(group_id, "second")
+            await alice.flush(30)
+            uploads = [f for f in recorder.sent_by_clients[before:]
+                       if f["type"] in ("send", "send_multi")]
+            assert [f["type"] for f in uploads] == ["send_multi"]
+            assert len(uploads[0]["envelope"]["recipients"]) == len(members)
+            for client in clients[1:]:
+                await client.sync(60)
+                assert texts(client, group_id)[-1] == "second"
+        finally:
+            for client in clients:
+                await client.close()
+
+
+async def test_without_approval_the_inviting_device_alone_lets_people_in(crowd: Crowd) -> None:
+    group_id = await make_group(crowd)
+    alice, phone, frank = crowd["alice"], crowd["alice-phone"], crowd["frank"]
+    await alice.groups.act(group_id, groups.SetSettings(settings=groups.GroupSettings(
+        approval=False)))
+    link_text = await alice.groups.invite(group_id, 3600)
+    await crowd.sync()
+    await frank.groups.join(link_text)
+    await crowd.sync()
+    await crowd.sync()
+    assert "frank" in frank.groups.view(group_id).members
+    # both of alice's devices hold the same chain: one approval, no fork
+    assert phone.groups.view(group_id).head == alice.groups.view(group_id).head
+    log = [e for _, _, e in crowd["bob"].groups.log(group_id)]
+    assert sum("approved frank" in e for e in log) == 1
