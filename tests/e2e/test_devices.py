@@ -80,11 +80,14 @@ async def test_a_removed_device_gets_nothing_new(server, profiles, pair) -> None
         assert [m.text for m in await phone.sync()] == ["before removal"]
         await laptop.remove_device(phone_id)
         assert phone_id not in {d.device_id for d in await laptop.devices()}
+        phone_key = phone.whoami().curve25519
+        assert bob._store.sessions_for(phone_key) != []
         await bob.sync()  # a new connection: bob looks at alice's list again
         await bob.send("alice", "after removal")
         await bob.flush(30)
         assert [m.text for m in await laptop.sync()] == ["before removal", "after removal"]
         assert mailbox_rows(server.data_dir, to="alice") == 0
+        assert bob._store.sessions_for(phone_key) == []  # bob dropped its session with it
         with pytest.raises(DeviceRemoved):
             await phone.sync(timeout=10)
         assert "after removal" not in [m.text for m in phone.history("bob")]

@@ -81,7 +81,8 @@ class Directory:
         assert contact is not None
         self._store.set_list_version(username, listed.version)
         if contact.blocked_by_change:
-            self._store.save_devices(username, [])
+            # Nothing is sent (the caller refuses); the devices of the verified key and
+            # their sessions stay, so their messages still open if the change was false.
             reason = (
                 f"{username}'s account key has changed since you verified it: check their "
                 f"safety number, then run `obrolan trust {username}`"

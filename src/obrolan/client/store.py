@@ -426,7 +426,14 @@ class Store:
         ]
 
     def save_devices(self, username: str, devices: list[tuple[str, str, str]]) -> None:
-        """Replace the cached devices (device_id, ed25519, curve25519) of a user."""
+        """Replace the cached devices (device_id, ed25519, curve25519) of a user; the Olm
+        sessions with devices that left the user's list are dropped."""
+        kept = {d[2] for d in devices}
+        for (curve25519,) in self._db.execute(
+            "SELECT curve25519 FROM devices WHERE username = ?", (username,)
+        ).fetchall():
+            if curve25519 not in kept:
+                self._db.execute("DELETE FROM sessions WHERE curve25519 = ?", (curve25519,))
         self._db.execute("DELETE FROM devices WHERE username = ?", (username,))
         self._db.executemany(
             "INSERT INTO devices (username, device_id, ed25519, curve25519) VALUES (?, ?, ?, ?)",
