@@ -303,6 +303,27 @@ async def test_server_stores_a_resent_group_envelope_once(
     assert await bob_client.until_drained() == expected
 
 
+async def test_server_pushes_the_held_copy_when_a_resend_carries_other_bytes(
+    server: ServerProcess, online: Online
+) -> None:
+    """A resend under the same id with different bytes (a client bug or a replay) queues
+    and pushes the copy already held: every device gets the same bytes, once stored."""
+    dave_client, dave = await online(server, "dave")
+    bob = await offline(server, online, "bob")
+    erin_client, erin = await online(server, "erin")
+    marker, ciphertext = marked()
+    envelope = multi([bob], ciphertext)
+    await send_multi(dave_client, 1, envelope)
+    other_marker, other = marked()
+    again = MultiEnvelope(
+        envelope_id=envelope.envelope_id, recipients=[recipient(bob), recipient(erin)],
+        ciphertext=other,
+    )
+    await send_multi(dave_client, 2, again)
+    assert await erin_client.deliveries(1) == as_delivered(dave, envelope)
+    assert copies(server, marker) == 1 and copies(server, other_marker) == 0
+
+
 async def test_server_keeps_a_sent_group_envelope_through_a_crash(
     server: ServerProcess, connect: Connect, online: Online
 ) -> None:

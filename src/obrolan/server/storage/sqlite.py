@@ -823,12 +823,13 @@ class _WriterDb:
             return StoreResult([], [envelope_id], skipped)
         from_user, from_device = sender
         held = self.conn.execute(
-            "SELECT id FROM ciphertexts WHERE from_user = ? AND from_device = ?"
+            "SELECT id, data FROM ciphertexts WHERE from_user = ? AND from_device = ?"
             " AND envelope_id = ?",
             (from_user, from_device, envelope_id),
         ).fetchone()
+        data = envelope.ciphertext
         if held is not None:  # a resend: queue the copy already held, write no other
-            shared = int(held[0])
+            shared, data = int(held[0]), bytes(held[1])
         else:
             cursor = self.conn.execute(
                 "INSERT INTO ciphertexts (from_user, from_device, envelope_id, data)"
@@ -855,7 +856,7 @@ class _WriterDb:
             rows = [row for row in rows if row[0] in kept]
             if not rows and held is None:  # ids taken by other senders' envelopes
                 self.conn.execute("DELETE FROM ciphertexts WHERE id = ?", (shared,))
-        delivered = Envelope(envelope_id, from_user, from_device, envelope.ciphertext)
+        delivered = Envelope(envelope_id, from_user, from_device, data)  # what is stored
         stored = []
         by_rowid = {rowid: address for address, rowid in queued}
         for seq, rowid, *_ in rows:
