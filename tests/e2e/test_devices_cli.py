@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.e2e.conftest import Cli
@@ -96,3 +99,27 @@ def test_group_verbs(cli: Cli, profiles) -> None:  # type: ignore[no-untyped-def
     assert not_admin.returncode == 1 and "Traceback" not in not_admin.stderr
     unknown = cli("group", "info", "No such club", "--profile", str(bob))
     assert unknown.returncode == 1 and "no group" in unknown.stderr
+
+
+def test_link_shows_a_qr_code_and_the_code(cli: Cli, profiles) -> None:  # type: ignore[no-untyped-def]
+    register(cli, "alice", profiles("laptop"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OBROLAN_")}
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "obrolan", "link", "--user", "alice", "--server", cli.server_url,
+         "--profile", str(profiles("phone")), "--no-passphrase"],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert waiting.stdout is not None
+        lines = []
+        while not any(line.startswith("Link code:") for line in lines):
+            line = waiting.stdout.readline()
+            assert line, "the command ended before showing a code"
+            lines.append(line)
+        assert sum("█" in line or "▀" in line or "▄" in line for line in lines) > 10  # the QR
+        assert re.fullmatch(r"Link code: [A-Z2-7]{4}(-[A-Z2-7]{4}){5}\n", lines[-1])
+    finally:
+        waiting.kill()
+        waiting.wait()
+    assert not (profiles("phone") / "profile.json").exists()  # nothing kept without approval

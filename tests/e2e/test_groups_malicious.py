@@ -109,14 +109,27 @@ async def test_forged_stale_and_outsider_input_is_rejected(setting) -> None:  # 
         view = c[name].groups.view(group_id)
         assert view.role("dave") == "member", name
 
-    # 4. a malformed update
+    # 4. a member deletes someone else's message for everyone
+    await c["bob"].groups.send(group_id, "bob's own words")
+    await everyone_syncs(list(c.values()))
+    [target] = [m for m in c["carol"].groups.history(group_id) if m.text == "bob's own words"]
+    forged_delete = sign_update(mallory._account, next_update(
+        mallory.groups.view(group_id), "mallory",
+        groups.DeleteMessage(sender="bob", message_id=target.message_id), now_ms(),
+    ))
+    await send_state(mallory, victims, group_id, [forged_delete])
+    await everyone_syncs(list(c.values()))
+    for name in victims:
+        assert "bob's own words" in texts(c[name], group_id), name
+
+    # 5. a malformed update
     await send_state(mallory, victims, group_id,
                      [groups.SignedGroupUpdate(update=b"{not json", signature="A" * 86)])
     await everyone_syncs(list(c.values()))
     for name in victims:
         assert any("malformed" in w for w in warnings(c[name], group_id)), name
 
-    # 5. an outsider's device posts into the group with a session of its own
+    # 6. an outsider's device posts into the group with a session of its own
     oscar = c["oscar"]
     session = OutboundGroupSession.create()
     message = groups.GroupMessage(group_id=group_id, sender="oscar",
