@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from obrolan.client.client import Client
-from obrolan.client.conversation import Conversations
+from obrolan.client.conversation import JOINED_LATE, Conversations
 from obrolan.client.ids import new_id
 from obrolan.client.models import MessageState
 from obrolan.client.store import PROCESSED_KEEP_MS, Store, now_ms
@@ -192,3 +192,21 @@ def test_a_sent_transcript_from_our_other_device_is_our_message(
     assert message.outgoing and message.sender == "bob" and message.state is MessageState.SENT
     conversation = store.conversation("carol")
     assert conversation is not None and conversation.accepted
+
+
+def test_a_device_that_joined_late_counts_from_the_first_counter_it_sees(
+    bob: tuple[Store, Conversations],
+) -> None:
+    """Linked or recovered: alice's 41st message is the first this device sees, not a gap;
+    a gap after it is still one."""
+    store, _ = bob
+    with store.transaction():
+        store.set_meta(JOINED_LATE, "1")
+    rules = Conversations(store, "bob", Path("/nonexistent"))
+    _receive(store, rules, _from("alice", _text("forty-one"), counter=41))
+    with store.transaction():
+        assert rules.gaps() == []
+    _receive(store, rules, _from("alice", _text("forty-three"), counter=43))
+    with store.transaction():
+        (gap,) = rules.gaps()
+    assert gap.message is not None and "1 message(s) from alice" in gap.message.text

@@ -150,3 +150,21 @@ def blob_rows(data_dir: Path) -> int:
     with sqlite3.connect(data_dir / "blobs.db") as db:
         (count,) = db.execute("SELECT COUNT(*) FROM blobs").fetchone()
     return int(count)
+
+
+async def test_a_contacts_new_device_is_encrypted_to_once_the_list_is_looked_at_again(
+    server, profiles, pair, monkeypatch  # type: ignore[no-untyped-def]
+) -> None:
+    """alice stays connected while bob adds a phone; her next look at bob's list finds it."""
+    alice, bob = pair
+    await alice.send("bob", "before the phone")
+    await alice.flush(30)
+    monkeypatch.setattr("obrolan.client.client.VIEW_TTL", 0.0)  # look again at every send
+    phone = await link(server, profiles, bob, "bob-phone")
+    phone.accept("alice")
+    try:
+        await alice.send("bob", "after the phone")
+        await alice.flush(30)
+        assert [m.text for m in await phone.sync()] == ["after the phone"]
+    finally:
+        await phone.close()

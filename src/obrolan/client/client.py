@@ -26,6 +26,7 @@ import base64
 import contextlib
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,9 @@ log = logging.getLogger("obrolan.client")
 
 BACKOFF_START = 0.5
 BACKOFF_MAX = 30.0
+VIEW_TTL = 300.0
+"""Seconds a fetched device list is used before it is looked at again (a contact's new
+device is encrypted to at the latest this long after it was added)."""
 AUTO_DOWNLOAD_BYTES = 5 * 1024 * 1024
 """Default: files up to 5 MiB are fetched as soon as their message arrives."""
 _COPIED_TO_OWN_DEVICES = (
@@ -155,6 +159,8 @@ class Client:
         """Background attachment work (downloads, releases)."""
         self._views: dict[str, DeviceView] = {}
         """Device lists checked on the current connection, by username."""
+        self._viewed_at: dict[str, float] = {}
+        """When each of those was fetched (``time.monotonic``)."""
         self._last_active: dict[str, str] = {}
         """Our own devices' last active day, as the server last told it."""
 
@@ -1237,7 +1243,8 @@ class Client:
 
         Pins the account key on first contact; warns in the conversation when it changed.
         """
-        if not fresh and username in self._views:
+        age = time.monotonic() - self._viewed_at.get(username, -VIEW_TTL)
+        if not fresh and username in self._views and age < VIEW_TTL:
             return self._views[username]
         try:
             answer = await conn.request(lambda i: frames.GetDevices(id=i, username=username))
@@ -1253,6 +1260,7 @@ class Client:
                     event = Event("message", username, self._conversations.notice(username, text))
                     self._events.put_nowait(event)
         self._views[username] = view
+        self._viewed_at[username] = time.monotonic()
         self._last_active = answer.last_active if username == self.username else self._last_active
         return view
 

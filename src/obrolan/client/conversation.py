@@ -18,7 +18,10 @@ from obrolan.client.store import Store, now_ms
 from obrolan.errors import ConfigError
 from obrolan.protocol import content
 
-__all__ = ["Conversations", "describe_timer"]
+__all__ = ["JOINED_LATE", "Conversations", "describe_timer"]
+
+JOINED_LATE = "joined_late"
+"""Meta key: "1" on a device made by linking or recovery."""
 
 
 def describe_timer(seconds: int | None) -> str:
@@ -37,6 +40,9 @@ class Conversations:
     def __init__(self, store: Store, me: str, attachments_dir: Path) -> None:
         self._store = store
         self._me = me
+        self._baseline = store.get_meta(JOINED_LATE) == "1"
+        """This device joined an account (link, recovery) whose conversations were under
+        way: the first counter seen from a device is where its numbering starts here."""
         self._attachments = attachments_dir
         self.released: list[str] = []
         """Blob ids of attachments whose messages are gone; the client tells the server."""
@@ -57,7 +63,8 @@ class Conversations:
             return []  # dropped silently: the sender learns nothing
         conversation = self._store.open_conversation(peer, accepted=False)
         if plaintext.counter is not None:
-            self._store.see_counter(peer, peer, plaintext.sender_device, plaintext.counter)
+            self._store.see_counter(peer, peer, plaintext.sender_device, plaintext.counter,
+                                    baseline=self._baseline)
         body = plaintext.content
         if isinstance(body, content.Text):
             return self._receive_text(plaintext, body, warning, conversation.accepted)
@@ -118,7 +125,8 @@ class Conversations:
         if not conversation.accepted:
             self._store.set_conversation(peer, accepted=True)  # we replied from another device
         if plaintext.counter is not None:
-            self._store.see_counter(peer, self._me, plaintext.sender_device, plaintext.counter)
+            self._store.see_counter(peer, self._me, plaintext.sender_device, plaintext.counter,
+                                    baseline=self._baseline)
         body = plaintext.content
         if isinstance(body, content.Text):
             rowid = self._store.add_message(

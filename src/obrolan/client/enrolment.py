@@ -29,6 +29,7 @@ from typing import Any
 import msgspec
 
 from obrolan.client.connection import Connection, ServerAddress
+from obrolan.client.conversation import JOINED_LATE
 from obrolan.client.ids import check_username, new_id
 from obrolan.client.store import Store
 from obrolan.client.vault import Vault, create_vault
@@ -177,6 +178,8 @@ async def _enrol_fresh(
         with store.transaction():
             store.set_meta("account", identity.pickle(vault.pickle_key))
             store.set_meta("fallback_published", "1")
+            if old_code is not None:
+                store.set_meta(JOINED_LATE, "1")
         keys, device_list = _first_list(account, data_key, username, identity, device_id, name)
         recovery = RecoveryCode.create()
         nonce = conn.challenge.nonce
@@ -292,6 +295,7 @@ async def enrol_by_link(
                            for d in approver.devices],
             )
             store.set_meta("own_device_list_version", str(approver.version))
+            store.set_meta(JOINED_LATE, "1")
             sender = next(d.keys for d in approver.devices
                           if d.keys.device_id == secrets.approver_device)
             store.save_session(sender.curve25519, session.session_id,

@@ -642,11 +642,19 @@ class Store:
         ).fetchone()
         return int(counter)
 
-    def see_counter(self, peer: str, sender: str, device: str, counter: int) -> None:
-        """Record a device's counter in a conversation: fills a gap, or opens one below it."""
+    def see_counter(
+        self, peer: str, sender: str, device: str, counter: int, *, baseline: bool = False
+    ) -> None:
+        """Record a device's counter in a conversation: fills a gap, or opens one below it.
+
+        With ``baseline``, the first counter seen from a device opens no gap below it
+        (this device joined an account whose conversations were already under way).
+        """
         key = (peer, sender, device)
         self._db.execute(
-            "INSERT OR IGNORE INTO counters (peer, sender, device) VALUES (?, ?, ?)", key
+            "INSERT OR IGNORE INTO counters (peer, sender, device, highest_seen) "
+            "VALUES (?, ?, ?, ?)",
+            (*key, counter - 1 if baseline else 0),
         )
         highest, missing_json = self._db.execute(
             "SELECT highest_seen, missing FROM counters WHERE peer = ? AND sender = ? "
