@@ -249,3 +249,29 @@ async def test_without_approval_the_inviting_device_alone_lets_people_in(crowd: 
     assert phone.groups.view(group_id).head == alice.groups.view(group_id).head
     log = [e for _, _, e in crowd["bob"].groups.log(group_id)]
     assert sum("approved frank" in e for e in log) == 1
+
+
+async def test_a_group_larger_than_the_servers_recipient_limit_takes_several_uploads(
+    server_factory, profiles  # type: ignore[no-untyped-def]
+) -> None:
+    server = server_factory("--max-recipients", "2")
+    members = [f"member{n}" for n in range(5)]
+    clients: list[Client] = []
+    async with MaliciousServer(server.ws_url) as recorder:
+        try:
+            alice = await Client.register(profiles("alice"), recorder.url, "alice", None)
+            clients.append(alice)
+            for name in members:
+                clients.append(await Client.register(profiles(name), server.url, name, None))
+            group_id = (await alice.groups.create("Many", members)).group_id
+            before = len(recorder.sent_by_clients)
+            await alice.groups.send(group_id, "to all five")
+            await alice.flush(30)
+            uploads = [f for f in recorder.sent_by_clients[before:] if f["type"] == "send_multi"]
+            assert sorted(len(f["envelope"]["recipients"]) for f in uploads) == [1, 2, 2]
+            for client in clients[1:]:
+                await client.sync(60)
+                assert texts(client, group_id) == ["to all five"]
+        finally:
+            for client in clients:
+                await client.close()

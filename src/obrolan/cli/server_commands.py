@@ -104,6 +104,13 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         help="most envelopes waiting for one device (default: %(default)s)",
     )
     serve.add_argument(
+        "--max-recipients",
+        type=_positive_int,
+        default=_DEFAULTS.max_recipients_per_envelope,
+        metavar="N",
+        help="most recipient devices of one group envelope (default: %(default)s)",
+    )
+    serve.add_argument(
         "--max-blob-bytes",
         type=_positive_int,
         default=100 * 1024 * 1024,
@@ -192,6 +199,7 @@ def _serve(args: argparse.Namespace) -> int:
             max_envelope_bytes=args.max_envelope_bytes,
             envelope_ttl_seconds=args.envelope_ttl,
             max_queue_per_device=args.max_queue,
+            max_recipients_per_envelope=args.max_recipients,
         ),
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,

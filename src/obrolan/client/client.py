@@ -89,7 +89,7 @@ from obrolan.protocol import content, frames
 from obrolan.protocol import groups as groups_wire
 from obrolan.protocol.codes import ErrorCode
 from obrolan.protocol.frames import DeviceList, ListedDevice, SignedDeviceList
-from obrolan.protocol.limits import PROTOCOL_VERSION
+from obrolan.protocol.limits import PROTOCOL_VERSION, Limits
 from obrolan.protocol.signing import auth_bytes
 
 __all__ = ["Client"]
@@ -493,6 +493,9 @@ class Client:
 
     def sign_device(self, data: bytes) -> str:
         return self._identity.sign(data)
+
+    def limits(self) -> Limits:
+        return Limits() if self._conn is None else self._conn.challenge.limits
 
     # --- what verification (SAS) needs ---------------------------------------------------
 

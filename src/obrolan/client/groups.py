@@ -54,8 +54,6 @@ ROTATE_MESSAGES = 100
 """A sending device starts a new Megolm session after this many messages…"""
 ROTATE_AGE_MS = 7 * 24 * 3600 * 1000
 """…or once its session is this old."""
-MAX_RECIPIENTS = Limits().max_recipients_per_envelope
-"""Recipients per upload (the server's default limit); a larger group takes several."""
 _OWN_INVITE = "own_invite:"
 """Meta key prefix: invites this device made (it alone approves joins at once)."""
 
@@ -87,6 +85,9 @@ class GroupHost(Protocol):
 
     def sign_device(self, data: bytes) -> str:
         """Sign with this device's Ed25519 key."""
+
+    def limits(self) -> Limits:
+        """What the server announced (a larger group's message takes several uploads)."""
 
 
 def invite_link(group_id: str, invite_id: str, inviter: str) -> str:
@@ -337,10 +338,11 @@ class Groups:
             assert rowid is not None, "fresh message ids never collide"
             self._rows.set_signed(rowid, content.encode(signed))
             recipients = [Recipient(to_user=u, to_device=d) for u, d in devices]
-            for start in range(0, len(recipients), MAX_RECIPIENTS):
+            per_upload = self._host.limits().max_recipients_per_envelope
+            for start in range(0, len(recipients), per_upload):
                 self._host.queue_multi(MultiEnvelope(
                     envelope_id=new_id(),
-                    recipients=recipients[start : start + MAX_RECIPIENTS],
+                    recipients=recipients[start : start + per_upload],
                     ciphertext=ciphertext,
                 ), rowid)
             if not devices:
