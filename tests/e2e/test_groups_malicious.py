@@ -15,6 +15,7 @@ import pytest
 
 from obrolan.client import Client
 from obrolan.client.group_store import group_peer
+from obrolan.client.groups import GroupError
 from obrolan.client.ids import new_id
 from obrolan.client.models import MessageState
 from obrolan.client.store import now_ms
@@ -175,8 +176,27 @@ async def test_updates_delivered_in_swapped_order_are_rejected(setting) -> None:
     await alice.flush(30)
     await alice.groups.act(group_id, groups.Remove(user="mallory"), "spam")
     await alice.flush(30)
+    await carol.sync(60)
+    # The removal came first: refused, with a warning; the rules change that came second
+    # applied. carol's device saw it was behind and asked alice's device for what it had
+    # missed (group_sync), so once that answer is in, its view is alice's again.
+    assert any("out of order" in w for w in warnings(carol, group_id)), warnings(carol, group_id)
     await everyone_syncs(list(c.values()))
     view = carol.groups.view(group_id)
-    assert any("out of order" in w for w in warnings(carol, group_id)), warnings(carol, group_id)
-    # the removal came first and was refused; the rules change that came second applied
-    assert view.rules == "be kind" and "mallory" in view.members
+    assert view.rules == "be kind" and "mallory" not in view.members
+    assert view.head == alice.groups.view(group_id).head
+
+
+async def test_an_outsider_asking_for_the_chain_gets_nothing(setting) -> None:  # type: ignore[no-untyped-def]
+    _, c, group_id = setting
+    oscar = c["oscar"]
+    await c["alice"].groups.act(group_id, groups.EditInfo(rules="members only"))
+    with oscar._store.transaction():
+        oscar.queue_olm("alice", content.GroupSync(
+            message_id=new_id(), sent_at_ms=now_ms(), group_id=group_id, after_seq=0,
+        ), None)
+    await everyone_syncs(list(c.values()))
+    with pytest.raises(GroupError, match="no group"):
+        oscar.groups.view(group_id)
+    assert oscar.groups._rows.chain(group_id) == []
+    assert oscar.groups.history(group_id) == []  # not even an update to reject arrived

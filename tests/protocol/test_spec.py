@@ -83,6 +83,7 @@ RECORDS: list[type[msgspec.Struct]] = [
     groups.SignedGroupMessage,
     groups.GroupCiphertext,
     content.GroupJoinRequest,
+    content.GroupSync,
     content.GroupReport,
     blobs.BlobRecipient,
     blobs.BlobCreated,

@@ -397,7 +397,9 @@ class Groups:
 
     async def _process(self, sender: str, device: str, body: content.Content) -> list[Event]:
         if isinstance(body, content.GroupState):
-            return await self._receive_state(sender, body)
+            return await self._receive_state(sender, device, body)
+        if isinstance(body, content.GroupSync):
+            return self._receive_sync(sender, device, body)
         if isinstance(body, content.GroupKey):
             return self._receive_key(sender, device, body)
         if isinstance(body, content.GroupJoinRequest):
@@ -406,23 +408,27 @@ class Groups:
             return await self._receive_report(sender, body)
         return []
 
-    async def _receive_state(self, sender: str, body: content.GroupState) -> list[Event]:
+    async def _receive_state(
+        self, sender: str, device: str, body: content.GroupState
+    ) -> list[Event]:
         events = []
         group_id = body.group_id
         stored = {s.update: s for s, _ in self._rows.chain(group_id)}
         for signed in body.updates:
             if signed.update in stored:
                 continue  # already applied (a new member's full chain, our own echo)
+            current = self._current(group_id)
             try:
                 update = peek(signed)
                 if update.group_id != group_id:
                     raise UpdateRejected(f"an update of group {update.group_id} came as {group_id}")
                 key = await self._host.account_key_of(update.actor)
-                current = self._current(group_id)
                 after, update = apply_update(current, signed, _known_key(key))
             except (UpdateRejected, ObrolanError) as exc:
                 events.append(self._warn(group_id, f"a group update from {sender} was "
                                                    f"rejected: {exc}"))
+                if current is not None and _ahead_of(signed, current):
+                    self._ask_for_updates(sender, device, current)
                 break  # the rest of the batch follows the rejected one: reject it too
             assert key is not None
             with self._store.transaction():
@@ -431,6 +437,32 @@ class Groups:
             events.append(Event("message", group_peer(group_id),
                                 self._store.history(group_peer(group_id), 1)[0]))
         return events
+
+    def _ask_for_updates(self, sender: str, device: str, current: GroupView) -> None:
+        """We are behind the device that sent an update: ask it for what we missed. What
+        comes back is checked like any update; the rejected one stays rejected."""
+        with self._store.transaction():
+            self._host.queue_olm(sender, content.GroupSync(
+                message_id=new_id(), sent_at_ms=now_ms(), group_id=current.group_id,
+                after_seq=current.seq,
+            ), device)
+
+    def _receive_sync(self, sender: str, device: str, request: content.GroupSync) -> list[Event]:
+        """A member's device is behind: send it the updates after ``after_seq`` we hold."""
+        view = self._current(request.group_id)
+        chain = [s for s, _ in self._rows.chain(request.group_id)]
+        tail = chain[request.after_seq + 1 :]
+        was_member = any(
+            sender in (peek(s).actor, getattr(peek(s).action, "user", None)) for s in tail
+        )
+        if view is None or not tail or (sender not in view.members and not was_member):
+            return []  # nothing newer, or someone the group never let in
+        with self._store.transaction():
+            self._host.queue_olm(sender, content.GroupState(
+                message_id=new_id(), sent_at_ms=now_ms(), group_id=request.group_id,
+                updates=tail,
+            ), device)
+        return []
 
     def _current(self, group_id: str) -> GroupView | None:
         try:
@@ -565,3 +597,11 @@ class Groups:
 def _known_key(key: str | None) -> Callable[[str], str | None]:
     """The actor's account key as already looked up (``apply_update`` checks the actor)."""
     return lambda _actor: key
+
+
+def _ahead_of(signed: groups.SignedGroupUpdate, view: GroupView) -> bool:
+    """The update is further along the chain than this device has got."""
+    try:
+        return peek(signed).seq > view.seq + 1
+    except UpdateRejected:
+        return False

@@ -35,6 +35,7 @@ __all__ = [
     "GroupKey",
     "GroupReport",
     "GroupState",
+    "GroupSync",
     "HistoryTransfer",
     "LinkSecrets",
     "NewDeviceOffer",
@@ -255,6 +256,15 @@ class GroupJoinRequest(msgspec.Struct, frozen=True, tag_field="kind", tag="group
     invite_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{16,64}\Z")]
 
 
+class GroupSync(msgspec.Struct, frozen=True, tag_field="kind", tag="group_sync"):
+    """A device that is behind asks a member's device for the updates after ``after_seq``."""
+
+    message_id: MessageId
+    sent_at_ms: int
+    group_id: GroupId
+    after_seq: Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
+
+
 class GroupReport(msgspec.Struct, frozen=True, tag_field="kind", tag="group_report"):
     """A member reports a group message to the group's admins, with its sender's signature."""
 
@@ -281,6 +291,7 @@ Content = (
     | GroupKey
     | GroupState
     | GroupJoinRequest
+    | GroupSync
     | GroupReport
 )
 """Every kind of content, told apart by ``kind``."""
@@ -288,7 +299,7 @@ Content = (
 VERIFICATION = (VerifyStart, VerifyKey, VerifyMac, VerifyCancel)
 """The kinds of a SAS verification between two devices."""
 
-GROUP_CONTROL = (GroupKey, GroupState, GroupJoinRequest, GroupReport)
+GROUP_CONTROL = (GroupKey, GroupState, GroupJoinRequest, GroupSync, GroupReport)
 """Kinds that carry group state and keys over Olm (never a 1:1 conversation event)."""
 
 EPHEMERAL = (Receipt, Typing, HistoryTransfer, *VERIFICATION, *GROUP_CONTROL)
