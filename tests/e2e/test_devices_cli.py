@@ -123,3 +123,42 @@ def test_link_shows_a_qr_code_and_the_code(cli: Cli, profiles) -> None:  # type:
         waiting.kill()
         waiting.wait()
     assert not (profiles("phone") / "profile.json").exists()  # nothing kept without approval
+
+
+def test_group_moderation_verbs(cli: Cli, profiles) -> None:  # type: ignore[no-untyped-def]
+    alice, bob, carol = profiles("alice"), profiles("bob"), profiles("carol")
+    for name, profile in (("alice", alice), ("bob", bob), ("carol", carol)):
+        register(cli, name, profile)
+    assert cli("group", "create", "Club", "--members", "bob", "--profile", str(alice)).returncode == 0
+    link = cli("group", "invite", "Club", "--expires", "1h", "--profile", str(alice)).stdout.strip()
+    assert link.startswith("obrolan://join?")
+    assert cli("group", "join", link, "--profile", str(carol)).returncode == 0
+    assert cli("sync", "--profile", str(alice)).returncode == 0
+    assert cli("group", "requests", "Club", "--profile", str(alice)).stdout.split() == ["carol"]
+    approved = cli("group", "approve", "Club", "carol", "--reason", "friend", "--profile", str(alice))
+    assert approved.returncode == 0, approved.stderr
+    for profile in (bob, carol):
+        assert cli("sync", "--profile", str(profile)).returncode == 0
+    assert cli("send", "--group", "Club", "rude words", "--profile", str(bob)).returncode == 0
+    assert cli("sync", "--profile", str(carol)).returncode == 0
+    [rude] = [m for m in cli("group", "history", "Club", "--json", "--profile", str(carol)).json()
+              if m["text"] == "rude words"]  # type: ignore[index, union-attr]
+    reported = cli("group", "report", "Club", rude["message_id"][:8], "--reason", "insults",
+                   "--profile", str(carol))
+    assert reported.returncode == 0 and "reported to 1 admin" in reported.stdout
+    assert cli("sync", "--profile", str(alice)).returncode == 0
+    reports = cli("group", "reports", "Club", "--profile", str(alice))
+    assert "carol reported bob" in reports.stdout and "signature verified" in reports.stdout
+    deleted = cli("group", "delete", "Club", rude["message_id"][:8], "--reason", "insults",
+                  "--profile", str(alice))
+    assert deleted.returncode == 0, deleted.stderr
+    assert cli("sync", "--profile", str(bob)).returncode == 0  # on top of the deletion
+    left = cli("group", "leave", "Club", "--profile", str(bob))
+    assert left.returncode == 0, left.stderr
+    for profile in (alice, carol):
+        assert cli("sync", "--profile", str(profile)).returncode == 0
+    log = cli("group", "log", "Club", "--profile", str(carol)).stdout
+    assert "alice approved carol" in log and "deleted a message of bob" in log
+    assert "bob left" in log
+    info = cli("group", "info", "Club", "--json", "--profile", str(carol)).json()
+    assert sorted(info["members"]) == ["alice", "carol"]  # type: ignore[index]
