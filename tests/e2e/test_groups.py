@@ -6,6 +6,7 @@ its own profile. alice owns the group from two devices (laptop and phone).
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -275,3 +276,68 @@ async def test_a_group_larger_than_the_servers_recipient_limit_takes_several_upl
         finally:
             for client in clients:
                 await client.close()
+
+
+async def test_the_server_never_holds_group_state_device_names_or_history_in_the_clear(
+    server, profiles  # type: ignore[no-untyped-def]
+) -> None:
+    """Markers in a group's title, rules and messages, a mute's reason, a report, a device's
+    name and a history transfer: none is ever in the server's files, even while queued."""
+    markers = {name: f"MARK{name.upper()}{n:03d}x" for n, name in enumerate(
+        ("title", "rules", "message", "reason", "report", "device", "history"))}
+    alice = await Client.register(profiles("alice"), server.url, "alice", None)
+    bob = await Client.register(profiles("bob"), server.url, "bob", None)
+    carol = await Client.register(profiles("carol"), server.url, "carol", None)
+    alice.accept("bob")
+    bob.accept("alice")
+    clients = [alice, bob, carol]
+
+    def server_bytes() -> bytes:
+        return b"".join(p.read_bytes() for p in Path(server.data_dir).rglob("*") if p.is_file())
+
+    def forms(marker: str) -> list[bytes]:
+        """The marker, and the middle of its base64 at each alignment (bytes fields are
+        base64 in JSON: an unsealed name would hide that way)."""
+        raw = marker.encode()
+        found = [raw]
+        for offset in range(3):
+            encoded = base64.b64encode(b"\0" * offset + raw)
+            found.append(encoded[4 : len(encoded) - 4])
+        return found
+
+    def leaked() -> list[str]:
+        everything = server_bytes()
+        return [k for k, m in markers.items() if any(f in everything for f in forms(m))]
+
+    try:
+        await bob.send("alice", f"history line {markers['history']}")
+        await bob.flush(30)
+        await alice.sync(60)
+        group_id = (await alice.groups.create(markers["title"], ["bob", "carol"])).group_id
+        await alice.groups.act(group_id, groups.EditInfo(rules=markers["rules"]))
+        await alice.flush(30)
+        assert leaked() == []  # queued for bob and carol: ciphertext only
+        for client in (bob, carol):
+            await client.sync(60)
+        await bob.groups.send(group_id, markers["message"])
+        await bob.flush(30)
+        assert leaked() == []
+        await carol.sync(60)
+        await alice.sync(60)
+        await alice.groups.act(group_id, groups.Mute(user="bob", until_ms=2**41), markers["reason"])
+        await carol.groups.report(group_id, find(carol, group_id, markers["message"]),
+                                  markers["report"])
+        await carol.flush(30)
+        assert leaked() == []
+        phone = await link(server, profiles, alice, markers["device"], with_history=True)
+        clients.append(phone)
+        await alice.send_history(phone.device_id)
+        assert leaked() == []  # the history waits on the server as a sealed blob
+        await phone.receive_history(timeout=60)
+        assert any(markers["history"] in m.text for m in phone.history("bob"))
+        for client in clients:
+            await client.sync(60)
+        assert leaked() == []
+    finally:
+        for client in clients:
+            await client.close()
