@@ -162,3 +162,20 @@ def test_group_moderation_verbs(cli: Cli, profiles) -> None:  # type: ignore[no-
     assert "bob left" in log
     info = cli("group", "info", "Club", "--json", "--profile", str(carol)).json()
     assert sorted(info["members"]) == ["alice", "carol"]  # type: ignore[index]
+
+
+def test_a_group_update_stored_before_a_crash_is_applied_on_the_next_run(
+    cli: Cli, profiles  # type: ignore[no-untyped-def]
+) -> None:
+    """bob's device is killed right after it stored the group's state and before it
+    applied it; the next run applies it (it was acked, so the server has it no more)."""
+    alice, bob = profiles("alice"), profiles("bob")
+    register(cli, "alice", alice)
+    register(cli, "bob", bob)
+    assert cli("group", "create", "Club", "--members", "bob", "--profile", str(alice)).returncode == 0
+    killed = cli("sync", "--profile", str(bob), failpoints="inbox.after_store")
+    assert killed.returncode == -9
+    assert cli("group", "info", "Club", "--profile", str(bob)).returncode == 1  # not applied yet
+    assert cli("sync", "--profile", str(bob)).returncode == 0
+    info = cli("group", "info", "Club", "--profile", str(bob))
+    assert info.returncode == 0 and "alice  owner" in info.stdout

@@ -1033,6 +1033,8 @@ class Client:
         self._last_error = None
         self._notify()
         await self._replenish_keys(conn, welcome.one_time_keys)
+        for event in await self.groups.process_inbox():  # stashed before a crash
+            self._events.put_nowait(event)
         outbox = asyncio.create_task(self._outbox_loop(conn), name="obrolan-outbox")
         try:
             while (push := await conn.pushes.get()) is not None:
