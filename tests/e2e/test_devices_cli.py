@@ -179,3 +179,12 @@ def test_a_group_update_stored_before_a_crash_is_applied_on_the_next_run(
     assert cli("sync", "--profile", str(bob)).returncode == 0
     info = cli("group", "info", "Club", "--profile", str(bob))
     assert info.returncode == 0 and "alice  owner" in info.stdout
+
+
+def test_link_and_recover_without_a_terminal_say_what_to_give(cli: Cli, profiles) -> None:  # type: ignore[no-untyped-def]
+    linked = cli("link", "--server", cli.server_url, "--profile", str(profiles("x")),
+                 "--no-passphrase")
+    assert linked.returncode == 1 and "--user" in linked.stderr
+    recovered = cli("recover", "alice", "--server", cli.server_url,
+                    "--profile", str(profiles("y")), "--no-passphrase")
+    assert recovered.returncode == 1 and "OBROLAN_RECOVERY_CODE" in recovered.stderr

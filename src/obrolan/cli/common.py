@@ -22,6 +22,7 @@ __all__ = [
     "Handler",
     "ProgressBar",
     "add_verb",
+    "ask",
     "default_profile",
     "passphrase_for",
     "print_json",
@@ -60,6 +61,23 @@ def read_passphrase(*, confirm: bool = False) -> str:
         if getpass.getpass("Passphrase again: ") != passphrase:
             raise ConfigError("the two passphrases differ")
     return passphrase
+
+
+def ask(prompt: str, *, secret: bool = False, instead: str) -> str:
+    """A line typed on the terminal; ``instead`` says how to give it without one.
+
+    Raises:
+        ConfigError: no terminal to ask on, or nothing was typed.
+    """
+    if not sys.stdin.isatty():
+        raise ConfigError(f"nothing to ask on (no terminal): {instead}")
+    try:
+        answer = (getpass.getpass(prompt) if secret else input(prompt)).strip()
+    except EOFError:
+        answer = ""
+    if not answer:
+        raise ConfigError(f"nothing was typed: {instead}")
+    return answer
 
 
 def passphrase_for(profile: Path) -> str | None:

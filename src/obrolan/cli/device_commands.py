@@ -14,6 +14,7 @@ from obrolan.cli.common import (
     Handler,
     ProgressBar,
     add_verb,
+    ask,
     passphrase_for,
     print_json,
     read_passphrase,
@@ -57,7 +58,7 @@ def _show_link_code(server_url: str, code: LinkCode, as_json: bool) -> None:
 
 
 async def cmd_link(args: argparse.Namespace) -> int:
-    username = args.user or input("Username: ").strip()
+    username = args.user or ask("Username: ", instead="give it with --user NAME")
     passphrase = None if args.no_passphrase else read_passphrase(confirm=True)
     client = await Client.link(
         args.profile, args.server, username, passphrase,
@@ -154,7 +155,9 @@ async def cmd_remove(args: argparse.Namespace) -> int:
 
 
 async def cmd_recover(args: argparse.Namespace) -> int:
-    code = os.environ.get(RECOVERY_CODE_ENV) or input("Recovery code: ")
+    code = os.environ.get(RECOVERY_CODE_ENV) or ask(
+        "Recovery code: ", secret=True, instead=f"set {RECOVERY_CODE_ENV}"
+    )
     passphrase = None if args.no_passphrase else read_passphrase(confirm=True)
     try:
         client = await Client.recover(
