@@ -188,3 +188,12 @@ def test_link_and_recover_without_a_terminal_say_what_to_give(cli: Cli, profiles
     recovered = cli("recover", "alice", "--server", cli.server_url,
                     "--profile", str(profiles("y")), "--no-passphrase")
     assert recovered.returncode == 1 and "OBROLAN_RECOVERY_CODE" in recovered.stderr
+
+
+def test_a_link_code_that_expires_unapproved_says_so(server_factory, profiles) -> None:  # type: ignore[no-untyped-def]
+    server = server_factory("--link-ttl", "1")
+    waited = Cli(server.url)("link", "--user", "alice", "--server", server.url,
+                             "--profile", str(profiles("phone")), "--no-passphrase")
+    assert waited.returncode == 1, waited.stderr
+    assert "expired" in waited.stderr and "obrolan link" in waited.stderr
+    assert not (profiles("phone") / "profile.json").exists()

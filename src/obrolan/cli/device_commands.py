@@ -60,11 +60,19 @@ def _show_link_code(server_url: str, code: LinkCode, as_json: bool) -> None:
 async def cmd_link(args: argparse.Namespace) -> int:
     username = args.user or ask("Username: ", instead="give it with --user NAME")
     passphrase = None if args.no_passphrase else read_passphrase(confirm=True)
-    client = await Client.link(
-        args.profile, args.server, username, passphrase,
-        lambda code: _show_link_code(args.server, code, args.json),
-        insecure=args.insecure, ca_file=args.ca_file, device_name=args.name,
-    )
+    try:
+        client = await Client.link(
+            args.profile, args.server, username, passphrase,
+            lambda code: _show_link_code(args.server, code, args.json),
+            insecure=args.insecure, ca_file=args.ca_file, device_name=args.name,
+        )
+    except RequestRefused as exc:
+        if exc.code != ErrorCode.UNKNOWN_LINK:
+            raise
+        raise ConfigError(
+            "no device approved the link before its code expired: run `obrolan link` "
+            "again for a new code"
+        ) from None
     try:
         me = client.whoami()
         print(f"linked {me.username}'s new device {me.device_id}", file=sys.stderr)

@@ -281,8 +281,8 @@ class Connection:
                 refusal = RequestRefused(frame.code, frame.message)
                 if waiting is not None and not waiting.done():
                     waiting.set_exception(refusal)
-                elif frame.code in FATAL_CODES:
-                    self.closed_reason = refusal
+                elif frame.code in FATAL_CODES or frame.code is ErrorCode.UNKNOWN_LINK:
+                    self.closed_reason = refusal  # the server closes next: say why
             return
         future = self._pending.get(request_id)
         if future is not None and not future.done():
