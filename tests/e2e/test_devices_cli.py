@@ -197,3 +197,12 @@ def test_a_link_code_that_expires_unapproved_says_so(server_factory, profiles) -
     assert waited.returncode == 1, waited.stderr
     assert "expired" in waited.stderr and "obrolan link" in waited.stderr
     assert not (profiles("phone") / "profile.json").exists()
+
+
+def test_group_rotation_setting(cli: Cli, profiles) -> None:  # type: ignore[no-untyped-def]
+    profile = profiles("alice")
+    register(cli, "alice", profile)
+    changed = cli("settings", "--group-rotation", "50,3d", "--json", "--profile", str(profile))
+    assert changed.json()["group_rotation"] == {"messages": 50, "days": 3}  # type: ignore[index]
+    bad = cli("settings", "--group-rotation", "lots", "--profile", str(profile))
+    assert bad.returncode == 1 and "MESSAGES,DAYSd" in bad.stderr

@@ -341,3 +341,21 @@ async def test_the_server_never_holds_group_state_device_names_or_history_in_the
     finally:
         for client in clients:
             await client.close()
+
+
+async def test_the_group_key_is_replaced_after_the_configured_number_of_messages(
+    crowd: Crowd,
+) -> None:
+    group_id = await make_group(crowd)
+    bob = crowd["bob"]
+    bob.groups.set_rotation(2, 7)
+    with pytest.raises(GroupError, match="rotate after"):
+        bob.groups.set_rotation(0, 7)
+    sessions = []
+    for n in range(5):
+        await bob.groups.send(group_id, f"message {n}")
+        sessions.append(queued_ciphertext(bob).group_session)
+        await bob.flush(30)
+    assert sessions[0] == sessions[1] != sessions[2] == sessions[3] != sessions[4]
+    await crowd.sync()
+    assert texts(crowd["carol"], group_id) == [f"message {n}" for n in range(5)]

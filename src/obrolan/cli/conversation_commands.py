@@ -116,21 +116,35 @@ async def cmd_block(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_rotation(text: str) -> tuple[int, int]:
+    """``"100,7d"`` → (100 messages, 7 days)."""
+    match = re.match(r"^(\d+),(\d+)d\Z", text)
+    if match is None:
+        raise ConfigError(f"bad rotation {text!r}: use MESSAGES,DAYSd like 100,7d")
+    return int(match[1]), int(match[2])
+
+
 async def cmd_settings(args: argparse.Namespace) -> int:
     async with Client.open(args.profile, passphrase_for(args.profile), online=False) as client:
         if args.receipts is not None:
             client.set_receipts(args.receipts == "on")
         if args.auto_download is not None:
             client.set_auto_download(parse_size(args.auto_download))
+        if args.group_rotation is not None:
+            messages, days = _parse_rotation(args.group_rotation)
+            client.groups.set_rotation(messages, days)
         receipts = "on" if client.receipts else "off"
         auto_download = client.auto_download_bytes
         blocked = client.blocked()
+        rotation = client.groups.rotation
     if args.json:
-        print_json({"receipts": receipts, "auto_download_bytes": auto_download, "blocked": blocked})
+        print_json({"receipts": receipts, "auto_download_bytes": auto_download, "blocked": blocked,
+                    "group_rotation": {"messages": rotation[0], "days": rotation[1]}})
     else:
         print(f"receipts: {receipts}")
         print(f"files fetched at once up to: {auto_download:,} bytes")
         print(f"blocked: {', '.join(blocked) or 'nobody'}")
+        print(f"group keys replaced after: {rotation[0]} messages or {rotation[1]} days")
     return 0
 
 
@@ -169,4 +183,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--receipts", choices=["on", "off"], help="send delivery and read receipts")
     p.add_argument(
         "--auto-download", metavar="SIZE", help="fetch files up to SIZE at once (e.g. 5M, 0 = never)"
+    )
+    p.add_argument(
+        "--group-rotation", metavar="N,Dd",
+        help="start a new group key after N messages or D days (default 100,7d)",
     )

@@ -6,8 +6,9 @@ by its actor's account key, sent end to end over Olm to every member device,
 and checked here before it counts. A group message is signed by the sending
 device, encrypted once with this device's Megolm session for the group and
 uploaded once for all member devices (``send_multi``). The Megolm session is
-replaced when a member leaves or is removed, and every ``ROTATE_MESSAGES``
-messages or ``ROTATE_AGE_MS``, so a removed member reads nothing sent after.
+replaced when a member leaves or is removed, and after a number of messages or
+an age (:attr:`Groups.rotation`, default 100 messages or 7 days), so a removed
+member reads nothing sent after.
 
 Group events that arrive over Olm are stashed in the inbox transaction and
 applied afterwards (:meth:`Groups.process_inbox`), because checking them may
@@ -51,9 +52,11 @@ __all__ = ["GroupError", "GroupHost", "Groups", "invite_link"]
 log = logging.getLogger("obrolan.client")
 
 ROTATE_MESSAGES = 100
-"""A sending device starts a new Megolm session after this many messages…"""
-ROTATE_AGE_MS = 7 * 24 * 3600 * 1000
-"""…or once its session is this old."""
+"""By default a sending device starts a new Megolm session after this many messages…"""
+ROTATE_DAYS = 7
+"""…or once its session is this many days old."""
+_ROTATION = "group_rotation"
+"""Meta key: "MESSAGES DAYS", this device's rotation setting."""
 _OWN_INVITE = "own_invite:"
 """Meta key prefix: invites this device made (it alone approves joins at once)."""
 
@@ -112,6 +115,21 @@ class Groups:
     @property
     def me(self) -> str:
         return self._host.username
+
+    @property
+    def rotation(self) -> tuple[int, int]:
+        """(messages, days): this device starts a new session for a group after either."""
+        saved = self._store.get_meta(_ROTATION)
+        if saved is None:
+            return ROTATE_MESSAGES, ROTATE_DAYS
+        messages, days = saved.split()
+        return int(messages), int(days)
+
+    def set_rotation(self, messages: int, days: int) -> None:
+        if not (1 <= messages <= 10_000 and 1 <= days <= 365):
+            raise GroupError("rotate after 1 to 10000 messages and 1 to 365 days")
+        with self._store.transaction():
+            self._store.set_meta(_ROTATION, f"{messages} {days}")
 
     # --- reading ------------------------------------------------------------------------
 
@@ -303,10 +321,11 @@ class Groups:
             for device in await self._host.verified_devices(username):
                 devices[(username, device.device_id)] = device
         outbound = self._rows.outbound(group_id)
+        most_messages, most_days = self.rotation
         fresh = (
             outbound is None
-            or outbound.messages >= ROTATE_MESSAGES
-            or now_ms() - outbound.created_ms >= ROTATE_AGE_MS
+            or outbound.messages >= most_messages
+            or now_ms() - outbound.created_ms >= most_days * 24 * 3600 * 1000
         )
         if outbound is None or fresh:
             session, shared = OutboundGroupSession.create(), frozenset[str]()
