@@ -34,6 +34,12 @@ def test_devices_list_rename_and_remove(cli: Cli, profiles) -> None:  # type: ig
     assert "work laptop" in listed.stdout and "(this device)" in listed.stdout
     refused = cli("devices", "remove", me["device_id"], "--profile", str(laptop))
     assert refused.returncode == 1 and "the device you are using" in refused.stderr
+    too_long = cli("devices", "rename", me["device_id"], "x" * 65, "--profile", str(laptop))
+    assert too_long.returncode == 1 and "1 to 64 characters" in too_long.stderr
+    unnamed = cli("register", "bob", "--server", cli.server_url, "--name", " ",
+                  "--profile", str(profiles("bob")), "--no-passphrase")
+    assert unnamed.returncode == 1 and "1 to 64 characters" in unnamed.stderr
+    assert not (profiles("bob") / "profile.json").exists()
     unknown = cli("devices", "remove", "nosuchdevice", "--profile", str(laptop))
     assert unknown.returncode == 1 and "no device 'nosuchdevice'" in unknown.stderr
     wrong = cli("devices", "approve", "AAAA-BBBB-CCCC-DDDD-EEEE-FFFF", "--profile", str(laptop))

@@ -146,12 +146,9 @@ async def cmd_send_history(args: argparse.Namespace) -> int:
 
 
 async def cmd_rename(args: argparse.Namespace) -> int:
-    name = args.name.strip()
-    if not 1 <= len(name) <= 64:
-        raise ConfigError("a device name is 1 to 64 characters")
     async with Client.open(args.profile, passphrase_for(args.profile)) as client:
-        await client.rename_device(args.device, name)
-    print(f"renamed {args.device} to {name}", file=sys.stderr)
+        await client.rename_device(args.device, args.name)
+    print(f"renamed {args.device} to {args.name.strip()}", file=sys.stderr)
     return 0
 
 

@@ -46,6 +46,7 @@ from obrolan.client.directory import DeviceView, Directory
 from obrolan.client.enrolment import (
     Enrolled,
     Server,
+    check_device_name,
     default_device_name,
     enrol_by_link,
     enrol_by_recovery,
@@ -190,7 +191,7 @@ class Client:
             RequestRefused: the server refused (``username_taken``); nothing was kept.
         """
         server = Server(server_url, insecure, ca_file)
-        name = device_name or default_device_name()
+        name = check_device_name(device_name or default_device_name())
         return cls._enrolled(
             profile_dir,
             await enrol_by_registration(profile_dir, server, username, passphrase, name),
@@ -220,7 +221,7 @@ class Client:
         """
         code = RecoveryCode.parse(recovery_code)
         server = Server(server_url, insecure, ca_file)
-        name = device_name or default_device_name()
+        name = check_device_name(device_name or default_device_name())
         return cls._enrolled(
             profile_dir,
             await enrol_by_recovery(profile_dir, server, username, code, passphrase, name),
@@ -248,7 +249,7 @@ class Client:
             SignatureError: the answer was not a valid approval (nothing was kept).
         """
         server = Server(server_url, insecure, ca_file)
-        name = device_name or default_device_name()
+        name = check_device_name(device_name or default_device_name())
         enrolled = await enrol_by_link(
             profile_dir, server, username, passphrase, name, show_code, wait_seconds
         )
@@ -440,6 +441,7 @@ class Client:
 
     async def rename_device(self, device_id: str, name: str) -> None:
         """Give one of this account's devices a new name (sealed: only our devices read it)."""
+        name = check_device_name(name)
         listed = await self._own_list()
         self._own_entry(listed, device_id)
         sealed = seal_name(self._data_key, self.username, device_id, name)

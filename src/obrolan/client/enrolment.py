@@ -50,6 +50,7 @@ from obrolan.protocol.signing import auth_bytes
 __all__ = [
     "Enrolled",
     "Server",
+    "check_device_name",
     "default_device_name",
     "enrol_by_link",
     "enrol_by_recovery",
@@ -330,9 +331,13 @@ def _open_answer(
     return session, secrets
 
 
-def check_name(name: str) -> str:
-    """A device name: 1 to 64 characters."""
-    name = name.strip()
-    if not 1 <= len(name) <= 64:
+def check_device_name(name: str) -> str:
+    """A device's name as people type it: 1 to 64 characters once trimmed.
+
+    Raises:
+        ConfigError: empty or too long.
+    """
+    trimmed = name.strip()
+    if not 1 <= len(trimmed) <= 64:
         raise ConfigError("a device name is 1 to 64 characters")
-    return name
+    return trimmed
