@@ -192,7 +192,10 @@ class Groups:
         invited = sorted(set(members) - {self.me})
         for member in invited:
             if await self._host.account_key_of(member) is None:
-                raise GroupError(f"{member} cannot be added: their account key is not trusted")
+                raise GroupError(
+                    f"{member} cannot be added: no such user, or their account key changed "
+                    f"and is not trusted yet (`obrolan trust {member}`)"
+                )
         group_id = new_id()
         action = groups.Create(title=title, members=invited)
         return await self._act(group_id, action, "", genesis=True)
