@@ -196,6 +196,10 @@ async def test_bad_group_input_changes_nothing(crowd: Crowd) -> None:
         await bob.groups.act(group_id, groups.Remove(user="carol"))
     with pytest.raises(GroupError, match="owner"):
         await bob.groups.act(group_id, groups.Promote(user="carol"))
+    with pytest.raises(GroupError, match="no such user"):
+        await alice.groups.act(group_id, groups.Add(user="nosuchuser"))
+    with pytest.raises(GroupError, match="no such user"):
+        await alice.groups.create("Ghosts", ["nosuchuser"])
     with pytest.raises(GroupError, match="invite link"):
         await crowd["frank"].groups.join("https://example.org/not-an-invite")
     # an invite that was revoked lets nobody in

@@ -191,11 +191,7 @@ class Groups:
         """A new group with us as its owner and ``members`` in it."""
         invited = sorted(set(members) - {self.me})
         for member in invited:
-            if await self._host.account_key_of(member) is None:
-                raise GroupError(
-                    f"{member} cannot be added: no such user, or their account key changed "
-                    f"and is not trusted yet (`obrolan trust {member}`)"
-                )
+            await self._check_addable(member)
         group_id = new_id()
         action = groups.Create(title=title, members=invited)
         return await self._act(group_id, action, "", genesis=True)
@@ -206,7 +202,16 @@ class Groups:
         Raises:
             GroupError: we lack the role, or the change makes no sense (nothing is sent).
         """
+        if isinstance(action, groups.Add):
+            await self._check_addable(action.user)
         return await self._act(group_id, action, reason, genesis=False)
+
+    async def _check_addable(self, username: str) -> None:
+        if await self._host.account_key_of(username) is None:
+            raise GroupError(
+                f"{username} cannot be added: no such user, or their account key changed "
+                f"and is not trusted yet (`obrolan trust {username}`)"
+            )
 
     async def _act(self, group_id: str, action: groups.GroupAction, reason: str, *,
                    genesis: bool) -> GroupView:
