@@ -363,3 +363,18 @@ async def test_the_group_key_is_replaced_after_the_configured_number_of_messages
     assert sessions[0] == sessions[1] != sessions[2] == sessions[3] != sessions[4]
     await crowd.sync()
     assert texts(crowd["carol"], group_id) == [f"message {n}" for n in range(5)]
+
+
+async def test_a_members_newly_linked_device_gets_the_groups_and_their_messages(
+    crowd: Crowd, server, profiles  # type: ignore[no-untyped-def]
+) -> None:
+    group_id = await make_group(crowd)
+    bob = crowd["bob"]
+    tablet = crowd.clients["bob-tablet"] = await link(server, profiles, bob, "bob-tablet")
+    await bob.flush(30)
+    await tablet.sync(60)
+    assert sorted(tablet.groups.view(group_id).members) == ["alice", *MEMBERS]
+    await crowd["alice"].sync(60)  # a new connection: alice looks at bob's list again
+    await crowd["alice"].groups.send(group_id, "hello bob's tablet too")
+    await crowd.sync()
+    assert texts(tablet, group_id) == ["hello bob's tablet too"]

@@ -436,6 +436,7 @@ class Client:
                 id=i, link_id=code.link_id, answer=content.encode(sealed)
             )
         )
+        self.groups.share_with_own_device(offer.device.device_id)
         return Device(offer.device.device_id, offer.name, entry.added, None,
                       offer.device.ed25519, False)
 

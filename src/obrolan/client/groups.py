@@ -274,6 +274,22 @@ class Groups:
         if isinstance(action, groups.ApproveJoin | groups.RejectJoin):
             self._rows.drop_join_request(group_id, action.user)
 
+    def share_with_own_device(self, device_id: str) -> int:
+        """Give a newly linked device of ours the chain of every group we are in; returns how
+        many (its members' devices then share their keys with it as with any member's)."""
+        shared = 0
+        with self._store.transaction():
+            for view in self.all():
+                if self.me not in view.members:
+                    continue
+                chain = [s for s, _ in self._rows.chain(view.group_id)]
+                self._host.queue_olm(self.me, content.GroupState(
+                    message_id=new_id(), sent_at_ms=now_ms(), group_id=view.group_id,
+                    updates=chain,
+                ), device_id)
+                shared += 1
+        return shared
+
     async def invite(self, group_id: str, expires_in_seconds: int) -> str:
         """Create a signed invite link valid for ``expires_in_seconds``; returns the link."""
         invite_id = new_id()
