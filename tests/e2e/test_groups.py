@@ -378,3 +378,41 @@ async def test_a_members_newly_linked_device_gets_the_groups_and_their_messages(
     await crowd["alice"].groups.send(group_id, "hello bob's tablet too")
     await crowd.sync()
     assert texts(tablet, group_id) == ["hello bob's tablet too"]
+
+
+async def test_two_changes_at_the_same_time_end_the_same_everywhere(crowd: Crowd) -> None:
+    group_id = await make_group(crowd)
+    alice, dave, carol = crowd["alice"], crowd["dave"], crowd["carol"]
+    await alice.groups.act(group_id, groups.Promote(user="dave"))
+    await alice.groups.act(group_id, groups.Promote(user="carol"))
+    await crowd.sync()
+    # Two admins act on the same state before either hears of the other.
+    await dave.groups.act(group_id, groups.EditInfo(rules="no spoilers"), "dave's rules")
+    await carol.groups.act(group_id, groups.Mute(user="erin", until_ms=2**41), "flooding")
+    await crowd.sync()
+    await crowd.sync()
+    heads = {name: crowd[name].groups.view(group_id).head for name in crowd.clients
+             if name != "frank"}
+    assert len(set(heads.values())) == 1, heads
+    view = crowd["bob"].groups.view(group_id)
+    assert view.rules == "no spoilers" and view.members["erin"].muted_until_ms == 2**41
+    log = [line for _, _, line in crowd["bob"].groups.log(group_id)]
+    assert sum("muted erin" in line for line in log) == 1
+    assert sum("changed the rules" in line for line in log) == 1
+
+
+async def test_a_change_cannot_race_a_higher_roles_change(crowd: Crowd) -> None:
+    """dave is demoted by the owner while, unaware, he removes bob: the owner's update
+    counts on every device and dave, no longer an admin, cannot make his again."""
+    group_id = await make_group(crowd)
+    alice, dave = crowd["alice"], crowd["dave"]
+    await alice.groups.act(group_id, groups.Promote(user="dave"))
+    await crowd.sync()
+    await alice.groups.act(group_id, groups.Demote(user="dave"), "too hasty")
+    await dave.groups.act(group_id, groups.Remove(user="bob"))
+    await crowd.sync()
+    await crowd.sync()
+    for name in ("alice", "alice-phone", *MEMBERS):
+        view = crowd[name].groups.view(group_id)
+        assert "bob" in view.members and view.role("dave") == "member", name
+    assert any("could not be made again" in n for n in notices(dave, group_id))

@@ -193,7 +193,7 @@ async def test_an_outsider_asking_for_the_chain_gets_nothing(setting) -> None:  
     await c["alice"].groups.act(group_id, groups.EditInfo(rules="members only"))
     with oscar._store.transaction():
         oscar.queue_olm("alice", content.GroupSync(
-            message_id=new_id(), sent_at_ms=now_ms(), group_id=group_id, after_seq=0,
+            message_id=new_id(), sent_at_ms=now_ms(), group_id=group_id, from_seq=0,
         ), None)
     await everyone_syncs(list(c.values()))
     with pytest.raises(GroupError, match="no group"):

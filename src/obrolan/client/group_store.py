@@ -70,6 +70,12 @@ class GroupStore:
         )
         self._db.execute("INSERT OR IGNORE INTO groups (group_id) VALUES (?)", (group_id,))
 
+    def drop_update(self, group_id: str, seq: int) -> None:
+        """Forget the update at ``seq`` (the last one), which a concurrent one displaced."""
+        self._db.execute(
+            "DELETE FROM group_updates WHERE group_id = ? AND seq = ?", (group_id, seq)
+        )
+
     def chain(self, group_id: str) -> list[tuple[SignedGroupUpdate, str]]:
         """Every verified update of the group, in order, with the key that verified it."""
         return [

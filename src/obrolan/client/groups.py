@@ -38,6 +38,7 @@ from obrolan.crypto.group_state import (
     describe,
     peek,
     sign_update,
+    update_hash,
 )
 from obrolan.crypto.megolm import InboundGroupSession, OutboundGroupSession
 from obrolan.crypto.signatures import verify
@@ -57,6 +58,8 @@ ROTATE_DAYS = 7
 """…or once its session is this many days old."""
 _ROTATION = "group_rotation"
 """Meta key: "MESSAGES DAYS", this device's rotation setting."""
+_MADE = "group_made:"
+"""Meta key prefix: updates this device signed (it alone makes one again if displaced)."""
 _OWN_INVITE = "own_invite:"
 """Meta key prefix: invites this device made (it alone approves joins at once)."""
 
@@ -233,6 +236,7 @@ class Groups:
         recipients = self._recipients(before, after)
         with self._store.transaction():
             self._store_update(group_id, update, signed, self._account.public, after)
+            self._store.set_meta(_MADE + update_hash(signed).hex(), "1")
             chain = [s for s, _ in self._rows.chain(group_id)]
             for username in recipients:
                 newcomer = before is None or username not in before.members
@@ -465,12 +469,16 @@ class Groups:
                 update = peek(signed)
                 if update.group_id != group_id:
                     raise UpdateRejected(f"an update of group {update.group_id} came as {group_id}")
+                if current is not None and 0 < update.seq == current.seq:
+                    events += await self._contest(group_id, signed, update)
+                    stored = {s.update: s for s, _ in self._rows.chain(group_id)}
+                    continue
                 key = await self._host.account_key_of(update.actor)
                 after, update = apply_update(current, signed, _known_key(key))
             except (UpdateRejected, ObrolanError) as exc:
                 events.append(self._warn(group_id, f"a group update from {sender} was "
                                                    f"rejected: {exc}"))
-                if current is not None and _ahead_of(signed, current):
+                if current is not None and _past(signed, current):
                     self._ask_for_updates(sender, device, current)
                 break  # the rest of the batch follows the rejected one: reject it too
             assert key is not None
@@ -481,20 +489,55 @@ class Groups:
                                 self._store.history(group_peer(group_id), 1)[0]))
         return events
 
+    async def _contest(self, group_id: str, signed: groups.SignedGroupUpdate,
+                       update: groups.GroupUpdate) -> list[Event]:
+        """Two updates at the same ``seq``, made at the same time on the same state: every
+        device keeps the same one (:func:`_counts_first`). If ours is displaced and this
+        device made it, it is made again on top of the other."""
+        chain = self._rows.chain(group_id)
+        head_signed, _ = chain[-1]
+        head = peek(head_signed)
+        parent: GroupView | None = None
+        for earlier, earlier_key in chain[:-1]:
+            parent, _ = apply_update(parent, earlier, _known_key(earlier_key))
+        key = await self._host.account_key_of(update.actor)
+        if parent is None or update.prev != parent.head:
+            raise UpdateRejected("it does not follow this device's state of the group")
+        after, update = apply_update(parent, signed, _known_key(key))  # rejected: raises
+        if _counts_first(parent, head_signed, signed):
+            return [self._warn(group_id, f"{update.actor}'s change came at the same time as "
+                                         f"{head.actor}'s, which counts: it must be made again")]
+        assert key is not None
+        with self._store.transaction():
+            self._rows.drop_update(group_id, head.seq)
+            self._views.pop(group_id, None)
+            self._store_update(group_id, update, signed, key, after)
+            self._after_update(after, update, parent)
+        events = [self._warn(group_id, f"{head.actor}'s change came at the same time as "
+                                       f"{update.actor}'s, which counts instead")]
+        if self._store.get_meta(_MADE + update_hash(head_signed).hex()):
+            try:
+                await self.act(group_id, head.action, head.reason)
+            except GroupError as exc:
+                events.append(self._warn(group_id, f"your change could not be made again: {exc}"))
+        return events
+
     def _ask_for_updates(self, sender: str, device: str, current: GroupView) -> None:
-        """We are behind the device that sent an update: ask it for what we missed. What
-        comes back is checked like any update; the rejected one stays rejected."""
+        """We are behind the device that sent an update, or our last update is not the one
+        it built on: ask it for its updates from our last ``seq`` on. What comes back is
+        checked like any update; the rejected one counts only if it arrives again in a
+        chain that leads up to it."""
         with self._store.transaction():
             self._host.queue_olm(sender, content.GroupSync(
                 message_id=new_id(), sent_at_ms=now_ms(), group_id=current.group_id,
-                after_seq=current.seq,
+                from_seq=current.seq,
             ), device)
 
     def _receive_sync(self, sender: str, device: str, request: content.GroupSync) -> list[Event]:
-        """A member's device is behind: send it the updates after ``after_seq`` we hold."""
+        """A member's device is behind: send it the updates from ``from_seq`` on we hold."""
         view = self._current(request.group_id)
         chain = [s for s, _ in self._rows.chain(request.group_id)]
-        tail = chain[request.after_seq + 1 :]
+        tail = chain[request.from_seq :]
         was_member = any(
             sender in (peek(s).actor, getattr(peek(s).action, "user", None)) for s in tail
         )
@@ -642,9 +685,26 @@ def _known_key(key: str | None) -> Callable[[str], str | None]:
     return lambda _actor: key
 
 
-def _ahead_of(signed: groups.SignedGroupUpdate, view: GroupView) -> bool:
-    """The update is further along the chain than this device has got."""
+def _past(signed: groups.SignedGroupUpdate, view: GroupView) -> bool:
+    """The update is further along than this device has got, or builds on another last
+    update than ours (ours may be the one displaced)."""
     try:
-        return peek(signed).seq > view.seq + 1
+        update = peek(signed)
     except UpdateRejected:
         return False
+    return update.seq > view.seq + 1 or (update.seq == view.seq + 1 and update.prev != view.head)
+
+
+_RANK = {"owner": 2, "admin": 1, "member": 0}
+
+
+def _counts_first(parent: GroupView, ours: groups.SignedGroupUpdate,
+                  theirs: groups.SignedGroupUpdate) -> bool:
+    """Of two updates on the same state, the one that counts: the higher role then (the
+    owner over an admin, an admin over a member, so nobody can undo a change of someone
+    above them by racing it), and between equals the lower hash."""
+    rank_ours = _RANK.get(parent.role(peek(ours).actor) or "", -1)
+    rank_theirs = _RANK.get(parent.role(peek(theirs).actor) or "", -1)
+    if rank_ours != rank_theirs:
+        return rank_ours > rank_theirs
+    return update_hash(ours) < update_hash(theirs)

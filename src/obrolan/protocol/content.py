@@ -257,12 +257,15 @@ class GroupJoinRequest(msgspec.Struct, frozen=True, tag_field="kind", tag="group
 
 
 class GroupSync(msgspec.Struct, frozen=True, tag_field="kind", tag="group_sync"):
-    """A device that is behind asks a member's device for the updates after ``after_seq``."""
+    """A device that is behind, or on a displaced update, asks a member's device for the
+    updates it holds from ``from_seq`` on."""
 
     message_id: MessageId
     sent_at_ms: int
     group_id: GroupId
-    after_seq: Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
+    from_seq: Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
+    """The asker's last ``seq``: the update there shows whether the asker's is the one
+    that counts."""
 
 
 class GroupReport(msgspec.Struct, frozen=True, tag_field="kind", tag="group_report"):
