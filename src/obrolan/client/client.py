@@ -576,6 +576,10 @@ class Client:
         """History from another device of ours arrived and is not imported yet."""
         return self._history.pending() is not None
 
+    def history_offer(self) -> content.HistoryTransfer | None:
+        """The history message that arrived and is not imported yet (its archive's size…)."""
+        return self._history.pending()
+
     async def rotate_recovery_code(self) -> RecoveryCode:
         """Make a new recovery code; the old one stops working. Show the new one once."""
         code = RecoveryCode.create()
