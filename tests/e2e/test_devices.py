@@ -140,7 +140,7 @@ async def test_history_moves_to_a_new_device(server, profiles, pair) -> None:  #
         summary = await tablet.receive_history(timeout=30)
         assert summary.messages == sent
         assert texts(tablet, "bob") == texts(laptop, "bob")
-        assert not tablet.history_pending()
+        assert tablet.history_offer() is None
         assert blob_rows(server.data_dir) == 0
     finally:
         await tablet.close()

@@ -8,6 +8,7 @@ its view of the membership.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from obrolan.client.models import MessageState
 from obrolan.client.store import now_ms
 from obrolan.crypto.group_state import next_update, sign_update
 from obrolan.crypto.megolm import OutboundGroupSession
+from obrolan.errors import ServerUnreachable
 from obrolan.protocol import content, groups
 from obrolan.protocol.frames import MultiEnvelope, Recipient
 from obrolan.protocol.signing import group_message_bytes
@@ -200,3 +202,33 @@ async def test_an_outsider_asking_for_the_chain_gets_nothing(setting) -> None:  
         oscar.groups.view(group_id)
     assert oscar.groups._rows.chain(group_id) == []
     assert oscar.groups.history(group_id) == []  # not even an update to reject arrived
+
+
+async def test_a_group_update_survives_the_connection_breaking_while_it_is_checked(
+    server, profiles  # type: ignore[no-untyped-def]
+) -> None:
+    """dave joins through carol, so checking the chain needs alice's key from the server;
+    the connection breaks right then. The update stays stashed and applies once dave's
+    device is connected again."""
+    clients: list[Client] = []
+    async with MaliciousServer(server.ws_url) as shim:
+        try:
+            alice = await Client.register(profiles("alice"), server.url, "alice", None)
+            carol = await Client.register(profiles("carol"), server.url, "carol", None)
+            dave = await Client.register(profiles("dave"), shim.url, "dave", None)
+            clients += [alice, carol, dave]
+            group_id = (await alice.groups.create("Club", ["carol"])).group_id
+            await alice.groups.act(group_id, groups.Promote(user="carol"))
+            await alice.flush(30)
+            await carol.sync(60)
+            await carol.groups.act(group_id, groups.Add(user="dave"))
+            await carol.flush(30)
+            shim.cut_on = lambda f: f.get("type") == "get_devices" and f["username"] == "alice"
+            with contextlib.suppress(ServerUnreachable):  # the break ends this sync
+                await dave.sync(60)
+            await dave.sync(60)
+            assert shim.cut_on is None  # the cut happened
+            assert sorted(dave.groups.view(group_id).members) == ["alice", "carol", "dave"]
+        finally:
+            for client in clients:
+                await client.close()

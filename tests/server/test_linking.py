@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import secrets
 from collections.abc import Callable
 
 from obrolan.crypto.account import LinkCode
@@ -159,3 +160,29 @@ async def test_server_refuses_link_wait_on_an_authenticated_connection(
     client, _ = await online(server, "alice")
     reply = await client.request(LinkWait(link_id=LinkCode.create().link_id, offer=b"offer"))
     assert refused(reply, ErrorCode.ALREADY_AUTHENTICATED, None), reply
+
+
+async def test_server_never_writes_a_link_offer_or_answer_to_disk(
+    server: ServerProcess, connect: Connect, online: Online
+) -> None:
+    """Link offers and answers live in memory only: no byte of either is in the data folder,
+    while the device waits or after it was answered."""
+    phone_client, _ = await online(server, "alice")
+    offer = b"OFFER-MARKER-" + secrets.token_hex(16).encode()
+    answer = b"ANSWER-MARKER-" + secrets.token_hex(16).encode()
+    code = LinkCode.create()
+    waiting = await connect(server.ws_url)
+    reply = await waiting.request(LinkWait(link_id=code.link_id, offer=offer))
+    assert isinstance(reply, LinkWaiting), reply
+
+    def on_disk() -> bytes:
+        return b"".join(p.read_bytes() for p in server.data_dir.rglob("*") if p.is_file())
+
+    fetched = await phone_client.request(LinkFetch(id=1, link_id=code.link_id))
+    assert isinstance(fetched, LinkOffer) and fetched.offer == offer
+    assert offer not in on_disk()
+    approve = LinkApprove(id=2, link_id=code.link_id, answer=answer)
+    assert await phone_client.request(approve) == LinkApproved(id=2)
+    assert await waiting.recv() == LinkAnswer(link_id=code.link_id, answer=answer)
+    everything = on_disk()
+    assert offer not in everything and answer not in everything

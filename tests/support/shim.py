@@ -34,6 +34,9 @@ class MaliciousServer:
         self._upstream = upstream_ws
         self.rewrite: Rewrite = lambda frame: frame
         self.sent_by_clients: list[dict[str, Any]] = []
+        self.cut_on: Callable[[dict[str, Any]], bool] | None = None
+        """When set: the first client frame it matches is not forwarded; the connection is
+        cut instead (a network failure at that exact point), and the hook is cleared."""
         self.swap_from: str | None = None
         """When set: hold the next ``deliver`` from this user and send it after the one
         that follows it (two envelopes delivered in swapped order)."""
@@ -92,7 +95,11 @@ class MaliciousServer:
                 async for message in client:
                     if message.type is not aiohttp.WSMsgType.TEXT:
                         break
-                    self.sent_by_clients.append(json.loads(message.data))
+                    frame = json.loads(message.data)
+                    self.sent_by_clients.append(frame)
+                    if self.cut_on is not None and self.cut_on(frame):
+                        self.cut_on = None
+                        break
                     await server.send_str(message.data)
             finally:
                 pump.cancel()

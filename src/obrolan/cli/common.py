@@ -11,19 +11,25 @@ import os
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import platformdirs
 
 from obrolan.client.vault import needs_passphrase
-from obrolan.errors import ConfigError
+from obrolan.errors import ConfigError, ServerUnreachable
+
+if TYPE_CHECKING:
+    from obrolan.client.client import Client
 
 __all__ = [
+    "SEND_TIMEOUT",
     "Handler",
     "ProgressBar",
+    "add_server_options",
     "add_verb",
     "ask",
     "default_profile",
+    "deliver",
     "passphrase_for",
     "print_json",
     "read_passphrase",
@@ -78,6 +84,35 @@ def ask(prompt: str, *, secret: bool = False, instead: str) -> str:
     if not answer:
         raise ConfigError(f"nothing was typed: {instead}")
     return answer
+
+
+SEND_TIMEOUT = 15.0
+"""Seconds a verb waits for the server to take what it queued before leaving it queued."""
+
+
+async def deliver(client: Client) -> str:
+    """Send what was queued; say so honestly when the server cannot be reached."""
+    try:
+        await client.flush(timeout=SEND_TIMEOUT)
+    except ServerUnreachable as exc:
+        print(f"obrolan: {exc}; queued, it will go with the next sync, listen or send",
+              file=sys.stderr)
+        return "queued"
+    return "sent"
+
+
+def add_server_options(parser: argparse.ArgumentParser) -> None:
+    """The options of a verb that makes a new profile: register, link, recover."""
+    parser.add_argument("--server", required=True, metavar="URL",
+                        help="e.g. https://chat.example.org")
+    parser.add_argument("--no-passphrase", action="store_true",
+                        help="keep the store key in a 0600 file instead (for unattended bots)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow plain http to a non-loopback host")
+    parser.add_argument("--ca-file", metavar="PEM",
+                        help="trust this CA for the server's certificate")
+    parser.add_argument("--name", metavar="NAME",
+                        help="this device's name (default: the host name)")
 
 
 def passphrase_for(profile: Path) -> str | None:

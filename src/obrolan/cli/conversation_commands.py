@@ -6,14 +6,13 @@ import argparse
 import re
 import sys
 
-from obrolan.cli.common import Handler, add_verb, passphrase_for, print_json
+from obrolan.cli.common import Handler, add_verb, deliver, passphrase_for, print_json
 from obrolan.client.client import Client
 from obrolan.client.conversation import describe_timer
-from obrolan.errors import ConfigError, ServerUnreachable
+from obrolan.errors import ConfigError
 
 __all__ = ["add_parsers", "parse_duration", "parse_size"]
 
-SEND_TIMEOUT = 15.0
 _DURATION = re.compile(r"^(\d+)([smhd])\Z")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -36,22 +35,11 @@ def parse_size(text: str) -> int:
     return int(match[1]) * {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}[match[2]]
 
 
-async def _deliver(client: Client) -> str:
-    """Send what was queued; say so honestly when the server cannot be reached."""
-    try:
-        await client.flush(timeout=SEND_TIMEOUT)
-    except ServerUnreachable as exc:
-        print(f"obrolan: {exc}; queued, it will go with the next sync, listen or send",
-              file=sys.stderr)
-        return "queued"
-    return "sent"
-
-
 async def cmd_react(args: argparse.Namespace) -> int:
     async with Client.open(args.profile, passphrase_for(args.profile)) as client:
         message = client.resolve(args.message)
         await client.react(message, "" if args.remove else args.emoji or "")
-        outcome = await _deliver(client)
+        outcome = await deliver(client)
     print(f"reaction {outcome}")
     return 0
 
@@ -59,7 +47,7 @@ async def cmd_react(args: argparse.Namespace) -> int:
 async def cmd_edit(args: argparse.Namespace) -> int:
     async with Client.open(args.profile, passphrase_for(args.profile)) as client:
         await client.edit(client.resolve(args.message), args.text)
-        outcome = await _deliver(client)
+        outcome = await deliver(client)
     print(f"edit {outcome}")
     return 0
 
@@ -67,7 +55,7 @@ async def cmd_edit(args: argparse.Namespace) -> int:
 async def cmd_delete(args: argparse.Namespace) -> int:
     async with Client.open(args.profile, passphrase_for(args.profile)) as client:
         await client.delete(client.resolve(args.message))
-        outcome = await _deliver(client)
+        outcome = await deliver(client)
     print(f"deleted for everyone ({outcome})")
     return 0
 
@@ -78,7 +66,7 @@ async def cmd_timer(args: argparse.Namespace) -> int:
             print(f"disappearing messages with {args.user}: {describe_timer(client.timer(args.user))}")
             return 0
         await client.set_timer(args.user, parse_duration(args.duration))
-        outcome = await _deliver(client)
+        outcome = await deliver(client)
     print(f"disappearing messages with {args.user}: {args.duration} ({outcome})")
     return 0
 

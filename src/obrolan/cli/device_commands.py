@@ -8,11 +8,10 @@ import json
 import os
 import sys
 
-import segno
-
 from obrolan.cli.common import (
     Handler,
     ProgressBar,
+    add_server_options,
     add_verb,
     ask,
     passphrase_for,
@@ -49,6 +48,8 @@ def _show_link_code(server_url: str, code: LinkCode, as_json: bool) -> None:
     if as_json:  # one line, so a program can read it while the command waits
         print(json.dumps({"link_code": str(code), "qr": address}), flush=True)
         return
+    import segno  # only `link` draws a QR code: not imported by every command (50 ms)
+
     qr = io.StringIO()
     segno.make(address, error="m").terminal(out=qr, compact=True)
     print(qr.getvalue(), end="")
@@ -217,22 +218,13 @@ async def cmd_trust(args: argparse.Namespace) -> int:
     return 0
 
 
-def _server_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--server", required=True, metavar="URL", help="e.g. https://chat.example.org")
-    p.add_argument("--no-passphrase", action="store_true",
-                   help="keep the store key in a 0600 file instead (for unattended bots)")
-    p.add_argument("--insecure", action="store_true", help="allow plain http to a non-loopback host")
-    p.add_argument("--ca-file", metavar="PEM", help="trust this CA for the server's certificate")
-    p.add_argument("--name", metavar="NAME", help="this device's name (default: the host name)")
-
-
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     def verb(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
         return add_verb(sub, name, handler, help_text)
 
     p = verb("link", cmd_link, "make this a new device of your account (shows a code)")
     p.add_argument("--user", metavar="USERNAME", help="your username (asked if not given)")
-    _server_options(p)
+    add_server_options(p)
 
     p = verb("devices", cmd_devices, "list, approve, rename or remove your account's devices")
     actions = p.add_subparsers(dest="action", metavar="ACTION")
@@ -254,7 +246,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
     p = verb("recover", cmd_recover, "take your username back on a new device (recovery code)")
     p.add_argument("user", metavar="USERNAME")
-    _server_options(p)
+    add_server_options(p)
 
     p = verb("recovery-code", cmd_recovery_code, "make a new recovery code")
     p.add_argument("--rotate", action="store_true", help="replace the current code")

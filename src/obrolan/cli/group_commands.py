@@ -7,28 +7,18 @@ import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
-from obrolan.cli.common import Handler, add_verb, passphrase_for, print_json
+from obrolan.cli.common import Handler, add_verb, deliver, passphrase_for, print_json
 from obrolan.cli.conversation_commands import parse_duration
 from obrolan.cli.render import print_messages
 from obrolan.client.client import Client
+from obrolan.client.group_store import group_peer
 from obrolan.client.groups import GroupError
 from obrolan.client.store import now_ms
 from obrolan.crypto.group_state import GroupView
-from obrolan.errors import ConfigError, ServerUnreachable
+from obrolan.errors import ConfigError
 from obrolan.protocol import groups
 
 __all__ = ["add_parsers"]
-
-SEND_TIMEOUT = 15.0
-
-
-async def _deliver(client: Client) -> None:
-    try:
-        await client.flush(timeout=SEND_TIMEOUT)
-    except ServerUnreachable as exc:
-        print(f"obrolan: {exc}; queued, it goes with the next sync, listen or send",
-              file=sys.stderr)
-
 
 def _view_json(view: GroupView) -> dict[str, object]:
     return {
@@ -80,7 +70,7 @@ def _acting(make: Callable[[argparse.Namespace], groups.GroupAction], done: str)
     async def handler(args: argparse.Namespace) -> int:
         async def work(client: Client, group_id: str) -> int:
             view = await client.groups.act(group_id, make(args), getattr(args, "reason", ""))
-            await _deliver(client)
+            await deliver(client)
             if args.json:
                 print_json(_view_json(view))
             else:
@@ -96,7 +86,7 @@ async def cmd_create(args: argparse.Namespace) -> int:
     members = [m.strip() for m in (args.members or "").split(",") if m.strip()]
     async with Client.open(args.profile, passphrase_for(args.profile)) as client:
         view = await client.groups.create(args.name, members)
-        await _deliver(client)
+        await deliver(client)
     if args.json:
         print_json(_view_json(view))
     else:
@@ -155,7 +145,7 @@ async def cmd_invite(args: argparse.Namespace) -> int:
 
     async def work(client: Client, group_id: str) -> int:
         link = await client.groups.invite(group_id, seconds)
-        await _deliver(client)
+        await deliver(client)
         print_json({"link": link}) if args.json else print(link)
         return 0
 
@@ -165,7 +155,7 @@ async def cmd_invite(args: argparse.Namespace) -> int:
 async def cmd_join(args: argparse.Namespace) -> int:
     async with Client.open(args.profile, passphrase_for(args.profile)) as client:
         group_id = await client.groups.join(args.link)
-        await _deliver(client)
+        await deliver(client)
     print(f"asked to join {group_id}: you are in once an admin approves (`obrolan sync`)",
           file=sys.stderr)
     return 0
@@ -190,7 +180,7 @@ def _answering(approve: bool) -> Handler:
         async def work(client: Client, group_id: str) -> int:
             answer = client.groups.approve if approve else client.groups.reject
             await answer(group_id, args.user, args.reason)
-            await _deliver(client)
+            await deliver(client)
             print(f"{'approved' if approve else 'rejected'} {args.user}")
             return 0
 
@@ -211,13 +201,13 @@ async def cmd_mute(args: argparse.Namespace) -> int:
 async def cmd_delete(args: argparse.Namespace) -> int:
     async def work(client: Client, group_id: str) -> int:
         message = client.resolve(args.message)
-        if message.peer != "#" + group_id:
+        if message.peer != group_peer(group_id):
             raise GroupError("that message is not in this group")
         await client.groups.act(
             group_id, groups.DeleteMessage(sender=message.sender, message_id=message.message_id),
             args.reason,
         )
-        await _deliver(client)
+        await deliver(client)
         print("deleted for everyone")
         return 0
 
@@ -227,7 +217,7 @@ async def cmd_delete(args: argparse.Namespace) -> int:
 async def cmd_report(args: argparse.Namespace) -> int:
     async def work(client: Client, group_id: str) -> int:
         admins = await client.groups.report(group_id, client.resolve(args.message), args.reason)
-        await _deliver(client)
+        await deliver(client)
         print(f"reported to {admins} admin(s)")
         return 0
 
@@ -266,7 +256,7 @@ async def cmd_settings(args: argparse.Namespace) -> int:
         view = await client.groups.act(
             group_id, groups.SetSettings(settings=_settings(args, current)), args.reason
         )
-        await _deliver(client)
+        await deliver(client)
         _print_view(view) if not args.json else print_json(_view_json(view))
         return 0
 

@@ -23,8 +23,10 @@ from obrolan.cli import (
     server_commands,
 )
 from obrolan.cli.common import (
+    SEND_TIMEOUT,
     Handler,
     ProgressBar,
+    add_server_options,
     add_verb,
     passphrase_for,
     print_json,
@@ -42,8 +44,6 @@ __all__ = ["main"]
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-SEND_TIMEOUT = 15.0
-"""Seconds `obrolan send` waits for the server before leaving the message queued."""
 
 
 # --- client verbs -------------------------------------------------------------------------
@@ -132,7 +132,7 @@ async def cmd_download(args: argparse.Namespace) -> int:
 async def cmd_sync(args: argparse.Namespace) -> int:
     async with Client.open(args.profile, passphrase_for(args.profile)) as client:
         messages = await client.sync()
-        if client.history_pending():
+        if client.history_offer() is not None:
             await device_commands.receive_history(client)
         for peer in {m.peer for m in messages}:
             await client.mark_read(peer)
@@ -233,14 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("register", cmd_register, "create an account and this device's profile")
     p.add_argument("username")
-    p.add_argument("--server", required=True, metavar="URL", help="e.g. https://chat.example.org")
-    p.add_argument(
-        "--no-passphrase", action="store_true",
-        help="keep the store key in a 0600 file instead (for unattended bots)",
-    )
-    p.add_argument("--insecure", action="store_true", help="allow plain http to a non-loopback host")
-    p.add_argument("--ca-file", metavar="PEM", help="trust this CA for the server's certificate")
-    p.add_argument("--name", metavar="NAME", help="this device's name (default: the host name)")
+    add_server_options(p)
 
     p = verb("send", cmd_send, "send a text message (to a user, or to a group with --group)")
     p.add_argument("user", nargs="?", help="the recipient (not with --group)")

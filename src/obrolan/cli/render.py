@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from obrolan.cli.common import print_json
+from obrolan.client.group_store import is_group_peer
 from obrolan.client.models import Event, Message, MessageState
 
 __all__ = ["SHORT_ID", "format_event", "format_message", "print_messages"]
@@ -23,7 +24,7 @@ def format_message(message: Message) -> str:
     when = _when(message.sent_at_ms)
     if message.state is MessageState.NOTICE:
         return f"{when} · {message.text}"
-    if message.peer.startswith("#"):  # a group: which one, and who wrote
+    if is_group_peer(message.peer):  # a group: which one, and who wrote
         arrow = f"{message.peer[: SHORT_ID + 1]} {message.sender}"
     else:
         arrow = f"{message.sender} → {message.peer}" if message.outgoing else message.sender

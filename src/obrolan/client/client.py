@@ -52,6 +52,7 @@ from obrolan.client.enrolment import (
     enrol_by_recovery,
     enrol_by_registration,
 )
+from obrolan.client.group_store import is_group_peer
 from obrolan.client.groups import Groups
 from obrolan.client.history_transfer import INCOMING as INCOMING_HISTORY
 from obrolan.client.history_transfer import HistoryTransfers
@@ -153,6 +154,8 @@ class Client:
         self._drained = asyncio.Event()
         self._state_changed = asyncio.Event()
         self._last_error: ObrolanError | None = None
+        self._failures = 0
+        """Connection attempts that failed so far (a wait fails on a new one only)."""
         self._fatal: ObrolanError | None = None
         self._resync = False
         """The current connection was closed on purpose: reconnect at once."""
@@ -567,14 +570,10 @@ class Client:
         not authenticate (nothing is imported).
         """
         self.start()
-        await self._wait(lambda: self._history.pending() is not None, timeout)
+        await self._wait(lambda: self.history_offer() is not None, timeout)
         summary = await self._history.receive(progress)
         assert summary is not None
         return summary
-
-    def history_pending(self) -> bool:
-        """History from another device of ours arrived and is not imported yet."""
-        return self._history.pending() is not None
 
     def history_offer(self) -> content.HistoryTransfer | None:
         """The history message that arrived and is not imported yet (its archive's size…)."""
@@ -794,7 +793,7 @@ class Client:
             return 0
         with self._store.transaction():
             self._store.mark_read(username, unread)
-            if self.receipts and not username.startswith("#"):  # no receipts in groups
+            if self.receipts and not is_group_peer(username):  # no receipts in groups
                 self._queue(username, content.Receipt(
                     message_id=new_id(), sent_at_ms=now_ms(), targets=unread, status="read"
                 ))
@@ -973,13 +972,19 @@ class Client:
     # --- the connection loop ------------------------------------------------------------
 
     async def _wait(self, condition: Callable[[], bool], timeout: float | None) -> None:
-        """Wait for ``condition``, raising the connection's error if it fails first."""
+        """Wait for ``condition``, raising the connection's error if it fails first.
+
+        A failure from before the wait began does not count: the next attempt may work.
+        """
+        failures = self._failures
         try:
             async with asyncio.timeout(timeout):
                 while not condition():
                     if self._fatal is not None:
                         raise self._fatal
-                    if self._conn is None and self._last_error is not None:
+                    if self._conn is None and self._last_error is not None and (
+                        self._failures > failures
+                    ):
                         raise self._last_error
                     self._state_changed.clear()
                     await self._state_changed.wait()
@@ -989,14 +994,18 @@ class Client:
     def _notify(self) -> None:
         self._state_changed.set()
 
+    def _failed(self, exc: ObrolanError) -> None:
+        self._last_error = exc
+        self._failures += 1
+        self._notify()
+
     async def _run(self) -> None:
         delay = BACKOFF_START
         while True:
             try:
                 conn = await Connection.open(self.address)
             except ServerUnreachable as exc:
-                self._last_error = exc
-                self._notify()
+                self._failed(exc)
             else:
                 try:
                     await self._session(conn)
@@ -1007,10 +1016,10 @@ class Client:
                         self._events.put_nowait(None)
                         self._notify()
                         return
-                    self._last_error = exc
+                    self._failed(exc)
                 except ServerUnreachable as exc:
                     if not self._resync:
-                        self._last_error = exc
+                        self._failed(exc)
                 finally:
                     if self._conn is not None:  # authenticated: the server was fine until now
                         delay = BACKOFF_START

@@ -13,12 +13,17 @@ from sqlcipher3 import dbapi2
 from obrolan.client.store import now_ms
 from obrolan.protocol.groups import SignedGroupUpdate
 
-__all__ = ["GroupStore", "Outbound", "Report"]
+__all__ = ["GroupStore", "Outbound", "Report", "group_peer", "is_group_peer"]
 
 
 def group_peer(group_id: str) -> str:
     """The ``messages.peer`` of a group's conversation (no username starts with ``#``)."""
     return "#" + group_id
+
+
+def is_group_peer(peer: str) -> bool:
+    """Whether a conversation's peer is a group's (:func:`group_peer`)."""
+    return peer.startswith("#")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +73,6 @@ class GroupStore:
             "VALUES (?, ?, ?, ?, ?)",
             (group_id, seq, signed.update, signed.signature, actor_key),
         )
-        self._db.execute("INSERT OR IGNORE INTO groups (group_id) VALUES (?)", (group_id,))
 
     def drop_update(self, group_id: str, seq: int) -> None:
         """Forget the update at ``seq`` (the last one), which a concurrent one displaced."""
@@ -88,12 +92,12 @@ class GroupStore:
         ]
 
     def group_ids(self) -> list[str]:
-        return [r[0] for r in self._db.execute("SELECT group_id FROM groups ORDER BY group_id")]
-
-    def set_member(self, group_id: str, member: bool) -> None:
-        self._db.execute(
-            "UPDATE groups SET member = ? WHERE group_id = ?", (int(member), group_id)
-        )
+        """Every group this device holds a chain of (we may have left some)."""
+        return [
+            r[0] for r in self._db.execute(
+                "SELECT DISTINCT group_id FROM group_updates ORDER BY group_id"
+            )
+        ]
 
     # --- Megolm sessions ----------------------------------------------------------------
 

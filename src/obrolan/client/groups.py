@@ -42,7 +42,7 @@ from obrolan.crypto.group_state import (
 )
 from obrolan.crypto.megolm import InboundGroupSession, OutboundGroupSession
 from obrolan.crypto.signatures import verify
-from obrolan.errors import CryptoError, ObrolanError, SignatureError
+from obrolan.errors import CryptoError, ObrolanError, ServerUnreachable, SignatureError
 from obrolan.protocol import content, groups
 from obrolan.protocol.frames import DeviceKeys, Envelope, MultiEnvelope, Recipient
 from obrolan.protocol.limits import Limits
@@ -114,6 +114,8 @@ class Groups:
         self._conversations = conversations
         self._emit = emit
         self._views: dict[str, GroupView] = {}
+        self._stashed = True
+        """Group events may wait in the store (true at start: a crash may have left some)."""
 
     @property
     def me(self) -> str:
@@ -269,7 +271,6 @@ class Groups:
         group_id = after.group_id
         if before is not None and set(before.members) - set(after.members):
             self._rows.drop_outbound(group_id)  # a new session nobody who left can read
-        self._rows.set_member(group_id, self.me in after.members)
         action = update.action
         if isinstance(action, groups.DeleteMessage):
             found = self._store.find(group_peer(group_id), action.message_id)
@@ -428,14 +429,21 @@ class Groups:
     def stash(self, body: content.Plaintext) -> None:
         """Keep an Olm-carried group event to apply after the inbox transaction."""
         self._rows.add_inbox(body.sender, body.sender_device, content.encode(body.content))
+        self._stashed = True
 
     async def process_inbox(self) -> list[Event]:
-        """Apply the stashed group events, in arrival order."""
+        """Apply the stashed group events, in arrival order (no query when none were)."""
+        if not self._stashed:
+            return []
+        self._stashed = False
         events: list[Event] = []
         for entry_id, sender, device, raw in self._rows.inbox():
             try:
                 body = content.decode_content(raw)
                 events += await self._process(sender, device, body)
+            except ServerUnreachable:
+                self._stashed = True  # kept: applied once the server can be asked again
+                raise
             except (ObrolanError, msgspec.DecodeError) as exc:
                 log.warning("a group event from %s/%s was dropped: %s", sender, device, exc)
             with self._store.transaction():
@@ -475,6 +483,8 @@ class Groups:
                     continue
                 key = await self._host.account_key_of(update.actor)
                 after, update = apply_update(current, signed, _known_key(key))
+            except ServerUnreachable:
+                raise  # not the update's fault: it stays stashed (process_inbox)
             except (UpdateRejected, ObrolanError) as exc:
                 events.append(self._warn(group_id, f"a group update from {sender} was "
                                                    f"rejected: {exc}"))

@@ -199,10 +199,6 @@ _SCHEMA_V4 = [
         actor_key TEXT NOT NULL,          -- the account key that verified it
         PRIMARY KEY (group_id, seq)
     )""",
-    """CREATE TABLE groups (
-        group_id TEXT PRIMARY KEY,
-        member   INTEGER NOT NULL DEFAULT 1  -- 0 once we left or were removed
-    )""",
     """CREATE TABLE group_outbound (
         group_id    TEXT PRIMARY KEY,
         pickle      TEXT NOT NULL,

@@ -125,6 +125,10 @@ class AccountKey:
         )
         return SignedDeviceList(device_list=body, signature=self._key.sign(device_list_bytes(body)))
 
+    def sign(self, data: bytes) -> str:
+        """An Ed25519 signature of labelled protocol bytes (``protocol.signing``)."""
+        return self._key.sign(data)
+
     def sign_recovery_key(self, username: str, recovery_key: str) -> str:
         """The ``set_recovery`` signature over a new recovery key."""
         return self._key.sign(recovery_key_bytes(username, recovery_key))

@@ -30,7 +30,6 @@ A chain, start to end::
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import datetime
 import hashlib
@@ -40,7 +39,6 @@ from types import MappingProxyType
 from typing import Literal, assert_never
 
 import msgspec
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from obrolan.crypto.account import AccountKey
 from obrolan.crypto.signatures import verify
@@ -151,8 +149,7 @@ def update_hash(signed: SignedGroupUpdate) -> bytes:
 def sign_update(account: AccountKey, update: GroupUpdate) -> SignedGroupUpdate:
     """Encode an update and sign it with the actor's account key."""
     body = _encode(update)
-    raw = Ed25519PrivateKey.from_private_bytes(account.secret).sign(group_update_bytes(body))
-    return SignedGroupUpdate(update=body, signature=base64.b64encode(raw).decode().rstrip("="))
+    return SignedGroupUpdate(update=body, signature=account.sign(group_update_bytes(body)))
 
 
 def new_group(
