@@ -14,8 +14,14 @@ _USERNAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{2,31}\Z")
 
 
 def new_id() -> str:
-    """A random 128-bit id, base64url without padding (envelope, message and blob ids)."""
-    return base64.urlsafe_b64encode(secrets.token_bytes(16)).rstrip(b"=").decode()
+    """A random 128-bit id, base64url without padding (envelope, message, group and blob ids).
+
+    Never starts with '-': a command line would read ``--group -x3f…`` as two options.
+    """
+    while True:
+        new = base64.urlsafe_b64encode(secrets.token_bytes(16)).rstrip(b"=").decode()
+        if not new.startswith("-"):
+            return new
 
 
 def check_username(username: str) -> str:
