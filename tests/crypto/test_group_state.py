@@ -20,6 +20,7 @@ from obrolan.crypto.group_state import (
     can_post,
     describe,
     new_group,
+    new_group_id,
     next_update,
     peek,
     sign_update,
@@ -34,6 +35,7 @@ from obrolan.protocol.groups import (
     Demote,
     EditInfo,
     GroupAction,
+    GroupId,
     GroupSettings,
     GroupUpdate,
     Invite,
@@ -55,7 +57,7 @@ def _ms(year: int, month: int, day: int, hour: int, minute: int) -> int:
 
 T0 = _ms(2026, 11, 29, 12, 0)
 HOUR = 3600 * 1000
-GROUP = "team-group-000001"
+GROUP = new_group_id("alice", bytes(range(16)))
 INVITE = "invite-0000000001"
 MESSAGE = "message-000000001"
 PEOPLE = ("alice", "bob", "carol", "dave", "mallory")
@@ -270,6 +272,30 @@ def test_group_rejects_create_after_genesis(chain: Chain) -> None:
     chain.refuses(
         "alice", Create(title="Again"), "the group exists already: a create only starts a group"
     )
+
+
+def test_group_id_names_its_creator_so_nobody_else_can_start_it() -> None:
+    """A create whose actor is not the one the id was made for is refused (no squatting)."""
+    squatter = Chain()
+    with pytest.raises(UpdateRejected, match="the group id was not made by mallory"):
+        squatter.create("mallory", Create(title="Team", members=["bob"]))
+    random_id = msgspec.structs.replace(new_group(GROUP, "alice", Create(title="T"), T0),
+                                        group_id="P3fXXjmF7szIwqGEmHDSqQ")
+    with pytest.raises(UpdateRejected, match="the group id was not made by alice"):
+        squatter.apply(sign_update(squatter.keys["alice"], random_id))
+    assert squatter.view is None
+    squatter.create("alice", Create(title="Team", members=["bob"]))
+    assert squatter.state.owner == "alice"
+
+
+def test_group_ids_are_fresh_and_fit_the_wire_type() -> None:
+    ids = {new_group_id("alice") for _ in range(2000)}
+    assert len(ids) == 2000 and {len(i) for i in ids} == {43}
+    assert not any(i.startswith("-") for i in ids)
+    assert all(msgspec.convert(i, GroupId) == i for i in ids)
+    assert new_group_id("alice", bytes(16)) != new_group_id("bob", bytes(16))
+    with pytest.raises(ValueError):
+        new_group_id("alice", b"short")
 
 
 def test_group_rejects_first_update_that_is_not_create_or_not_seq_0() -> None:

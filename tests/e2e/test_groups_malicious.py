@@ -20,7 +20,7 @@ from obrolan.client.groups import GroupError
 from obrolan.client.ids import new_id
 from obrolan.client.models import MessageState
 from obrolan.client.store import now_ms
-from obrolan.crypto.group_state import next_update, sign_update
+from obrolan.crypto.group_state import new_group, next_update, sign_update
 from obrolan.crypto.megolm import OutboundGroupSession
 from obrolan.errors import ServerUnreachable
 from obrolan.protocol import content, groups
@@ -202,6 +202,32 @@ async def test_an_outsider_asking_for_the_chain_gets_nothing(setting) -> None:  
         oscar.groups.view(group_id)
     assert oscar.groups._rows.chain(group_id) == []
     assert oscar.groups.history(group_id) == []  # not even an update to reject arrived
+
+
+async def test_nobody_can_start_a_group_under_someone_elses_id(setting, profiles) -> None:  # type: ignore[no-untyped-def]
+    """oscar learns the group's id (an invite link is shared in the open) and, before alice
+    adds erin, sends erin a create of that id signed by himself, making himself owner.
+    erin's device refuses it, so the real group still reaches her once alice adds her."""
+    shim, c, group_id = setting
+    alice, oscar = c["alice"], c["oscar"]
+    erin = await Client.register(profiles("erin"), shim.url, "erin", None)
+    try:
+        squat = sign_update(oscar._account, new_group(
+            group_id, "oscar", groups.Create(title="Club", members=["erin", "alice"]), now_ms()
+        ))
+        await send_state(oscar, ["erin"], group_id, [squat])
+        await erin.sync(60)
+        assert any("not made by oscar" in w for w in warnings(erin, group_id)), \
+            warnings(erin, group_id)
+        with pytest.raises(GroupError, match="no group"):
+            erin.groups.view(group_id)
+
+        await alice.groups.act(group_id, groups.Add(user="erin"))
+        await everyone_syncs([*c.values(), erin])
+        view = erin.groups.view(group_id)
+        assert view.owner == "alice" and view.head == alice.groups.view(group_id).head
+    finally:
+        await erin.close()
 
 
 async def test_a_group_update_survives_the_connection_breaking_while_it_is_checked(

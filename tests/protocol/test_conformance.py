@@ -95,6 +95,14 @@ def new_id() -> str:
     return base64.urlsafe_b64encode(secrets.token_bytes(16)).rstrip(b"=").decode()
 
 
+def new_group_id(creator: str) -> str:
+    """§23.2: 16 random bytes, then the first 16 of SHA-256 over the label, creator and them."""
+    nonce = secrets.token_bytes(16)
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(b"obrolan-group-id-v1\x00" + creator.encode() + b"\x00" + nonce)
+    return base64.urlsafe_b64encode(nonce + digest.finalize()[:16]).rstrip(b"=").decode()
+
+
 def username() -> str:
     """A fresh username, so tests sharing one server never collide."""
     return "u" + secrets.token_hex(6)
@@ -868,7 +876,7 @@ async def test_spec_client_sends_one_group_message_to_two_devices(connect: Conne
     members = [await registered(connect) for _ in range(2)]
     for _, conn in members:
         await conn.ws.close()
-    group_id = new_id()
+    group_id = new_group_id(alice.user)
     now = int(time.time() * 1000)
 
     megolm = vodozemac.GroupSession()

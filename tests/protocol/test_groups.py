@@ -337,3 +337,22 @@ def test_join_request_names_the_invite_in_force() -> None:
     assert invite.at_ms < request.sent_at_ms < invite.action.expires_at_ms
     assert (plain.recipient, invite.actor) == ("alice", "alice")
     assert "dave" not in replay().members
+
+
+def test_spec_group_id_names_alice_as_its_creator() -> None:
+    """§23.2, computed from the spec's words: n from the sample seed, then t over label, alice, n."""
+    group_id = group_state().group_id
+    nonce = hashlib.sha256(b"obrolan sample group Arisan RT 05").digest()[:16]
+    tag = hashlib.sha256(b"obrolan-group-id-v1\x00alice\x00" + nonce).digest()[:16]
+    assert group_id == base64.urlsafe_b64encode(nonce + tag).rstrip(b"=").decode()
+    assert len(group_id) == 43 and not group_id.startswith("-")
+
+
+def test_chain_under_another_creator_is_refused() -> None:
+    """The same create signed by bob (a squatter who learnt the id) does not start the group."""
+    bob = AccountKey(bytes.fromhex(VECTORS["account_seeds_hex"]["bob"]))
+    create = groups.decode_group_update(raw("group_update_create"))
+    squatted = msgspec.structs.replace(create, actor="bob", action=msgspec.structs.replace(
+        create.action, members=["alice"]))
+    with pytest.raises(UpdateRejected, match="the group id was not made by bob"):
+        apply_update(None, sign_update(bob, squatted), {"bob": bob.public}.get)

@@ -36,6 +36,7 @@ from obrolan.crypto.group_state import (
     apply_update,
     can_post,
     describe,
+    new_group_id,
     peek,
     sign_update,
     update_hash,
@@ -197,7 +198,7 @@ class Groups:
         invited = sorted(set(members) - {self.me})
         for member in invited:
             await self._check_addable(member)
-        group_id = new_id()
+        group_id = new_group_id(self.me)
         action = groups.Create(title=title, members=invited)
         return await self._act(group_id, action, "", genesis=True)
 

@@ -19,7 +19,7 @@ A chain, start to end::
     >>> from obrolan.protocol.groups import Add, Create
     >>> alice = AccountKey.create()
     >>> keys = {"alice": alice.public}
-    >>> first = new_group("0123456789abcdef", "alice", Create(title="Team"), at_ms=0)
+    >>> first = new_group(new_group_id("alice"), "alice", Create(title="Team"), at_ms=0)
     >>> view, _ = apply_update(None, sign_update(alice, first), keys.get)
     >>> view, update = apply_update(
     ...     view, sign_update(alice, next_update(view, "alice", Add(user="bob"), at_ms=1)), keys.get
@@ -30,9 +30,12 @@ A chain, start to end::
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import datetime
 import hashlib
+import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -76,6 +79,7 @@ __all__ = [
     "can_post",
     "describe",
     "new_group",
+    "new_group_id",
     "next_update",
     "peek",
     "sign_update",
@@ -139,6 +143,37 @@ class GroupView:
     def admins(self) -> list[str]:
         """Who moderates (and receives reports): the owner first, then the admins."""
         return [self.owner, *(m.username for m in self.members.values() if m.role == "admin")]
+
+
+_GROUP_ID_LABEL = b"obrolan-group-id-v1"
+
+
+def new_group_id(creator: str, nonce: bytes | None = None) -> str:
+    """A fresh group id that names its creator: 16 random bytes, then a 16-byte tag.
+
+    The tag is SHA-256 over a label, the creator's username and the random bytes,
+    so only a ``create`` whose actor is ``creator`` can start the group: nobody who
+    learns the id (from an invite link, say) can start a group of that id first.
+    """
+    while True:  # drawn again when it starts with '-', which a command line reads as an option
+        fresh = secrets.token_bytes(16) if nonce is None else nonce
+        if len(fresh) != 16:
+            raise ValueError("a group id's nonce is 16 bytes")
+        group_id = base64.urlsafe_b64encode(fresh + _group_id_tag(creator, fresh)).rstrip(b"=")
+        if nonce is not None or not group_id.startswith(b"-"):
+            return group_id.decode()
+
+
+def _group_id_tag(creator: str, nonce: bytes) -> bytes:
+    return hashlib.sha256(b"\x00".join([_GROUP_ID_LABEL, creator.encode(), nonce])).digest()[:16]
+
+
+def _made_by(group_id: str, creator: str) -> bool:
+    try:
+        raw = base64.urlsafe_b64decode(group_id + "=" * (-len(group_id) % 4))
+    except (binascii.Error, ValueError):
+        return False
+    return len(raw) == 32 and secrets.compare_digest(raw[16:], _group_id_tag(creator, raw[:16]))
 
 
 def update_hash(signed: SignedGroupUpdate) -> bytes:
@@ -255,6 +290,8 @@ def _check_chain(view: GroupView | None, update: GroupUpdate) -> None:
             raise UpdateRejected("does not follow this device's state of the group: it has none")
         if update.seq != 0 or update.prev is not None:
             raise UpdateRejected("a group's create must be its first update (seq 0, no prev)")
+        if not _made_by(update.group_id, update.actor):
+            raise UpdateRejected(f"the group id was not made by {update.actor}, who claims to create it")
         return
     if update.group_id != view.group_id:
         raise UpdateRejected(f"the update is for group {update.group_id}, not {view.group_id}")
