@@ -16,7 +16,7 @@ import pytest
 from obrolan.client import Client
 from obrolan.client.enrolment import default_device_name
 from obrolan.client.models import MessageState
-from obrolan.crypto.account import LinkCode
+from obrolan.crypto.account import AccountKey, LinkCode
 from obrolan.errors import ConfigError, CryptoError, DeviceRemoved, RequestRefused
 from obrolan.protocol.codes import ErrorCode
 from tests.e2e.conftest import mailbox_rows
@@ -65,6 +65,71 @@ async def test_messages_reach_every_device_of_both_people(server, profiles, pair
         assert texts(bob, "alice") == expected
         own = [m for m in laptop.history("bob") if m.text == "hi from my phone"]
         assert own[0].outgoing and own[0].state is MessageState.SENT
+    finally:
+        await phone.close()
+
+
+async def test_a_linked_device_starts_with_the_contacts_and_their_settings(
+    server, profiles, pair  # type: ignore[no-untyped-def]
+) -> None:
+    """Linked without history, the phone still knows whom alice talks to: bob's accepted
+    conversation with its timer, carol's unanswered request, dave blocked; and it shows a
+    message from bob at once instead of as a request."""
+    laptop, bob = pair
+    carol = await Client.register(profiles("carol"), server.url, "carol", None)
+    dave = await Client.register(profiles("dave"), server.url, "dave", None)
+    try:
+        await bob.send("alice", "hi")
+        await carol.send("alice", "may I write to you?")
+        await dave.send("alice", "buy my stuff")
+        for sender in (bob, carol, dave):
+            await sender.flush(30)
+        await laptop.sync()
+        await laptop.set_timer("bob", 3600)
+        laptop.block("dave")
+        phone = await link(server, profiles, laptop, "phone")
+    finally:
+        await carol.close()
+        await dave.close()
+    try:
+        pins = {c.username: c.identity_key for c in phone.contacts()}
+        assert pins == {"bob": bob.account_key, "carol": carol.account_key,
+                        "dave": dave.account_key}
+        assert phone.timer("bob") == 3600
+        assert phone.requests() == ["carol"] and phone.blocked() == ["dave"]
+        await bob.sync()  # bob's next connection reads alice's list, with the phone
+        await bob.send("alice", "seen on the phone?")
+        await bob.flush(30)
+        [received] = await phone.sync()
+        assert received.text == "seen on the phone?" and phone.requests() == ["carol"]
+    finally:
+        await phone.close()
+
+
+async def test_contacts_beyond_the_answers_room_are_left_out_least_recent_first(
+    server, profiles, pair  # type: ignore[no-untyped-def]
+) -> None:
+    """3,000 contacts do not fit a link answer: the approval still goes through, within the
+    server's limit, carrying the contacts alice talked to last and leaving out the rest."""
+    laptop, bob = pair
+    with laptop._store.transaction():
+        for number in range(3000):
+            laptop._store.pin_contact(f"user{number:04}", AccountKey.create().public, 1)
+    await bob.send("alice", "most recent")
+    await bob.flush(30)
+    await laptop.sync()
+    codes: asyncio.Queue[LinkCode] = asyncio.Queue()
+    linking = asyncio.create_task(Client.link(
+        profiles("phone"), server.url, "alice", None, codes.put_nowait, device_name="phone"
+    ))
+    approval = await laptop.approve(str(await asyncio.wait_for(codes.get(), 15)))
+    phone = await asyncio.wait_for(linking, 15)
+    try:
+        assert approval.contacts_left_out > 0
+        assert approval.contacts_shared + approval.contacts_left_out == 3001
+        carried = {c.username for c in phone.contacts()}
+        assert len(carried) == approval.contacts_shared and "bob" in carried
+        assert "user0000" in carried and "user2999" not in carried  # then by name
     finally:
         await phone.close()
 

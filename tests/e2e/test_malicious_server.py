@@ -7,6 +7,7 @@ frames the shim recorded.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator, Callable
@@ -17,7 +18,7 @@ import pytest
 
 from obrolan.client import Client
 from obrolan.client.models import MessageState
-from obrolan.crypto.account import AccountKey, device_entry
+from obrolan.crypto.account import AccountKey, LinkCode, device_entry
 from obrolan.crypto.device import DeviceIdentity
 from obrolan.errors import IdentityChanged
 from obrolan.protocol.frames import DeviceList
@@ -134,3 +135,33 @@ async def test_a_changed_key_of_an_unverified_contact_is_a_warning(attacked) -> 
     assert contact.key_changed and not contact.verified
     assert await alice.safety_number("bob") != before
     assert any("account key has changed" in n for n in notices(alice, "bob"))
+
+
+async def test_a_newly_linked_device_keeps_the_pin_and_verification(attacked, profiles) -> None:  # type: ignore[no-untyped-def]
+    """alice verified bob on her laptop, then links a tablet without history. The server
+    shows the tablet another key for bob: it was handed alice's pin, so it refuses to send
+    instead of trusting the server's key on first contact."""
+    shim, alice, bob = attacked
+    assert alice.mark_verified("bob", bob.account_key)
+    codes: asyncio.Queue[LinkCode] = asyncio.Queue()
+    linking = asyncio.create_task(Client.link(
+        profiles("alice-tablet"), shim.url, "alice", None, codes.put_nowait, device_name="tablet"
+    ))
+    approval = await alice.approve(str(await asyncio.wait_for(codes.get(), 15)))
+    assert (approval.contacts_shared, approval.contacts_left_out) == (1, 0)
+    tablet = await asyncio.wait_for(linking, 15)
+    try:
+        [contact] = tablet.contacts()
+        assert (contact.username, contact.identity_key, contact.verified) == (
+            "bob", bob.account_key, True)
+        shim.rewrite = replace_account_key("bob")
+        queued = await tablet.send("bob", "must not reach the server's device")
+        await tablet.flush(30)
+        failed = tablet.message(queued.message_id, "alice")
+        assert failed is not None and failed.state is MessageState.FAILED
+        with pytest.raises(IdentityChanged):
+            await tablet.send("bob", "still refused")
+        assert envelopes_to(shim, EVIL) == []
+        assert any("account key has changed" in n for n in notices(tablet, "bob"))
+    finally:
+        await tablet.close()

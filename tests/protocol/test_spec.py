@@ -74,6 +74,7 @@ RECORDS: list[type[msgspec.Struct]] = [
     content.VerifyCancel,
     content.NewDeviceOffer,
     content.LinkSecrets,
+    content.LinkedContact,
     groups.GroupUpdate,
     groups.GroupSettings,
     groups.SignedGroupUpdate,

@@ -115,13 +115,20 @@ async def cmd_devices(args: argparse.Namespace) -> int:
 
 async def cmd_approve(args: argparse.Namespace) -> int:
     async with Client.open(args.profile, passphrase_for(args.profile)) as client:
-        device = await client.approve(args.code, with_history=args.with_history)
-        print(f"added device {device.device_id} ({device.name}) to {client.username}",
+        approval = await client.approve(args.code, with_history=args.with_history)
+        device = approval.device
+        print(f"added device {device.device_id} ({device.name}) to {client.username}, "
+              f"with {approval.contacts_shared} contact(s) and their safety state",
               file=sys.stderr)
+        if approval.contacts_left_out:
+            print(f"{approval.contacts_left_out} contact(s) you talked to least did not fit; "
+                  f"the new device will trust their keys on first contact, so compare safety "
+                  f"numbers there if it matters", file=sys.stderr)
         if args.with_history:
             await _send_history(client, device.device_id)
     if args.json:
-        print_json(device.as_json())
+        print_json({**device.as_json(), "contacts_shared": approval.contacts_shared,
+                    "contacts_left_out": approval.contacts_left_out})
     return 0
 
 

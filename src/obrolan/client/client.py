@@ -29,7 +29,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -57,7 +57,15 @@ from obrolan.client.groups import Groups
 from obrolan.client.history_transfer import INCOMING as INCOMING_HISTORY
 from obrolan.client.history_transfer import HistoryTransfers
 from obrolan.client.ids import check_username, new_id
-from obrolan.client.models import Contact, Device, Event, Message, MessageState, Whoami
+from obrolan.client.models import (
+    Approval,
+    Contact,
+    Device,
+    Event,
+    Message,
+    MessageState,
+    Whoami,
+)
 from obrolan.client.store import OutboxEntry, Store, now_ms
 from obrolan.client.vault import Vault, open_vault
 from obrolan.crypto.account import (
@@ -392,9 +400,11 @@ class Client:
         self._views.pop(self.username, None)
         return signed
 
-    async def approve(self, code_text: str, *, with_history: bool = False) -> Device:
+    async def approve(self, code_text: str, *, with_history: bool = False) -> Approval:
         """Add the new device showing ``code_text`` to this account and hand it the secrets.
 
+        The secrets include our contacts (pinned keys, verification, conversation
+        settings), so the new device trusts nobody anew and knows whom we talk to.
         ``with_history`` tells the new device that :meth:`send_history` follows.
 
         Raises:
@@ -420,7 +430,7 @@ class Client:
             seal_name(self._data_key, self.username, offer.device.device_id, offer.name),
         )
         published = await self._publish([*listed.devices, entry])
-        secrets = content.LinkSecrets(
+        bare = content.LinkSecrets(
             username=self.username,
             approver_device=self.device_id,
             account_secret=self._account.secret,
@@ -428,6 +438,9 @@ class Client:
             device_list=published,
             history=with_history,
         )
+        known = self._linked_contacts()
+        shared = _fit_contacts(bare, known)
+        secrets = msgspec.structs.replace(bare, contacts=shared)
         session = self._identity.outbound_session(offer.device.curve25519, offer.one_time_key.key)
         sealed = session.encrypt(content.encode(secrets), self._identity.curve25519)
         with self._store.transaction():
@@ -440,8 +453,29 @@ class Client:
             )
         )
         self.groups.share_with_own_device(offer.device.device_id)
-        return Device(offer.device.device_id, offer.name, entry.added, None,
-                      offer.device.ed25519, False)
+        device = Device(offer.device.device_id, offer.name, entry.added, None,
+                        offer.device.ed25519, False)
+        return Approval(device, len(shared), len(known) - len(shared))
+
+    def _linked_contacts(self) -> list[content.LinkedContact]:
+        """Our contacts as a new device of ours should start out knowing them."""
+        linked = []
+        for contact in self._store.contacts_by_last_message():
+            conversation = self._store.conversation(contact.username)
+            state: Literal["accepted", "request", "blocked"] | None = None
+            if conversation is not None:
+                state = ("blocked" if conversation.blocked
+                         else "accepted" if conversation.accepted else "request")
+            linked.append(content.LinkedContact(
+                username=contact.username,
+                account_key=contact.identity_key,
+                verified=contact.verified,
+                # a pending key change restarted the versions for the changed key
+                list_version=0 if contact.changed_key else contact.list_version,
+                conversation=state,
+                timer_seconds=conversation.timer_seconds if conversation else None,
+            ))
+        return linked
 
     async def rename_device(self, device_id: str, name: str) -> None:
         """Give one of this account's devices a new name (sealed: only our devices read it)."""
@@ -1451,6 +1485,29 @@ class _Opened:
     async def __aexit__(self, *exc: object) -> None:
         if self._client is not None:
             await self._client.close()
+
+
+_ANSWER_HEADROOM = 1024
+"""Bytes kept free in a link answer for the Olm pre-key header, MAC and JSON around the body."""
+
+
+def _fit_contacts(
+    bare: content.LinkSecrets, known: list[content.LinkedContact]
+) -> list[content.LinkedContact]:
+    """The first of ``known`` that keep the link answer within the server's limit.
+
+    The answer carries the Olm message in base64 (4 bytes per 3), so the
+    plaintext may take three quarters of the limit, less some headroom.
+    """
+    budget = (frames.MAX_LINK_ANSWER_BYTES * 3 // 4 - _ANSWER_HEADROOM
+              - len(content.encode(bare)))
+    fitted: list[content.LinkedContact] = []
+    for contact in known:
+        budget -= len(content.encode(contact)) + 1  # and the comma before it
+        if budget < 0:
+            break
+        fitted.append(contact)
+    return fitted
 
 
 def _required(value: str | None) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-__all__ = ["Contact", "Device", "Event", "Message", "MessageState", "Whoami"]
+__all__ = ["Approval", "Contact", "Device", "Event", "Message", "MessageState", "Whoami"]
 
 
 class MessageState(enum.StrEnum):
@@ -174,6 +174,17 @@ class Device:
             "ed25519": self.ed25519,
             "current": self.current,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    """What approving a new device did."""
+
+    device: Device
+    contacts_shared: int
+    """Contacts whose pinned keys, verification and conversation went to the new device."""
+    contacts_left_out: int
+    """Contacts that did not fit the answer: the new device pins them on first contact."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -366,6 +366,15 @@ class Store:
         ).fetchall()
         return [_contact(r) for r in rows]
 
+    def contacts_by_last_message(self) -> list[Contact]:
+        """Every contact, the one we last exchanged a 1:1 message with first."""
+        rows = self._db.execute(
+            f"SELECT {_CONTACT_COLUMNS} FROM contacts ORDER BY "
+            "(SELECT MAX(id) FROM messages WHERE peer = contacts.username) DESC NULLS LAST, "
+            "username"
+        ).fetchall()
+        return [_contact(r) for r in rows]
+
     def pin_contact(self, username: str, account_key: str, list_version: int) -> None:
         """Pin a new contact's account key (no-op if already pinned)."""
         self._db.execute(

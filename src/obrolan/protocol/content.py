@@ -38,6 +38,7 @@ __all__ = [
     "GroupSync",
     "HistoryTransfer",
     "LinkSecrets",
+    "LinkedContact",
     "NewDeviceOffer",
     "OlmCiphertext",
     "Plaintext",
@@ -341,6 +342,22 @@ class NewDeviceOffer(msgspec.Struct, frozen=True):
     name: Annotated[str, msgspec.Meta(max_length=64)]
 
 
+class LinkedContact(msgspec.Struct, frozen=True):
+    """A contact as the approving device knows it, so the new device does not trust anew."""
+
+    username: Username
+    account_key: PublicKey
+    """The account key the approving device pinned (not a changed one it is warning about)."""
+    verified: bool
+    """The user compared safety numbers (or ran SAS) with this contact."""
+    list_version: Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
+    """The highest device-list version seen: an older list is refused on the new device too."""
+    conversation: Literal["accepted", "request", "blocked"] | None
+    """The 1:1 conversation's state, or None when there is none (a fellow group member)."""
+    timer_seconds: TimerSeconds | None
+    """The conversation's disappearing-message timer, if set."""
+
+
 class LinkSecrets(msgspec.Struct, frozen=True):
     """The approving device's answer: the account secrets, inside an Olm pre-key message."""
 
@@ -354,6 +371,8 @@ class LinkSecrets(msgspec.Struct, frozen=True):
     """The list the approver published, which holds the new device."""
     history: bool
     """True when a ``history`` transfer follows."""
+    contacts: list[LinkedContact] = []
+    """The approver's contacts, most recently talked to first, as many as fit the answer."""
 
 
 _encoder = msgspec.json.Encoder()

@@ -20,6 +20,7 @@ from obrolan.protocol.codes import ErrorCode
 from obrolan.protocol.limits import Limits
 
 __all__ = [
+    "MAX_LINK_ANSWER_BYTES",
     "Ack",
     "Authenticate",
     "Challenge",
@@ -81,6 +82,9 @@ RequestId = Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
 LinkId = Annotated[str, msgspec.Meta(pattern=r"^[A-Z2-7]{8}\Z")]
 """The public half of a link code: 8 characters of RFC 4648 base32."""
 Day = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")]
+
+MAX_LINK_ANSWER_BYTES = 262144
+"""The largest ``link_approve`` answer: the approver fits the new device's secrets to it."""
 """A UTC calendar day, ``YYYY-MM-DD``."""
 
 
@@ -295,7 +299,7 @@ class LinkApprove(_Frame, frozen=True, tag="link_approve"):
 
     id: RequestId
     link_id: LinkId
-    answer: Annotated[bytes, msgspec.Meta(max_length=262144)]
+    answer: Annotated[bytes, msgspec.Meta(max_length=MAX_LINK_ANSWER_BYTES)]
     """An ``OlmCiphertext`` (JSON) to the new device, holding ``LinkSecrets``."""
 
 
