@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from obrolan.client import Client
+from obrolan.client.connection import Connection, ServerAddress
 from obrolan.protocol.frames import ClaimedKeys, ClaimKeys
 from tests.e2e.conftest import Cli
 from tests.support.raw_client import RawClient, RawDevice
@@ -92,3 +96,32 @@ def _unclaimed_keys(server: ServerProcess, username: str) -> int:
             (username,),
         ).fetchone()
     return int(count)
+
+
+async def test_a_connection_attempt_cancelled_midway_closes_what_it_opened() -> None:
+    """A client closed while still connecting (the CLI's ``download`` when the file is
+    already here) must leave no HTTP session open: one printed a traceback at exit."""
+    held: list[asyncio.StreamWriter] = []  # accepted and never answered
+    silent = await asyncio.start_server(lambda _, writer: held.append(writer), "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    leaks: list[str] = []
+    loop.set_exception_handler(lambda _, context: leaks.append(context["message"]))
+    try:
+        attempt = asyncio.create_task(
+            Connection.open(ServerAddress.parse(f"http://127.0.0.1:{port}"))
+        )
+        while not held:
+            await asyncio.sleep(0.01)
+        attempt.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await attempt
+        del attempt
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+        for writer in held:
+            writer.close()
+        silent.close()
+    assert leaks == []

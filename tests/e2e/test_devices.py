@@ -42,7 +42,7 @@ def texts(client: Client, peer: str) -> list[tuple[str, str]]:
 async def test_messages_reach_every_device_of_both_people(server, profiles, pair) -> None:  # type: ignore[no-untyped-def]
     laptop, bob = pair
     phone = await link(server, profiles, laptop, "phone")
-    phone.accept("bob")  # a new device without history knows no accepted conversation yet
+    phone.accept("bob")  # the laptop has not met bob yet: no contact of his to hand over
     try:
         assert {d.name for d in await laptop.devices()} == {"phone", default_device_name()}
         await bob.send("alice", "hello alice")

@@ -124,28 +124,37 @@ class Connection:
         """
         http = aiohttp.ClientSession()
         try:
+            ws, challenge = await cls._connect(http, address)
+        except BaseException:
+            # Also when cancelled mid-connect (a client closing): an unclosed session would
+            # print a traceback at exit.
+            await http.close()
+            raise
+        return cls(http, ws, challenge, address)
+
+    @staticmethod
+    async def _connect(
+        http: aiohttp.ClientSession, address: ServerAddress
+    ) -> tuple[aiohttp.ClientWebSocketResponse, frames.Challenge]:
+        try:
             ws = await http.ws_connect(
                 address.ws_url, ssl=address.ssl, heartbeat=30.0, max_msg_size=0,
                 timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
             )
             first = await asyncio.wait_for(ws.receive(), REQUEST_TIMEOUT)
-            if first.type != aiohttp.WSMsgType.TEXT:
-                raise ServerUnreachable(address.url, "the server closed the connection")
-            challenge = frames.decode_server_frame(first.data)
-            if not isinstance(challenge, frames.Challenge):
-                raise ServerUnreachable(address.url, "the server did not send a challenge")
         except aiohttp.ClientConnectorCertificateError as exc:
-            await http.close()
             raise ServerUnreachable(address.url, f"certificate not trusted ({exc.certificate_error})") from None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            await http.close()
             raise ServerUnreachable(address.url, _describe(exc)) from None
-        except (ServerUnreachable, RemoteProtocolError) as exc:
-            await http.close()
-            if isinstance(exc, ServerUnreachable):
-                raise
+        if first.type != aiohttp.WSMsgType.TEXT:
+            raise ServerUnreachable(address.url, "the server closed the connection")
+        try:
+            challenge = frames.decode_server_frame(first.data)
+        except RemoteProtocolError:
             raise ServerUnreachable(address.url, "it does not speak the obrolan protocol") from None
-        return cls(http, ws, challenge, address)
+        if not isinstance(challenge, frames.Challenge):
+            raise ServerUnreachable(address.url, "the server did not send a challenge")
+        return ws, challenge
 
     async def handshake(
         self, frame: frames.Register | frames.Authenticate | frames.Recover
