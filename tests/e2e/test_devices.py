@@ -73,8 +73,9 @@ async def test_a_linked_device_starts_with_the_contacts_and_their_settings(
     server, profiles, pair  # type: ignore[no-untyped-def]
 ) -> None:
     """Linked without history, the phone still knows whom alice talks to: bob's accepted
-    conversation with its timer, carol's unanswered request, dave blocked; and it shows a
-    message from bob at once instead of as a request."""
+    conversation with its timer, carol's key (her unanswered request stays with its
+    messages on the laptop), dave blocked; and it shows bob's next message at once
+    instead of as a request."""
     laptop, bob = pair
     carol = await Client.register(profiles("carol"), server.url, "carol", None)
     dave = await Client.register(profiles("dave"), server.url, "dave", None)
@@ -96,14 +97,53 @@ async def test_a_linked_device_starts_with_the_contacts_and_their_settings(
         assert pins == {"bob": bob.account_key, "carol": carol.account_key,
                         "dave": dave.account_key}
         assert phone.timer("bob") == 3600
-        assert phone.requests() == ["carol"] and phone.blocked() == ["dave"]
+        assert phone.requests() == [] and phone.blocked() == ["dave"]
         await bob.sync()  # bob's next connection reads alice's list, with the phone
         await bob.send("alice", "seen on the phone?")
         await bob.flush(30)
         [received] = await phone.sync()
-        assert received.text == "seen on the phone?" and phone.requests() == ["carol"]
+        assert received.text == "seen on the phone?" and phone.requests() == []
     finally:
         await phone.close()
+
+
+async def test_what_the_user_decides_about_a_contact_reaches_their_other_devices(
+    server, profiles, pair  # type: ignore[no-untyped-def]
+) -> None:
+    """alice verifies bob and blocks carol on her laptop: her phone does the same; she
+    unblocks carol on the phone: the laptop follows (spec §18.1)."""
+    laptop, bob = pair
+    carol = await Client.register(profiles("carol"), server.url, "carol", None)
+    try:
+        await bob.send("alice", "hi")
+        await carol.send("alice", "hello?")
+        for sender in (bob, carol):
+            await sender.flush(30)
+        await laptop.sync()
+        phone = await link(server, profiles, laptop, "phone")
+        try:
+            assert laptop.mark_verified("bob", bob.account_key)
+            laptop.block("carol")
+            await laptop.flush(30)
+            await phone.sync()
+            [pinned] = [c for c in phone.contacts() if c.username == "bob"]
+            assert pinned.verified and pinned.identity_key == bob.account_key
+            assert phone.blocked() == ["carol"]
+            assert f"you verified bob's account key on your device {laptop.device_id}" in [
+                m.text for m in phone.history("bob")]
+
+            phone.block("carol", blocked=False)
+            await phone.flush(30)
+            await laptop.sync()
+            assert laptop.blocked() == [] and laptop.requests() == ["carol"]
+            await carol.send("alice", "still there?")
+            await carol.flush(30)
+            await laptop.sync()
+            assert "still there?" in [m.text for m in laptop.history("carol")]
+        finally:
+            await phone.close()
+    finally:
+        await carol.close()
 
 
 async def test_contacts_beyond_the_answers_room_are_left_out_least_recent_first(

@@ -165,3 +165,29 @@ async def test_a_newly_linked_device_keeps_the_pin_and_verification(attacked, pr
         assert any("account key has changed" in n for n in notices(tablet, "bob"))
     finally:
         await tablet.close()
+
+
+async def test_a_key_another_own_device_was_shown_is_a_warning_not_a_pin(attacked, server, profiles) -> None:  # type: ignore[no-untyped-def]
+    """alice's tablet talks to the real server; her laptop is shown another key for bob,
+    and she accepts it there. The tablet does not take that key on the laptop's word: it
+    was shown bob's real key, so it warns that her devices disagree (spec §18.1 case 4)."""
+    shim, alice, bob = attacked
+    codes: asyncio.Queue[LinkCode] = asyncio.Queue()
+    linking = asyncio.create_task(Client.link(
+        profiles("alice-tablet"), server.url, "alice", None, codes.put_nowait, device_name="tablet"
+    ))
+    await alice.approve(str(await asyncio.wait_for(codes.get(), 15)))
+    tablet = await asyncio.wait_for(linking, 15)
+    try:
+        shim.rewrite = replace_account_key("bob")
+        alice._views.clear()  # as when the cached list expires (after 5 minutes)
+        await alice.send("bob", "the laptop looks at bob's list again")
+        await alice.flush(30)
+        assert alice.trust("bob")  # the user accepts the key the laptop was shown
+        await alice.flush(30)
+        await tablet.sync()
+        [contact] = [c for c in tablet.contacts() if c.username == "bob"]
+        assert contact.identity_key == bob.account_key and contact.key_changed
+        assert any("was shown another account key for bob" in n for n in notices(tablet, "bob"))
+    finally:
+        await tablet.close()

@@ -204,6 +204,17 @@ def test_history_sample_goes_from_one_own_device_to_another() -> None:
     assert len(body.archive.key) == len(body.archive.sha256) == 32
 
 
+def test_contact_update_goes_from_one_own_device_to_another() -> None:
+    """bob's phone tells his tablet it verified alice: own account, no counter, alice's key."""
+    plain = content.decode_plaintext(raw("plaintext_contact"))
+    body = plain.content
+    assert isinstance(body, content.ContactUpdate)
+    assert (plain.sender, plain.recipient) == ("bob", "bob")
+    assert (plain.sender_device, plain.recipient_device) == ("phone", "tablet")
+    assert plain.counter is None and plain.sent_to is None
+    assert body.contact.account_key == account_key("alice").public and body.contact.verified
+
+
 def test_sent_to_copy_is_addressed_to_the_senders_own_device() -> None:
     """A sent transcript names the sender's own account as recipient and the peer in sent_to."""
     plain = content.decode_plaintext(raw("plaintext_sent_to"))

@@ -28,6 +28,7 @@ CONTENT_SAMPLES: dict[str, type[msgspec.Struct]] = {
     "plaintext_reply": content.Plaintext,
     "plaintext_sent_to": content.Plaintext,
     "plaintext_history": content.Plaintext,
+    "plaintext_contact": content.Plaintext,
     "plaintext_verify_start": content.Plaintext,
     "plaintext_verify_key": content.Plaintext,
     "plaintext_verify_mac": content.Plaintext,

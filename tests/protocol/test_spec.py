@@ -68,6 +68,7 @@ RECORDS: list[type[msgspec.Struct]] = [
     content.Typing,
     content.Timer,
     content.HistoryTransfer,
+    content.ContactUpdate,
     content.VerifyStart,
     content.VerifyKey,
     content.VerifyMac,

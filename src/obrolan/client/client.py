@@ -29,10 +29,11 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
+from obrolan.client import contact_sync
 from obrolan.client.archive import ImportSummary
 from obrolan.client.attachments import (
     BlobClient,
@@ -438,8 +439,8 @@ class Client:
             device_list=published,
             history=with_history,
         )
-        known = self._linked_contacts()
-        shared = _fit_contacts(bare, known)
+        known = contact_sync.linked_contacts(self._store)
+        shared = contact_sync.fit_link_answer(bare, known)
         secrets = msgspec.structs.replace(bare, contacts=shared)
         session = self._identity.outbound_session(offer.device.curve25519, offer.one_time_key.key)
         sealed = session.encrypt(content.encode(secrets), self._identity.curve25519)
@@ -456,26 +457,6 @@ class Client:
         device = Device(offer.device.device_id, offer.name, entry.added, None,
                         offer.device.ed25519, False)
         return Approval(device, len(shared), len(known) - len(shared))
-
-    def _linked_contacts(self) -> list[content.LinkedContact]:
-        """Our contacts as a new device of ours should start out knowing them."""
-        linked = []
-        for contact in self._store.contacts_by_last_message():
-            conversation = self._store.conversation(contact.username)
-            state: Literal["accepted", "request", "blocked"] | None = None
-            if conversation is not None:
-                state = ("blocked" if conversation.blocked
-                         else "accepted" if conversation.accepted else "request")
-            linked.append(content.LinkedContact(
-                username=contact.username,
-                account_key=contact.identity_key,
-                verified=contact.verified,
-                # a pending key change restarted the versions for the changed key
-                list_version=0 if contact.changed_key else contact.list_version,
-                conversation=state,
-                timer_seconds=conversation.timer_seconds if conversation else None,
-            ))
-        return linked
 
     async def rename_device(self, device_id: str, name: str) -> None:
         """Give one of this account's devices a new name (sealed: only our devices read it)."""
@@ -561,6 +542,7 @@ class Client:
             done = self._store.set_verified(username, account_key)
             if done:
                 self._conversations.notice(username, f"you verified {username}'s account key")
+                self._tell_own_devices(username)
         return done
 
     async def send_verification(
@@ -851,6 +833,7 @@ class Client:
         with self._store.transaction():
             self._store.open_conversation(username, accepted=True)
             self._store.set_conversation(username, accepted=True, blocked=False)
+            self._tell_own_devices(username)
 
     def block(self, username: str, blocked: bool = True) -> None:
         """Drop everything ``username`` sends from now on, silently (or stop doing so)."""
@@ -858,6 +841,40 @@ class Client:
         with self._store.transaction():
             self._store.open_conversation(username, accepted=not blocked)
             self._store.set_conversation(username, blocked=blocked)
+            self._tell_own_devices(username)
+
+    def _tell_own_devices(self, username: str) -> None:
+        """Queue what we now know of ``username`` for our other devices (in a transaction).
+
+        With no other device the entry goes nowhere; a device linked later is told at linking.
+        """
+        linked = contact_sync.linked_contact(self._store, username)
+        if linked is not None:  # a contact not met yet has no key to tell about
+            self._queue(self.username, content.ContactUpdate(
+                message_id=new_id(), sent_at_ms=now_ms(), contact=linked
+            ))
+
+    def _adopt(self, device_id: str, contact: content.LinkedContact) -> list[Event]:
+        """Take in what another device of ours knows of a contact (spec §18.1)."""
+        username = contact.username
+        if username == self.username:
+            return []
+        before = self._store.contact(username)
+        adopted = contact_sync.adopt(self._store, contact)
+        self._views.pop(username, None)
+        after = self._store.contact(username)
+        notice = None
+        if adopted is contact_sync.Adopted.OTHER_KEY:
+            notice = (f"⚠ your device {device_id} was shown another account key for {username} "
+                      f"than this device: compare safety numbers with {username}, then "
+                      f"`obrolan trust {username}` if the new key is theirs")
+        elif adopted is contact_sync.Adopted.TRUSTED:
+            notice = f"you accepted {username}'s new account key on your device {device_id}"
+        elif after is not None and after.verified and not (before and before.verified):
+            notice = f"you verified {username}'s account key on your device {device_id}"
+        if notice is None:
+            return []
+        return [Event("message", username, self._conversations.notice(username, notice))]
 
     def blocked(self) -> list[str]:
         return [c.peer for c in self._store.conversations() if c.blocked]
@@ -1000,6 +1017,7 @@ class Client:
             self._conversations.notice(
                 username, f"you accepted {username}'s new account key (not verified)"
             )
+            self._tell_own_devices(username)
         self._views.pop(username, None)
         return True
 
@@ -1411,11 +1429,13 @@ class Client:
                 self._store.set_meta(INCOMING_HISTORY, content.encode(kind).decode())
                 self._notify()
                 return [Event("history", self.username)]
+            if isinstance(kind, content.ContactUpdate):
+                return self._adopt(body.sender_device, kind.contact)
             if body.sent_to is None:
                 return []
             return self._conversations.receive(body, None)
-        if body.sent_to is not None or isinstance(kind, content.HistoryTransfer):
-            return []  # only our own devices send transcripts and history
+        if body.sent_to is not None or isinstance(kind, content.OWN_DEVICES_ONLY):
+            return []  # only our own devices send transcripts, history and contact updates
         contact = self._store.contact(body.sender)
         warning: str | None = None
         if contact is not None and contact.key_changed:
@@ -1485,29 +1505,6 @@ class _Opened:
     async def __aexit__(self, *exc: object) -> None:
         if self._client is not None:
             await self._client.close()
-
-
-_ANSWER_HEADROOM = 1024
-"""Bytes kept free in a link answer for the Olm pre-key header, MAC and JSON around the body."""
-
-
-def _fit_contacts(
-    bare: content.LinkSecrets, known: list[content.LinkedContact]
-) -> list[content.LinkedContact]:
-    """The first of ``known`` that keep the link answer within the server's limit.
-
-    The answer carries the Olm message in base64 (4 bytes per 3), so the
-    plaintext may take three quarters of the limit, less some headroom.
-    """
-    budget = (frames.MAX_LINK_ANSWER_BYTES * 3 // 4 - _ANSWER_HEADROOM
-              - len(content.encode(bare)))
-    fitted: list[content.LinkedContact] = []
-    for contact in known:
-        budget -= len(content.encode(contact)) + 1  # and the comma before it
-        if budget < 0:
-            break
-        fitted.append(contact)
-    return fitted
 
 
 def _required(value: str | None) -> str:

@@ -28,6 +28,7 @@ from typing import Any
 
 import msgspec
 
+from obrolan.client import contact_sync
 from obrolan.client.connection import Connection, ServerAddress
 from obrolan.client.conversation import JOINED_LATE
 from obrolan.client.ids import check_username, new_id
@@ -301,28 +302,14 @@ async def enrol_by_link(
                           if d.keys.device_id == secrets.approver_device)
             store.save_session(sender.curve25519, session.session_id,
                                session.pickle(vault.pickle_key))
-            _adopt_contacts(store, username, secrets.contacts)
+            for contact in secrets.contacts:
+                if contact.username != username:  # our own account is no contact
+                    contact_sync.adopt(store, contact)
     except BaseException:
         vault.close()
         _remove_profile(profile_dir)
         raise
     return Enrolled(vault, store, identity, history_follows=secrets.history)
-
-
-def _adopt_contacts(store: Store, username: str, contacts: list[content.LinkedContact]) -> None:
-    """Start out knowing the approving device's contacts: same pins, same conversations."""
-    for contact in contacts:
-        if contact.username == username:
-            continue  # our own account is no contact
-        store.pin_contact(contact.username, contact.account_key, contact.list_version)
-        if contact.verified:
-            store.set_verified(contact.username, contact.account_key)
-        if contact.conversation is not None:
-            store.open_conversation(contact.username,
-                                    accepted=contact.conversation != "request")
-            store.set_conversation(contact.username,
-                                   blocked=contact.conversation == "blocked",
-                                   timer_seconds=contact.timer_seconds)
 
 
 def _open_answer(

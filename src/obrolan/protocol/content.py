@@ -26,8 +26,10 @@ __all__ = [
     "DELETE_WINDOW_MS",
     "EPHEMERAL",
     "GROUP_CONTROL",
+    "OWN_DEVICES_ONLY",
     "VERIFICATION",
     "Attachment",
+    "ContactUpdate",
     "Content",
     "Delete",
     "Edit",
@@ -185,6 +187,34 @@ class HistoryTransfer(msgspec.Struct, frozen=True, tag_field="kind", tag="histor
     """How many messages the archive holds (for progress and the final check)."""
 
 
+class LinkedContact(msgspec.Struct, frozen=True):
+    """A contact as the approving device knows it, so the new device does not trust anew."""
+
+    username: Username
+    account_key: PublicKey
+    """The account key the approving device pinned (not a changed one it is warning about)."""
+    verified: bool
+    """The user compared safety numbers (or ran SAS) with this contact."""
+    list_version: Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
+    """The highest device-list version seen: an older list is refused on the new device too."""
+    conversation: Literal["accepted", "request", "blocked"] | None
+    """The 1:1 conversation's state, or None when there is none (a fellow group member)."""
+    timer_seconds: TimerSeconds | None
+    """The conversation's disappearing-message timer, if set."""
+
+
+class ContactUpdate(msgspec.Struct, frozen=True, tag_field="kind", tag="contact"):
+    """What the user decided about a contact on one device, for the account's other devices.
+
+    Sent on verifying, trusting a changed key, accepting and (un)blocking; only
+    accepted from a device in the account's own signed list.
+    """
+
+    message_id: MessageId
+    sent_at_ms: int
+    contact: LinkedContact
+
+
 Txn = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{16,64}\Z")]
 """Names one verification between two devices (chosen by the device that starts it)."""
 
@@ -288,6 +318,7 @@ Content = (
     | Typing
     | Timer
     | HistoryTransfer
+    | ContactUpdate
     | VerifyStart
     | VerifyKey
     | VerifyMac
@@ -306,7 +337,10 @@ VERIFICATION = (VerifyStart, VerifyKey, VerifyMac, VerifyCancel)
 GROUP_CONTROL = (GroupKey, GroupState, GroupJoinRequest, GroupSync, GroupReport)
 """Kinds that carry group state and keys over Olm (never a 1:1 conversation event)."""
 
-EPHEMERAL = (Receipt, Typing, HistoryTransfer, *VERIFICATION, *GROUP_CONTROL)
+OWN_DEVICES_ONLY = (HistoryTransfer, ContactUpdate)
+"""Kinds only the account's own devices send each other."""
+
+EPHEMERAL = (Receipt, Typing, *OWN_DEVICES_ONLY, *VERIFICATION, *GROUP_CONTROL)
 """Kinds that carry no counter: they are never stored as conversation events."""
 
 DELETE_WINDOW_MS = 48 * 3600 * 1000
@@ -340,22 +374,6 @@ class NewDeviceOffer(msgspec.Struct, frozen=True):
     one_time_key: OneTimeKey
     """A one-time key of the new device, for the Olm session that carries the answer."""
     name: Annotated[str, msgspec.Meta(max_length=64)]
-
-
-class LinkedContact(msgspec.Struct, frozen=True):
-    """A contact as the approving device knows it, so the new device does not trust anew."""
-
-    username: Username
-    account_key: PublicKey
-    """The account key the approving device pinned (not a changed one it is warning about)."""
-    verified: bool
-    """The user compared safety numbers (or ran SAS) with this contact."""
-    list_version: Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
-    """The highest device-list version seen: an older list is refused on the new device too."""
-    conversation: Literal["accepted", "request", "blocked"] | None
-    """The 1:1 conversation's state, or None when there is none (a fellow group member)."""
-    timer_seconds: TimerSeconds | None
-    """The conversation's disappearing-message timer, if set."""
 
 
 class LinkSecrets(msgspec.Struct, frozen=True):
