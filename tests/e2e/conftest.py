@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from obrolan.client import Client
+from obrolan.client.models import MessageState
+from obrolan.errors import IdentityChanged
 
 CLI_TIMEOUT = 60
 
@@ -112,3 +114,15 @@ def mailbox_rows(data_dir: Path, to: str | None = None) -> int:
 def mailbox_ciphertexts(data_dir: Path) -> list[bytes]:
     with sqlite3.connect(f"file:{data_dir / 'obrolan.db'}?mode=ro", uri=True) as db:
         return [bytes(r[0]) for r in db.execute("SELECT ciphertext FROM mailbox")]
+
+
+async def assert_sending_refused(sender: Client, peer: str) -> None:
+    """``peer`` is verified and their account key changed: ``sender``'s queued message fails
+    and the next ``send`` is refused, until the user runs ``trust``."""
+    queued = await sender.send(peer, "should not leave")
+    await sender.flush(30)
+    failed = sender.message(queued.message_id, sender.username)
+    assert failed is not None and failed.state is MessageState.FAILED
+    assert "account key has changed" in (failed.error or "")
+    with pytest.raises(IdentityChanged):
+        await sender.send(peer, "still refused")

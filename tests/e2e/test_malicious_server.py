@@ -20,8 +20,8 @@ from obrolan.client import Client
 from obrolan.client.models import MessageState
 from obrolan.crypto.account import AccountKey, LinkCode, device_entry
 from obrolan.crypto.device import DeviceIdentity
-from obrolan.errors import IdentityChanged
 from obrolan.protocol.frames import DeviceList
+from tests.e2e.conftest import assert_sending_refused
 from tests.support.shim import MaliciousServer
 
 EVIL = "evil0device"
@@ -110,13 +110,7 @@ async def test_a_replaced_account_key_of_a_verified_contact_stops_sending(attack
     assert alice.mark_verified("bob", bob.account_key)
     shim.rewrite = replace_account_key("bob")
     await alice.sync()
-    queued = await alice.send("bob", "should not leave")
-    await alice.flush(30)
-    failed = alice.message(queued.message_id, "alice")
-    assert failed is not None and failed.state is MessageState.FAILED
-    assert "account key has changed" in (failed.error or "")
-    with pytest.raises(IdentityChanged):
-        await alice.send("bob", "still refused")
+    await assert_sending_refused(alice, "bob")
     assert envelopes_to(shim, EVIL) == []
     assert any("account key has changed" in n and "obrolan trust bob" in n
                for n in notices(alice, "bob"))
@@ -155,12 +149,7 @@ async def test_a_newly_linked_device_keeps_the_pin_and_verification(attacked, pr
         assert (contact.username, contact.identity_key, contact.verified) == (
             "bob", bob.account_key, True)
         shim.rewrite = replace_account_key("bob")
-        queued = await tablet.send("bob", "must not reach the server's device")
-        await tablet.flush(30)
-        failed = tablet.message(queued.message_id, "alice")
-        assert failed is not None and failed.state is MessageState.FAILED
-        with pytest.raises(IdentityChanged):
-            await tablet.send("bob", "still refused")
+        await assert_sending_refused(tablet, "bob")
         assert envelopes_to(shim, EVIL) == []
         assert any("account key has changed" in n for n in notices(tablet, "bob"))
     finally:

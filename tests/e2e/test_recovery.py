@@ -9,8 +9,9 @@ import pytest
 from obrolan.client import Client
 from obrolan.client.models import MessageState
 from obrolan.crypto.account import RecoveryCode
-from obrolan.errors import IdentityChanged, RequestRefused
+from obrolan.errors import RequestRefused
 from obrolan.protocol.codes import ErrorCode
+from tests.e2e.conftest import assert_sending_refused
 
 
 async def test_recovery_code_reclaims_the_username(server, profiles) -> None:  # type: ignore[no-untyped-def]
@@ -45,12 +46,7 @@ async def test_recovery_code_reclaims_the_username(server, profiles) -> None:  #
         assert await alice.sync() == []  # nothing queued for the old device reaches the new one
 
         await bob.sync()
-        queued = await bob.send("alice", "are you really alice?")
-        await bob.flush(30)
-        failed = bob.message(queued.message_id, "bob")
-        assert failed is not None and failed.state is MessageState.FAILED
-        with pytest.raises(IdentityChanged):
-            await bob.send("alice", "refused until trust")
+        await assert_sending_refused(bob, "alice")
         assert bob.trust("alice")
         await bob.send("alice", "welcome back")
         await bob.flush(30)
