@@ -7,6 +7,7 @@ unless the test is about the command line.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -172,6 +173,31 @@ async def test_contacts_beyond_the_answers_room_are_left_out_least_recent_first(
         assert "user0000" in carried and "user2999" not in carried  # then by name
     finally:
         await phone.close()
+
+
+async def test_approving_past_the_servers_device_limit_is_refused_before_anything_changes(
+    server_factory, profiles  # type: ignore[no-untyped-def]
+) -> None:
+    """With --max-devices 2, alice's laptop links a phone, then refuses a tablet with a
+    message that says what to do; her list still holds two devices."""
+    server = server_factory("--max-devices", "2")
+    laptop = await Client.register(profiles("alice"), server.url, "alice", None)
+    try:
+        phone = await link(server, profiles, laptop, "phone")
+        await phone.close()
+        codes: asyncio.Queue[LinkCode] = asyncio.Queue()
+        waiting = asyncio.create_task(Client.link(
+            profiles("tablet"), server.url, "alice", None, codes.put_nowait, device_name="tablet"
+        ))
+        code = await asyncio.wait_for(codes.get(), 15)
+        with pytest.raises(ConfigError, match="has 2 devices, the most this server allows"):
+            await laptop.approve(str(code))
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        assert {d.name for d in await laptop.devices()} == {default_device_name(), "phone"}
+    finally:
+        await laptop.close()
 
 
 async def test_a_removed_device_gets_nothing_new(server, profiles, pair) -> None:  # type: ignore[no-untyped-def]

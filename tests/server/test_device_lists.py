@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 from contextlib import closing
 from typing import TypeGuard
 
@@ -174,6 +175,22 @@ async def test_server_refuses_lists_not_newer_or_not_signed_by_the_account_key(
 
     devices = await devices_of(client, 9, "alice")
     assert devices.device_list == accepted.device_list
+
+
+async def test_server_refuses_a_list_of_more_devices_than_its_limit(
+    server_factory: Callable[..., ServerProcess], online: Online
+) -> None:
+    """With --max-devices 3 a list of three is stored and one of four gets too_many_items."""
+    server = server_factory("--max-devices", "3")
+    client, phone = await online(server, "alice")
+    assert client.challenge.limits.max_devices_per_account == 3
+    account = phone.account
+    laptop, tablet, watch = (RawDevice("alice", name, account) for name in ("laptop", "tablet", "watch"))
+    three = account.publish_frame(1, [phone, laptop, tablet])
+    assert await client.request(three) == DevicesPublished(id=1, version=2)
+    reply = await client.request(account.publish_frame(2, [phone, laptop, tablet, watch]))
+    assert refused(reply, ErrorCode.TOO_MANY_ITEMS) and "at most 3 devices" in reply.message
+    assert (await devices_of(client, 3, "alice")).device_list == three.device_list
 
 
 async def test_server_removes_a_device_that_left_the_list(

@@ -111,6 +111,13 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         help="most recipient devices of one group envelope (default: %(default)s)",
     )
     serve.add_argument(
+        "--max-devices",
+        type=_positive_int,
+        default=_DEFAULTS.max_devices_per_account,
+        metavar="N",
+        help="most devices in one account (default: %(default)s)",
+    )
+    serve.add_argument(
         "--max-blob-bytes",
         type=_positive_int,
         default=100 * 1024 * 1024,
@@ -200,6 +207,7 @@ def _serve(args: argparse.Namespace) -> int:
             envelope_ttl_seconds=args.envelope_ttl,
             max_queue_per_device=args.max_queue,
             max_recipients_per_envelope=args.max_recipients,
+            max_devices_per_account=args.max_devices,
         ),
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,

@@ -426,6 +426,12 @@ class Client:
         listed = await self._own_list()
         if any(d.keys.device_id == offer.device.device_id for d in listed.devices):
             raise ConfigError(f"device {offer.device.device_id} is already in this account")
+        most = conn.challenge.limits.max_devices_per_account
+        if len(listed.devices) >= most:
+            raise ConfigError(
+                f"this account has {len(listed.devices)} devices, the most this server allows: "
+                f"remove one first (`obrolan devices remove DEVICE`)"
+            )
         entry = device_entry(
             offer.device,
             seal_name(self._data_key, self.username, offer.device.device_id, offer.name),

@@ -34,6 +34,8 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     """An envelope not acknowledged by then is deleted unread."""
     delivery_window: int = 256
     """Most envelopes the server pushes to a device before it acknowledges some."""
+    max_devices_per_account: int = 10
+    """Most devices in one account's list: every message is encrypted once per device."""
 
     def __post_init__(self) -> None:
         # A frame must hold at least one maximal envelope, base64-encoded, with room for JSON.

@@ -672,6 +672,11 @@ class Session:
             )
         if not published.devices:
             raise _bad_list("a device list holds at least one device")
+        limit = self._limits.max_devices_per_account
+        if len(published.devices) > limit:
+            raise RequestRefused(
+                ErrorCode.TOO_MANY_ITEMS, f"a device list holds at most {limit} devices"
+            )
         removed = await self._storage.publish_devices(username, published, _today())
         _logger.debug("device list published, %d devices removed", len(removed))
         await self._transport.send(
