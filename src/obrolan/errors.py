@@ -8,19 +8,26 @@
      │    └── RemoteProtocolError     the peer sent something the spec forbids
      ├── RequestRefused               the server answered a request with an error frame
      ├── ServerUnreachable            no connection to the server could be made
- ├── DeviceReplaced               another process connected as this device
+     ├── DeviceRemoved                the account removed this device (close code 4001)
+     ├── DeviceReplaced               another process connected as this device
      ├── InvalidMessage               a value breaks a limit (field, value, limit)
      ├── CryptoError
      │    ├── DecryptionError         a ciphertext could not be decrypted
      │    ├── SignatureError          a signature does not verify
-     │    └── IdentityChanged         a contact's identity key is not the pinned one
+     │    ├── IdentityChanged         a contact's identity key is not the pinned one
+     │    ├── CommitmentMismatch      (crypto/sas.py) a SAS key broke its commitment
+     │    └── UpdateRejected          (crypto/group_state.py) a group update that does not count
      ├── StorageError
      │    ├── WrongPassphrase         the profile's store did not open with this key
      │    └── ProfileError            no profile, or a profile that already exists
      ├── UnknownContact               a username the server does not know
      ├── InvalidState                (also AssertionError) an API used in the wrong state
-     └── ConfigError                  a setting is wrong; the message says how to fix it
+     ├── ConfigError                  a setting is wrong; the message says how to fix it
+     ├── GroupError                   (client/groups.py) a group action that cannot be done
+     ├── HistoryTransferFailed        (client/history_transfer.py) nothing was imported
+     └── VerificationFailed           (client/verification.py) nothing was marked verified
 
+The last five live beside the rules they enforce, as their messages come from there.
 Each class has a ``code``: the server sends exactly that code, the CLI turns
 the message into one friendly line.
 """
