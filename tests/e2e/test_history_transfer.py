@@ -56,7 +56,10 @@ def link_tablet_killed_halfway(url: str, cli: Cli, laptop_dir: Path, tablet_dir:
                        "--profile", str(laptop_dir))
         assert approved.returncode == 0, approved.stderr
         assert f"sent {MESSAGES} message(s)" in approved.stderr
+        assert "with 1 contact(s) and their safety state" in approved.stderr  # bob
         assert tablet.wait(60) == -9  # killed after the first piece of the download
+        assert tablet.stderr is not None
+        assert "it knows your 1 contact(s), 0 of them verified" in tablet.stderr.read()
     finally:
         tablet.kill()
         tablet.wait()

@@ -76,7 +76,10 @@ async def cmd_link(args: argparse.Namespace) -> int:
         ) from None
     try:
         me = client.whoami()
-        print(f"linked {me.username}'s new device {me.device_id}", file=sys.stderr)
+        contacts = client.contacts()
+        verified = sum(c.verified for c in contacts)
+        print(f"linked {me.username}'s new device {me.device_id}; it knows your "
+              f"{len(contacts)} contact(s), {verified} of them verified", file=sys.stderr)
         if client.history_follows:
             await receive_history(client)
     finally:
