@@ -17,9 +17,12 @@ import msgspec
 import pytest
 
 from obrolan.client import Client
+from obrolan.client.ids import new_id
 from obrolan.client.models import MessageState
+from obrolan.client.store import now_ms
 from obrolan.crypto.account import AccountKey, LinkCode, device_entry
 from obrolan.crypto.device import DeviceIdentity
+from obrolan.protocol import content
 from obrolan.protocol.frames import DeviceList
 from tests.e2e.conftest import assert_sending_refused
 from tests.support.shim import MaliciousServer
@@ -180,3 +183,27 @@ async def test_a_key_another_own_device_was_shown_is_a_warning_not_a_pin(attacke
         assert any("was shown another account key for bob" in n for n in notices(tablet, "bob"))
     finally:
         await tablet.close()
+
+
+async def test_a_contact_update_from_another_account_changes_nothing(attacked, server, profiles) -> None:  # type: ignore[no-untyped-def]
+    """mallory sends alice a `contact` update saying bob's key is one of hers, verified:
+    only alice's own devices may say such things, so alice's pin of bob stays."""
+    _, alice, bob = attacked
+    mallory = await Client.register(profiles("mallory"), server.url, "mallory", None)
+    try:
+        fake = AccountKey.create().public
+        with mallory._store.transaction():
+            mallory.queue_olm("alice", content.ContactUpdate(
+                message_id=new_id(), sent_at_ms=now_ms(), contact=content.LinkedContact(
+                    username="bob", account_key=fake, verified=True, list_version=9,
+                    conversation="blocked", timer_seconds=None,
+                ),
+            ), None)
+        await mallory.flush(30)
+        await alice.sync()
+        [contact] = [c for c in alice.contacts() if c.username == "bob"]
+        assert (contact.identity_key, contact.key_changed, contact.verified) == (
+            bob.account_key, False, False)
+        assert alice.blocked() == []
+    finally:
+        await mallory.close()
