@@ -23,7 +23,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from obrolan.crypto.account import AccountKey, LinkCode, open_device_list, open_name
+from obrolan.crypto.account import (
+    AccountKey,
+    LinkCode,
+    open_device_list,
+    open_name,
+    open_successions,
+)
 from obrolan.crypto.sas import EMOJI, CommitmentMismatch, SasExchange
 from obrolan.errors import SignatureError
 from obrolan.protocol import content, frames
@@ -104,6 +110,23 @@ def test_recover_hands_the_account_to_the_recovered_list_key() -> None:
     listed = open_device_list(frame("recover").device_list, "bob", None)
     assert listed.account_key == account_key("bob_recovered").public
     assert listed.account_key != account_key("bob").public
+
+
+def test_recovered_devices_prove_bobs_first_key_came_before() -> None:
+    """§19.3: the succession's signatures are the register and recover samples' keys."""
+    devices = frame("devices_recovered")
+    assert isinstance(devices, frames.Devices)
+    now = open_device_list(devices.device_list, "bob", None).account_key
+    assert now == account_key("bob_recovered").public
+    assert open_successions(devices.successions, "bob", now) == [account_key("bob").public]
+    [record] = devices.successions
+    assert record.recovery_key == frame("register").recovery_key
+    assert record.recovery_signature == frame("recover").recovery_signature
+    assert record.nonce == frame("challenge").nonce  # the recover sample's connection
+    with pytest.raises(SignatureError):
+        open_successions(devices.successions, "bob", account_key("bob").public)
+    with pytest.raises(SignatureError):
+        open_successions(devices.successions, "alice", now)
 
 
 @pytest.mark.parametrize(

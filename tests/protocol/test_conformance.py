@@ -300,11 +300,15 @@ class Connection:
         self, kind: str, device: Device, one_time_keys: int, fallback: bool
     ) -> Frame:
         auth = signed("obrolan-auth-v1", self.nonce, device.user, device.device_id)
+        recovery = recovery_key(device.owner.recovery_code).public
         return {
             "signature": device.sign(auth),
             "fallback_key": device.fallback_key() if fallback else None,
             "one_time_keys": device.one_time_keys(one_time_keys),
-            "recovery_key": recovery_key(device.owner.recovery_code).public,
+            "recovery_key_signature": device.owner.key.sign(
+                signed("obrolan-recovery-key-v1", device.user, recovery)
+            ),
+            "recovery_key": recovery,
             "device_list": device.owner.signed_list([device], version=1),
             "device": device.keys(),
             "username": device.user,
@@ -795,6 +799,17 @@ async def test_spec_client_recovers_an_account_with_its_code(connect: Connect) -
     listed = open_list(devices["device_list"], lost.user, new.owner.key.public)  # a new key
     assert [d["keys"]["device_id"] for d in listed["devices"]] == ["new1"]
     assert listed["version"] == 1
+    # §19.4: the old account key is provably the new one's predecessor
+    [succession] = devices["successions"]
+    assert succession["account_key"] == lost.owner.key.public
+    assert succession["new_account_key"] == new.owner.key.public
+    verify(succession["account_key"], signed(
+        "obrolan-recovery-key-v1", lost.user, succession["recovery_key"]
+    ), succession["recovery_key_signature"])
+    verify(succession["recovery_key"], signed(
+        "obrolan-recover-v1", base64.b64decode(succession["nonce"]), lost.user,
+        succession["new_account_key"], succession["new_recovery_key"],
+    ), succession["recovery_signature"])
     again = await connect()
     assert (await again.authenticate(lost))["code"] == "auth_failed"
 

@@ -55,6 +55,7 @@ RECORDS: list[type[msgspec.Struct]] = [
     frames.ListedDevice,
     frames.DeviceList,
     frames.SignedDeviceList,
+    frames.KeySuccession,
     frames.Recipient,
     frames.MultiEnvelope,
     content.OlmCiphertext,

@@ -64,6 +64,7 @@ async def test_admin_discloses_an_account_without_any_ciphertext(
         "account_key",
         "list_version",
         "recovery_key_held",
+        "earlier_account_keys",
         "devices",
         "queued_for_account",
         "queued_from_account",
@@ -74,6 +75,7 @@ async def test_admin_discloses_an_account_without_any_ciphertext(
     assert disclosed["username"] == "bob" and disclosed["created_day"] == today
     assert disclosed["account_key"] == bob.account.key.public
     assert (disclosed["list_version"], disclosed["recovery_key_held"]) == (1, True)
+    assert disclosed["earlier_account_keys"] == []  # bob never recovered
     (device,) = disclosed["devices"]
     assert device == {
         "device_id": "phone",

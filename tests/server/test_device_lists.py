@@ -14,7 +14,12 @@ from typing import TypeGuard
 
 from msgspec.structs import replace
 
-from obrolan.crypto.account import RecoveryCode, device_entry, open_device_list
+from obrolan.crypto.account import (
+    RecoveryCode,
+    device_entry,
+    open_device_list,
+    open_successions,
+)
 from obrolan.protocol.codes import ErrorCode
 from obrolan.protocol.frames import (
     ClaimedKeys,
@@ -270,6 +275,11 @@ async def test_server_recovers_an_account_with_its_recovery_code(
     assert (opened.account_key, opened.version) == (new_phone.account.key.public, 1)
     assert [d.keys for d in opened.devices] == [new_phone.keys()]
     assert devices.last_active == {"phone": today()}
+    # the handover is kept as a proof: the old key is the new one's predecessor
+    assert open_successions(devices.successions, "alice", opened.account_key) == [
+        old_account.key.public
+    ]
+    assert (await devices_of(bob_client, 4, "alice")).successions == devices.successions
     await fails_to_authenticate(server, connect, old_phone)
     await fails_to_authenticate(server, connect, old_laptop)
 
@@ -282,6 +292,23 @@ async def test_server_recovers_an_account_with_its_recovery_code(
         RawDevice("alice", "tablet").recover_frame(again.challenge.nonce, old_account.recovery)
     )
     assert refused(reply, ErrorCode.AUTH_FAILED), reply
+
+
+async def test_server_refuses_a_recovery_key_its_account_key_did_not_sign(
+    server: ServerProcess, connect: Connect, online: Online
+) -> None:
+    """register and recover carry the account key's signature over the recovery key
+    (what later proves a succession); a wrong one gets bad_signature and nothing is made."""
+    device = RawDevice("alice", "phone")
+    client = await connect(server.ws_url)
+    frame = device.register_frame(client.challenge.nonce)
+    forged = replace(frame, recovery_key_signature=RawAccount("alice").key.sign_recovery_key(
+        "alice", frame.recovery_key))
+    reply = await client.request(forged)
+    assert refused(reply, ErrorCode.BAD_SIGNATURE), reply
+    observer_client, _ = await online(server, "bob")
+    lookup = await observer_client.request(GetDevices(id=1, username="alice"))
+    assert refused(lookup, ErrorCode.UNKNOWN_USER), lookup
 
 
 async def test_server_answers_a_wrong_recovery_code_like_an_unknown_user(

@@ -105,7 +105,7 @@ async def test_server_migrates_a_version_1_database_keeping_its_queue(
         assert isinstance(lookup, Error) and lookup.code is ErrorCode.UNKNOWN_USER
 
     with closing(sqlite3.connect(data / "obrolan.db")) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (4,)
+        assert db.execute("PRAGMA user_version").fetchone() == (5,)
         columns = [row[1] for row in db.execute("PRAGMA table_info(devices)")]
         assert "queued" not in columns
         assert db.execute(

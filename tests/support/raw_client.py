@@ -238,6 +238,9 @@ class RawDevice:
             device=self.keys(),
             device_list=self.account.signed_list([self], version=1),
             recovery_key=self.account.recovery.public_key,
+            recovery_key_signature=self.account.key.sign_recovery_key(
+                self.username, self.account.recovery.public_key
+            ),
             one_time_keys=self.one_time_keys(one_time_keys) if one_time_keys else [],
             fallback_key=self.fallback_key() if fallback else None,
             signature=self.sign(auth_bytes(nonce, self.username, self.device_id)),
@@ -255,6 +258,9 @@ class RawDevice:
             device=self.keys(),
             device_list=account.signed_list([self], version=1),
             recovery_key=account.recovery.public_key,
+            recovery_key_signature=account.key.sign_recovery_key(
+                self.username, account.recovery.public_key
+            ),
             one_time_keys=self.one_time_keys(one_time_keys) if one_time_keys else [],
             fallback_key=self.fallback_key(),
             signature=self.sign(auth_bytes(nonce, self.username, self.device_id)),

@@ -186,17 +186,20 @@ async def _enrol_fresh(
         recovery = RecoveryCode.create()
         nonce = conn.challenge.nonce
         signature = identity.sign(auth_bytes(nonce, username, device_id))
+        recovery_key_signature = account.sign_recovery_key(username, recovery.public_key)
         frame: frames.Register | frames.Recover
         if old_code is None:
             frame = frames.Register(
                 version=PROTOCOL_VERSION, username=username, device=keys,
                 device_list=device_list, recovery_key=recovery.public_key,
+                recovery_key_signature=recovery_key_signature,
                 one_time_keys=one_time_keys, fallback_key=fallback, signature=signature,
             )
         else:
             frame = frames.Recover(
                 version=PROTOCOL_VERSION, username=username, device=keys,
                 device_list=device_list, recovery_key=recovery.public_key,
+                recovery_key_signature=recovery_key_signature,
                 one_time_keys=one_time_keys, fallback_key=fallback, signature=signature,
                 recovery_signature=old_code.sign_recover(
                     nonce, username, account.public, recovery.public_key

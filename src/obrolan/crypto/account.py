@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import itertools
 import os
 import secrets
 from dataclasses import dataclass
@@ -37,7 +38,13 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from obrolan.crypto.signatures import verify, verify_device_keys, verify_one_time_key
 from obrolan.errors import CryptoError, DecryptionError, SignatureError
 from obrolan.protocol import content
-from obrolan.protocol.frames import DeviceKeys, DeviceList, ListedDevice, SignedDeviceList
+from obrolan.protocol.frames import (
+    DeviceKeys,
+    DeviceList,
+    KeySuccession,
+    ListedDevice,
+    SignedDeviceList,
+)
 from obrolan.protocol.signing import device_list_bytes, recover_bytes, recovery_key_bytes
 
 __all__ = [
@@ -47,6 +54,7 @@ __all__ = [
     "device_entry",
     "open_device_list",
     "open_name",
+    "open_successions",
     "seal_name",
     "today",
 ]
@@ -160,6 +168,33 @@ def open_device_list(signed: SignedDeviceList, username: str, account_key: str |
     for device in device_list.devices:
         verify_device_keys(username, device.keys)
     return device_list
+
+
+def open_successions(
+    successions: list[KeySuccession], username: str, account_key: str
+) -> list[str]:
+    """The account keys that provably came before ``account_key``, oldest first.
+
+    Each record's old account key signed its recovery key, which signed the
+    handover to the next key; the last handover must be to ``account_key``.
+
+    Raises:
+        SignatureError: a signature does not verify, or the records do not lead from
+            one key to the next and on to ``account_key``.
+    """
+    for record, following in itertools.pairwise(successions):
+        if record.new_account_key != following.account_key:
+            raise SignatureError(f"{username}'s key successions do not follow one another")
+    if successions and successions[-1].new_account_key != account_key:
+        raise SignatureError(f"{username}'s key successions do not lead to the current key")
+    for record in successions:
+        verify(record.account_key, recovery_key_bytes(username, record.recovery_key),
+               record.recovery_key_signature)
+        verify(record.recovery_key, recover_bytes(record.nonce, username,
+                                                  record.new_account_key,
+                                                  record.new_recovery_key),
+               record.recovery_signature)
+    return [record.account_key for record in successions]
 
 
 def _name_aad(username: str, device_id: str) -> bytes:

@@ -38,6 +38,7 @@ __all__ = [
     "Error",
     "GetDevices",
     "Info",
+    "KeySuccession",
     "KeysUploaded",
     "LinkAnswer",
     "LinkApprove",
@@ -178,6 +179,28 @@ class SignedDeviceList(msgspec.Struct, frozen=True):
     :func:`obrolan.protocol.signing.device_list_bytes`."""
 
 
+class KeySuccession(msgspec.Struct, frozen=True):
+    """Proof that an account key was followed by another through ``recover``.
+
+    The old account key had signed its recovery key, and that recovery key signed
+    the handover to the new account key: a chain of these links a contact's
+    earlier keys to the one pinned now (the server keeps them, cannot forge them).
+    """
+
+    account_key: PublicKey
+    """The earlier account key."""
+    recovery_key: PublicKey
+    """Its recovery key."""
+    recovery_key_signature: Signature
+    """Ed25519 of ``account_key`` over :func:`obrolan.protocol.signing.recovery_key_bytes`."""
+    nonce: Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+    """The challenge nonce of the ``recover`` connection."""
+    new_account_key: PublicKey
+    new_recovery_key: PublicKey
+    recovery_signature: Signature
+    """Ed25519 of ``recovery_key`` over :func:`obrolan.protocol.signing.recover_bytes`."""
+
+
 class ClaimedDevice(msgspec.Struct, frozen=True):
     """One device of a user with one key claimed for a new Olm session."""
 
@@ -201,6 +224,8 @@ class Register(_Frame, frozen=True, tag="register"):
     """Version 1 of the account's list, holding exactly ``device``."""
     recovery_key: PublicKey
     """The Ed25519 key derived from the account's recovery code (its verifier)."""
+    recovery_key_signature: Signature
+    """Ed25519 of the account key over :func:`obrolan.protocol.signing.recovery_key_bytes`."""
     one_time_keys: list[OneTimeKey]
     fallback_key: OneTimeKey | None
     signature: Signature
@@ -221,6 +246,8 @@ class Recover(_Frame, frozen=True, tag="recover"):
     """The new account key's first list, holding exactly ``device``."""
     recovery_key: PublicKey
     """The verifier of the new recovery code."""
+    recovery_key_signature: Signature
+    """Ed25519 of the new account key over :func:`obrolan.protocol.signing.recovery_key_bytes`."""
     one_time_keys: list[OneTimeKey]
     fallback_key: OneTimeKey | None
     signature: Signature
@@ -386,6 +413,8 @@ class Devices(_Frame, frozen=True, tag="devices"):
     device_list: SignedDeviceList
     last_active: dict[DeviceId, Day] = {}
     """For the caller's own account only: the last UTC day each device connected."""
+    successions: list[KeySuccession] = []
+    """How the account's earlier account keys led to the list's, oldest first."""
 
 
 class DevicesPublished(_Frame, frozen=True, tag="devices_published"):

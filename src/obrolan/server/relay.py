@@ -66,6 +66,7 @@ from obrolan.protocol.frames import (
     Envelope,
     Error,
     GetDevices,
+    KeySuccession,
     KeysUploaded,
     LinkAnswer,
     LinkApprove,
@@ -97,7 +98,13 @@ from obrolan.server.auth import ConnectionChallenge, check_version
 from obrolan.server.blobs.base import BlobStore
 from obrolan.server.linking import Links
 from obrolan.server.routing.base import Router
-from obrolan.server.storage.base import PublishedList, Storage, StoredEnvelopes, StoreResult
+from obrolan.server.storage.base import (
+    PublishedList,
+    RecoveryKey,
+    Storage,
+    StoredEnvelopes,
+    StoreResult,
+)
 
 __all__ = [
     "CLOSE_DEVICE_REMOVED",
@@ -175,6 +182,23 @@ def _open_list(signed: SignedDeviceList, username: str, account_key: str | None)
     return PublishedList(
         signed, opened.account_key, opened.version, [d.keys for d in opened.devices]
     )
+
+
+def _signed_recovery_key(
+    username: str, account_key: str, recovery_key: str, signature: str
+) -> RecoveryKey:
+    """The recovery key of a new account key, which must have signed it.
+
+    Raises:
+        RequestRefused: ``bad_signature``.
+    """
+    try:
+        verify(account_key, recovery_key_bytes(username, recovery_key), signature)
+    except SignatureError:
+        raise RequestRefused(
+            ErrorCode.BAD_SIGNATURE, "the recovery key is not signed by the account key"
+        ) from None
+    return RecoveryKey(recovery_key, signature)
 
 
 def _first_list(signed: SignedDeviceList, username: str, device: DeviceKeys) -> PublishedList:
@@ -501,10 +525,14 @@ class Session:
         self._check_device(frame.username, device)
         self._check_keys(device.ed25519, frame.one_time_keys, frame.fallback_key)
         published = _first_list(frame.device_list, frame.username, device)
+        recovery = _signed_recovery_key(
+            frame.username, published.account_key, frame.recovery_key,
+            frame.recovery_key_signature,
+        )
         await self._storage.create_account(
             frame.username,
             published,
-            frame.recovery_key,
+            recovery,
             frame.one_time_keys,
             frame.fallback_key,
             _today(),
@@ -533,6 +561,9 @@ class Session:
         self._check_device(username, device)
         self._check_keys(device.ed25519, frame.one_time_keys, frame.fallback_key)
         published = _first_list(frame.device_list, username, device)
+        recovery = _signed_recovery_key(
+            username, published.account_key, frame.recovery_key, frame.recovery_key_signature
+        )
         account = await self._storage.account(username)
         old_recovery_key = account.recovery_key if account is not None else None
         self._challenge.verify_recovery(
@@ -542,12 +573,24 @@ class Session:
             old_recovery_key,
             frame.recovery_signature,
         )
-        assert old_recovery_key is not None  # verify_recovery refuses None
+        assert account is not None and old_recovery_key is not None  # verify_recovery refuses
+        succession = None
+        if account.account_key is not None and account.recovery_key_signature is not None:
+            succession = KeySuccession(
+                account_key=account.account_key,
+                recovery_key=old_recovery_key,
+                recovery_key_signature=account.recovery_key_signature,
+                nonce=self._challenge.nonce,
+                new_account_key=published.account_key,
+                new_recovery_key=frame.recovery_key,
+                recovery_signature=frame.recovery_signature,
+            )
         removed = await self._storage.recover(
             username,
             old_recovery_key,
             published,
-            frame.recovery_key,
+            recovery,
+            succession,
             frame.one_time_keys,
             frame.fallback_key,
             _today(),
@@ -652,6 +695,7 @@ class Session:
             username=frame.username,
             device_list=found.device_list,
             last_active=found.last_active,
+            successions=found.successions,
         )
         await self._transport.send(encode(reply))
 
@@ -699,7 +743,9 @@ class Session:
             raise RequestRefused(
                 ErrorCode.BAD_SIGNATURE, "the recovery key is not signed by the account key"
             ) from None
-        await self._storage.set_recovery(username, account_key, frame.recovery_key)
+        await self._storage.set_recovery(
+            username, account_key, RecoveryKey(frame.recovery_key, frame.signature)
+        )
         await self._transport.send(encode(RecoverySet(id=frame.id)))
 
     def _queue_send(self, frame: Send | SendMulti, device: DeviceAddress) -> None:

@@ -26,6 +26,7 @@ from obrolan.protocol.frames import (
     ClaimedDevice,
     DeviceKeys,
     Envelope,
+    KeySuccession,
     MultiEnvelope,
     OneTimeKey,
     OutboundEnvelope,
@@ -40,6 +41,7 @@ __all__ = [
     "AccountDevices",
     "PendingEnvelope",
     "PublishedList",
+    "RecoveryKey",
     "Storage",
     "StoreResult",
     "StoredEnvelopes",
@@ -57,6 +59,14 @@ class PublishedList(NamedTuple):
     """The listed devices' keys, in list order."""
 
 
+class RecoveryKey(NamedTuple):
+    """An account's recovery key and its account key's signature over it."""
+
+    key: str
+    signature: str
+    """Ed25519 of the account key over :func:`obrolan.protocol.signing.recovery_key_bytes`."""
+
+
 class Account(NamedTuple):
     """What the relay checks an account's signed requests against."""
 
@@ -65,6 +75,8 @@ class Account(NamedTuple):
     list_version: int
     """The version of the stored device list, 0 if there is none."""
     recovery_key: str | None
+    recovery_key_signature: str | None
+    """None for an account whose recovery key was set before the key was signed."""
 
 
 class AccountDevices(NamedTuple):
@@ -73,6 +85,8 @@ class AccountDevices(NamedTuple):
     device_list: SignedDeviceList
     last_active: dict[str, str]
     """Device id to the last UTC day it authenticated; empty unless asked for."""
+    successions: list[KeySuccession]
+    """How the account's earlier account keys led to the list's, oldest first."""
 
 
 PendingEnvelope = tuple[int, Envelope]
@@ -149,7 +163,7 @@ class Storage(abc.ABC):
         self,
         username: str,
         device_list: PublishedList,
-        recovery_key: str,
+        recovery_key: RecoveryKey,
         one_time_keys: list[OneTimeKey],
         fallback_key: OneTimeKey | None,
         day: str,
@@ -213,14 +227,16 @@ class Storage(abc.ABC):
         username: str,
         old_recovery_key: str,
         device_list: PublishedList,
-        recovery_key: str,
+        recovery_key: RecoveryKey,
+        succession: KeySuccession | None,
         one_time_keys: list[OneTimeKey],
         fallback_key: OneTimeKey | None,
         day: str,
     ) -> list[DeviceAddress]:
         """Hand the account to a new account key, atomically: store the new list (one
-        device), its device's keys and the new recovery key; delete every old device with
-        its queued envelopes and keys. Returns the deleted devices.
+        device), its device's keys, the new recovery key and ``succession`` (None when
+        the old recovery key was never signed); delete every old device with its queued
+        envelopes and keys. Returns the deleted devices.
 
         Raises:
             RequestRefused: ``auth_failed`` if the account does not exist or its recovery
@@ -228,7 +244,9 @@ class Storage(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def set_recovery(self, username: str, account_key: str, recovery_key: str) -> None:
+    async def set_recovery(
+        self, username: str, account_key: str, recovery_key: RecoveryKey
+    ) -> None:
         """Replace the account's recovery key.
 
         Raises:

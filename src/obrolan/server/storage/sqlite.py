@@ -47,12 +47,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
+import msgspec
+
 from obrolan.errors import InvalidState, RequestRefused, StorageError, UnknownContact
 from obrolan.protocol.codes import ErrorCode
 from obrolan.protocol.frames import (
     ClaimedDevice,
     DeviceKeys,
     Envelope,
+    KeySuccession,
     MultiEnvelope,
     OneTimeKey,
     OutboundEnvelope,
@@ -66,6 +69,7 @@ from obrolan.server.storage.base import (
     AccountDevices,
     PendingEnvelope,
     PublishedList,
+    RecoveryKey,
     Storage,
     StoredEnvelopes,
     StoreResult,
@@ -242,6 +246,23 @@ _SCHEMA_V4 = (
 )
 
 
+_SCHEMA_V5 = (
+    # Key successions (a recovered account's earlier account keys stay provable): the
+    # account key's signature over its recovery key, and each handover to a new key.
+    # Accounts whose recovery key was set before this version have no signature; a
+    # recovery from such a key is not recorded as a succession.
+    "ALTER TABLE accounts ADD COLUMN recovery_key_signature TEXT",
+    """
+    CREATE TABLE key_successions (
+        username TEXT NOT NULL REFERENCES accounts (username) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        record BLOB NOT NULL,
+        PRIMARY KEY (username, seq)
+    ) WITHOUT ROWID
+    """,
+)
+
+
 def _migrate_to_v1(conn: sqlite3.Connection) -> None:
     for statement in _SCHEMA_V1:
         conn.execute(statement)
@@ -262,11 +283,17 @@ def _migrate_to_v4(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _migrate_to_v5(conn: sqlite3.Connection) -> None:
+    for statement in _SCHEMA_V5:
+        conn.execute(statement)
+
+
 _MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migrate_to_v1,
     _migrate_to_v2,
     _migrate_to_v3,
     _migrate_to_v4,
+    _migrate_to_v5,
 )
 """``_MIGRATIONS[n]`` brings a database from schema version n to n + 1."""
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -953,21 +980,35 @@ def _insert_device(conn: sqlite3.Connection, username: str, device: DeviceKeys, 
     return cursor.lastrowid
 
 
+_decode_succession = msgspec.json.Decoder(KeySuccession).decode
+
+
 def _store_list(
-    conn: sqlite3.Connection, username: str, device_list: PublishedList, recovery_key: str | None
+    conn: sqlite3.Connection,
+    username: str,
+    device_list: PublishedList,
+    recovery_key: RecoveryKey | None,
 ) -> None:
     """Set the account's list (and, unless None, its recovery key)."""
     conn.execute(
         "UPDATE accounts SET account_key = ?, device_list = ?, device_list_signature = ?,"
-        " list_version = ?, recovery_key = COALESCE(?, recovery_key) WHERE username = ?",
+        " list_version = ? WHERE username = ?",
         (
             device_list.account_key,
             device_list.signed.device_list,
             device_list.signed.signature,
             device_list.version,
-            recovery_key,
             username,
         ),
+    )
+    if recovery_key is not None:
+        _store_recovery_key(conn, username, recovery_key)
+
+
+def _store_recovery_key(conn: sqlite3.Connection, username: str, recovery: RecoveryKey) -> None:
+    conn.execute(
+        "UPDATE accounts SET recovery_key = ?, recovery_key_signature = ? WHERE username = ?",
+        (recovery.key, recovery.signature, username),
     )
 
 
@@ -1004,7 +1045,7 @@ def _create_account(
     db: _WriterDb,
     username: str,
     device_list: PublishedList,
-    recovery_key: str,
+    recovery_key: RecoveryKey,
     one_time_keys: list[OneTimeKey],
     fallback_key: OneTimeKey | None,
     day: str,
@@ -1043,7 +1084,8 @@ def _recover(
     username: str,
     old_recovery_key: str,
     device_list: PublishedList,
-    recovery_key: str,
+    recovery_key: RecoveryKey,
+    succession: KeySuccession | None,
     one_time_keys: list[OneTimeKey],
     fallback_key: OneTimeKey | None,
     day: str,
@@ -1053,6 +1095,12 @@ def _recover(
     ).fetchone()
     if row is None or row[0] != old_recovery_key:  # changed since the signature was checked
         raise RequestRefused(ErrorCode.AUTH_FAILED, "authentication failed")
+    if succession is not None:
+        db.conn.execute(
+            "INSERT INTO key_successions (username, seq, record) VALUES (?, (SELECT"
+            " COUNT(*) FROM key_successions WHERE username = ?), ?)",
+            (username, username, msgspec.json.encode(succession)),
+        )
     _store_list(db.conn, username, device_list, recovery_key)
     removed = _replace_devices(db, username, device_list.devices, day, keep=False)
     (device,) = device_list.devices
@@ -1061,10 +1109,13 @@ def _recover(
     return removed
 
 
-def _set_recovery(db: _WriterDb, username: str, account_key: str, recovery_key: str) -> None:
+def _set_recovery(
+    db: _WriterDb, username: str, account_key: str, recovery_key: RecoveryKey
+) -> None:
     changed = db.conn.execute(
-        "UPDATE accounts SET recovery_key = ? WHERE username = ? AND account_key = ?",
-        (recovery_key, username, account_key),
+        "UPDATE accounts SET recovery_key = ?, recovery_key_signature = ?"
+        " WHERE username = ? AND account_key = ?",
+        (recovery_key.key, recovery_key.signature, username, account_key),
     ).rowcount
     if not changed:
         raise RequestRefused(ErrorCode.BAD_SIGNATURE, "the account key has changed")
@@ -1248,7 +1299,7 @@ class SqliteStorage(Storage):
         self,
         username: str,
         device_list: PublishedList,
-        recovery_key: str,
+        recovery_key: RecoveryKey,
         one_time_keys: list[OneTimeKey],
         fallback_key: OneTimeKey | None,
         day: str,
@@ -1268,7 +1319,8 @@ class SqliteStorage(Storage):
         row = (
             self._read()
             .execute(
-                "SELECT account_key, list_version, recovery_key FROM accounts WHERE username = ?",
+                "SELECT account_key, list_version, recovery_key, recovery_key_signature"
+                " FROM accounts WHERE username = ?",
                 (username,),
             )
             .fetchone()
@@ -1306,7 +1358,16 @@ class SqliteStorage(Storage):
                     (username,),
                 ).fetchall()
             )
-        return AccountDevices(SignedDeviceList(device_list=row[0], signature=row[1]), days)
+        successions = [
+            _decode_succession(record)
+            for (record,) in db.execute(
+                "SELECT record FROM key_successions WHERE username = ? ORDER BY seq",
+                (username,),
+            )
+        ]
+        return AccountDevices(
+            SignedDeviceList(device_list=row[0], signature=row[1]), days, successions
+        )
 
     async def publish_devices(
         self, username: str, device_list: PublishedList, day: str
@@ -1321,7 +1382,8 @@ class SqliteStorage(Storage):
         username: str,
         old_recovery_key: str,
         device_list: PublishedList,
-        recovery_key: str,
+        recovery_key: RecoveryKey,
+        succession: KeySuccession | None,
         one_time_keys: list[OneTimeKey],
         fallback_key: OneTimeKey | None,
         day: str,
@@ -1332,6 +1394,7 @@ class SqliteStorage(Storage):
             old_recovery_key,
             device_list,
             recovery_key,
+            succession,
             one_time_keys,
             fallback_key,
             day,
@@ -1340,7 +1403,9 @@ class SqliteStorage(Storage):
         self._rowids.clear()  # after the commit: a read before it may have cached them
         return removed
 
-    async def set_recovery(self, username: str, account_key: str, recovery_key: str) -> None:
+    async def set_recovery(
+        self, username: str, account_key: str, recovery_key: RecoveryKey
+    ) -> None:
         await self._write(_set_recovery, username, account_key, recovery_key, savepoint=True)
 
     async def upload_keys(
@@ -1510,6 +1575,13 @@ class SqliteStorage(Storage):
             "account_key": account[1],
             "list_version": account[2],
             "recovery_key_held": bool(account[3]),
+            "earlier_account_keys": [
+                _decode_succession(record).account_key
+                for (record,) in db.execute(
+                    "SELECT record FROM key_successions WHERE username = ? ORDER BY seq",
+                    (username,),
+                )
+            ],
             "devices": devices,
             "queued_for_account": queued_for,
             "queued_from_account": queued_from,
