@@ -8,10 +8,14 @@ import pytest
 
 from obrolan.client import Client
 from obrolan.client.models import MessageState
+from obrolan.client.store import now_ms
 from obrolan.crypto.account import RecoveryCode
+from obrolan.crypto.group_state import next_update, sign_update
 from obrolan.errors import RequestRefused
+from obrolan.protocol import groups
 from obrolan.protocol.codes import ErrorCode
 from tests.e2e.conftest import assert_sending_refused
+from tests.e2e.test_groups_malicious import send_state
 
 
 async def test_recovery_code_reclaims_the_username(server, profiles) -> None:  # type: ignore[no-untyped-def]
@@ -63,3 +67,48 @@ async def test_recovery_code_reclaims_the_username(server, profiles) -> None:  #
     finally:
         await alice.close()
         await bob.close()
+
+
+async def test_a_group_made_before_its_owner_recovered_can_still_be_joined(server, profiles) -> None:  # type: ignore[no-untyped-def]
+    """alice made a group and made bob an admin, then lost every device and recovered. When
+    bob adds carol, carol's device checks alice's updates with the key alice had then,
+    proven to come before her new one (spec §19.3, §23.7 step 4). An update signed with
+    the old key now, by whoever holds the lost device's key, counts nowhere."""
+    clients = {name: await Client.register(profiles(name), server.url, name, None)
+               for name in ("alice", "bob", "carol")}
+    alice, bob, carol = clients["alice"], clients["bob"], clients["carol"]
+    try:
+        view = await alice.groups.create("Club", ["bob"])
+        await alice.groups.act(view.group_id, groups.Promote(user="bob"))
+        await alice.flush(30)
+        await bob.sync()
+        assert bob.groups.view(view.group_id).role("bob") == "admin"
+        code, lost_key = alice.recovery_code, alice._account
+        assert code is not None
+        await alice.close()
+        shutil.rmtree(profiles("alice"))
+        alice = clients["alice"] = await Client.recover(
+            profiles("alice"), server.url, "alice", str(code), None)
+
+        await alice.send("bob", "I lost my phone: this is my new key")
+        await alice.flush(30)
+        await bob.sync()  # a message from a device of a new key: bob looks at alice's list
+        assert bob.trust("alice")  # the recovered key, as bob checked with alice
+        await bob.groups.act(view.group_id, groups.Add(user="carol"))
+        await bob.flush(30)
+        await carol.sync()
+        joined = carol.groups.view(view.group_id)
+        assert joined.owner == "alice" and joined.role("bob") == "admin"
+        assert joined.head == bob.groups.view(view.group_id).head
+
+        # whoever holds alice's lost key signs a removal of bob: nobody applies it
+        stolen = sign_update(lost_key, next_update(joined, "alice", groups.Remove(user="bob"),
+                                                   now_ms()))
+        await send_state(carol, ["bob"], view.group_id, [stolen])
+        await bob.sync()
+        assert "bob" in bob.groups.view(view.group_id).members
+        assert any("not signed by alice's account key" in m.text
+                   for m in bob.groups.history(view.group_id))
+    finally:
+        for client in clients.values():
+            await client.close()

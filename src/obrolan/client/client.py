@@ -518,6 +518,12 @@ class Client:
             return None
         return None if contact.blocked_by_change else contact.current_key
 
+    async def earlier_account_keys(self, username: str) -> list[str]:
+        key = await self.account_key_of(username)
+        view = await self._fetch_devices(await self._connected(), username)
+        listed = view.device_list
+        return view.earlier_keys if listed is not None and listed.account_key == key else []
+
     def sign_device(self, data: bytes) -> str:
         return self._identity.sign(data)
 
@@ -1333,7 +1339,7 @@ class Client:
             raise
         assert isinstance(answer, frames.Devices)
         with self._store.transaction():
-            view = self._directory.accept(username, answer.device_list)
+            view = self._directory.accept(username, answer.device_list, answer.successions)
             if username != self.username:
                 for text in view.notices:
                     event = Event("message", username, self._conversations.notice(username, text))

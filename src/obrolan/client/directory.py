@@ -17,9 +17,9 @@ import logging
 from dataclasses import dataclass, field
 
 from obrolan.client.store import Store
-from obrolan.crypto.account import open_device_list
+from obrolan.crypto.account import open_device_list, open_successions
 from obrolan.errors import SignatureError
-from obrolan.protocol.frames import DeviceKeys, DeviceList, SignedDeviceList
+from obrolan.protocol.frames import DeviceKeys, DeviceList, KeySuccession, SignedDeviceList
 
 __all__ = ["DeviceView", "Directory"]
 
@@ -40,6 +40,8 @@ class DeviceView:
     """Why nothing may be sent to this user now (a verified contact's changed key)."""
     device_list: DeviceList | None = None
     """The verified list, when it was accepted."""
+    earlier_keys: list[str] = field(default_factory=list)
+    """Account keys that provably came before the list's, oldest first (§19.3)."""
 
 
 class Directory:
@@ -50,8 +52,21 @@ class Directory:
         self._me = me
         self._account_key = account_key
 
-    def accept(self, username: str, signed: SignedDeviceList) -> DeviceView:
+    def accept(
+        self, username: str, signed: SignedDeviceList, successions: list[KeySuccession]
+    ) -> DeviceView:
         """Check a list the server returned for ``username``; call inside a transaction."""
+        view = self._accept(username, signed)
+        if view.device_list is not None and successions:
+            try:
+                view.earlier_keys = open_successions(
+                    successions, username, view.device_list.account_key
+                )
+            except SignatureError as exc:  # only what they would prove is lost
+                log.warning("refused %s's key successions: %s", username, exc)
+        return view
+
+    def _accept(self, username: str, signed: SignedDeviceList) -> DeviceView:
         if username == self._me:
             return self._accept_own(signed)
         contact = self._store.contact(username)

@@ -47,7 +47,7 @@ from obrolan.errors import CryptoError, ObrolanError, ServerUnreachable, Signatu
 from obrolan.protocol import content, groups
 from obrolan.protocol.frames import DeviceKeys, Envelope, MultiEnvelope, Recipient
 from obrolan.protocol.limits import Limits
-from obrolan.protocol.signing import group_message_bytes
+from obrolan.protocol.signing import group_message_bytes, group_update_bytes
 
 __all__ = ["GroupError", "GroupHost", "Groups", "invite_link"]
 
@@ -86,6 +86,9 @@ class GroupHost(Protocol):
 
     async def account_key_of(self, username: str) -> str | None:
         """The account key pinned for ``username`` (looked up on first contact)."""
+
+    async def earlier_account_keys(self, username: str) -> list[str]:
+        """Keys that provably came before that one (recoveries), oldest first."""
 
     def device_key(self, username: str, device_id: str) -> str | None:
         """The Ed25519 key of a device in ``username``'s last verified list."""
@@ -470,6 +473,10 @@ class Groups:
         events = []
         group_id = body.group_id
         stored = {s.update: s for s, _ in self._rows.chain(group_id)}
+        # A whole chain taken into no state may hold updates signed before their actor
+        # recovered (spec §23.7 step 4); never going back to a key older than one used.
+        joining = self._current(group_id) is None
+        oldest_allowed: dict[str, int] = {}
         for signed in body.updates:
             if signed.update in stored:
                 continue  # already applied (a new member's full chain, our own echo)
@@ -483,6 +490,13 @@ class Groups:
                     stored = {s.update: s for s, _ in self._rows.chain(group_id)}
                     continue
                 key = await self._host.account_key_of(update.actor)
+                if joining and key is not None:
+                    keys = [*await self._host.earlier_account_keys(update.actor), key]
+                    index = _signing_key(keys[oldest_allowed.get(update.actor, 0):], signed)
+                    if index is not None:
+                        index += oldest_allowed.get(update.actor, 0)
+                        oldest_allowed[update.actor] = index
+                        key = keys[index]
                 after, update = apply_update(current, signed, _known_key(key))
             except ServerUnreachable:
                 raise  # not the update's fault: it stays stashed (process_inbox)
@@ -689,6 +703,17 @@ class Groups:
             f"a group message from {envelope.from_user} could not be read: {reason}",
         )
         return [Event("message", envelope.from_user, notice)]
+
+
+def _signing_key(keys: list[str], signed: groups.SignedGroupUpdate) -> int | None:
+    """The index of the first of ``keys`` whose signature the update carries, if any."""
+    for index, key in enumerate(keys):
+        try:
+            verify(key, group_update_bytes(signed.update), signed.signature)
+        except SignatureError:
+            continue
+        return index
+    return None
 
 
 def _known_key(key: str | None) -> Callable[[str], str | None]:
