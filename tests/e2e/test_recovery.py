@@ -73,7 +73,8 @@ async def test_a_group_made_before_its_owner_recovered_can_still_be_joined(serve
     """alice made a group and made bob an admin, then lost every device and recovered. When
     bob adds carol, carol's device checks alice's updates with the key alice had then,
     proven to come before her new one (spec §19.3, §23.7 step 4). An update signed with
-    the old key now, by whoever holds the lost device's key, counts nowhere."""
+    the old key now, by whoever holds the lost device's key, counts nowhere. alice's new
+    device asks for the chain when bob's key reaches it, and is in the group again."""
     clients = {name: await Client.register(profiles(name), server.url, name, None)
                for name in ("alice", "bob", "carol")}
     alice, bob, carol = clients["alice"], clients["bob"], clients["carol"]
@@ -109,6 +110,22 @@ async def test_a_group_made_before_its_owner_recovered_can_still_be_joined(serve
         assert "bob" in bob.groups.view(view.group_id).members
         assert any("not signed by alice's account key" in m.text
                    for m in bob.groups.history(view.group_id))
+
+        # alice's new device gets the group back: the first key of it that arrives makes
+        # the device ask for the chain, which holds her own updates under her old key
+        await bob.groups.send(view.group_id, "welcome back, alice")
+        await bob.flush(30)
+        await alice.sync()  # bob's key arrives, alice's device asks him for the chain
+        await alice.flush(30)
+        await bob.sync()  # bob's device answers with it
+        await bob.flush(30)
+        await alice.sync()
+        regained = alice.groups.view(view.group_id)
+        assert regained.owner == "alice" and regained.head == bob.groups.view(view.group_id).head
+        await bob.groups.send(view.group_id, "can you read this?")
+        await bob.flush(30)
+        await alice.sync()
+        assert "can you read this?" in [m.text for m in alice.groups.history(view.group_id)]
     finally:
         for client in clients.values():
             await client.close()

@@ -589,7 +589,7 @@ class Groups:
 
     def _receive_key(self, sender: str, device: str, key: content.GroupKey) -> list[Event]:
         view = self._current(key.group_id)
-        if view is None or sender not in view.members:
+        if view is not None and sender not in view.members:
             return [self._warn(key.group_id, f"{sender} is not a member of this group: "
                                              f"their messages in it will not be shown")]
         try:
@@ -602,6 +602,14 @@ class Groups:
         with self._store.transaction():
             self._rows.save_inbound(session.session_id, key.group_id, sender, device,
                                     session.pickle(self._pickle_key))
+            if view is None:
+                # A group this device holds no state of (lost with a recovered account's
+                # old devices, say): ask the sender's device for the chain (spec §23.11).
+                # Its messages count only once the chain is in and says who may post.
+                self._host.queue_olm(sender, content.GroupSync(
+                    message_id=new_id(), sent_at_ms=now_ms(), group_id=key.group_id,
+                    from_seq=0,
+                ), device)
         return []
 
     async def _receive_join_request(self, sender: str,
@@ -676,7 +684,9 @@ class Groups:
             return self._unreadable(envelope, f"it could not be decrypted ({exc})")
         if (message.group_id, message.sender, message.sender_device) != (group_id, sender, device):
             return self._unreadable(envelope, "it names another group or sender")
-        view = self.view(group_id)
+        view = self._current(group_id)
+        if view is None:
+            return self._unreadable(envelope, "the group's state has not reached this device")
         peer = group_peer(group_id)
         if (sender, message.message_id) in view.deleted:
             return []
