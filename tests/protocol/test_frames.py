@@ -411,9 +411,25 @@ def test_content_rejects_unknown_content_kind() -> None:
 
 
 def test_limits_raise_frame_size_to_fit_one_maximal_envelope() -> None:
-    """max_frame_bytes is at least max_envelope_bytes * 4 // 3 + 65536 (§13)."""
+    """max_frame_bytes is at least max_envelope_bytes * 4 // 3
+    + max_recipients_per_envelope * 96 + 65536 (§13)."""
     limits = Limits(max_envelope_bytes=1024 * 1024, max_frame_bytes=1000)
-    assert limits.max_frame_bytes == 1024 * 1024 * 4 // 3 + 65536
+    assert limits.max_frame_bytes == 1024 * 1024 * 4 // 3 + 2000 * 96 + 65536
+    assert Limits().max_frame_bytes == 1024 * 1024  # the defaults fit as they are
+    many = Limits(max_recipients_per_envelope=20_000)
+    assert many.max_frame_bytes == 256 * 1024 * 4 // 3 + 20_000 * 96 + 65536
+
+
+def test_a_send_multi_to_the_most_recipients_with_the_largest_names_fits_a_frame() -> None:
+    """The room kept per recipient is enough for two 32-character names."""
+    limits = Limits(max_recipients_per_envelope=10_000)
+    longest = "u" * 32
+    frame = frames.SendMulti(id=2**53 - 1, envelope=frames.MultiEnvelope(
+        envelope_id="e" * 64,
+        recipients=[frames.Recipient(to_user=longest, to_device=f"{n:032}") for n in range(10_000)],
+        ciphertext=bytes(limits.max_envelope_bytes),
+    ))
+    assert len(frames.encode(frame)) <= limits.max_frame_bytes
 
 
 # --- issue 3: accounts, lists, links, verification -------------------------------------------

@@ -13,6 +13,10 @@ SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
 """Every version this code can speak."""
 
 
+RECIPIENT_JSON_BYTES = 96
+"""Room one ``Recipient`` takes at most in a frame: two names of 32 characters, their JSON."""
+
+
 class Limits(msgspec.Struct, frozen=True, kw_only=True):
     """What one server accepts; each is configurable on ``obrolan serve``."""
 
@@ -38,7 +42,9 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     """Most devices in one account's list: every message is encrypted once per device."""
 
     def __post_init__(self) -> None:
-        # A frame must hold at least one maximal envelope, base64-encoded, with room for JSON.
-        needed = self.max_envelope_bytes * 4 // 3 + 64 * 1024
+        # A frame must hold one maximal envelope, base64-encoded, for the most recipients
+        # (a `send_multi`), with room for JSON.
+        needed = (self.max_envelope_bytes * 4 // 3
+                  + self.max_recipients_per_envelope * RECIPIENT_JSON_BYTES + 64 * 1024)
         if self.max_frame_bytes < needed:
             msgspec.structs.force_setattr(self, "max_frame_bytes", needed)
