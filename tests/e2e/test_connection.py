@@ -8,10 +8,11 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
 
-from obrolan.client import Client
-from obrolan.client.connection import Connection, ServerAddress
+from obrolan.client import Client, connection
+from obrolan.client.connection import Connection, ServerAddress, close_session
 from obrolan.protocol.frames import ClaimedKeys, ClaimKeys
 from tests.e2e.conftest import Cli
 from tests.support.raw_client import RawClient, RawDevice
@@ -125,3 +126,27 @@ async def test_a_connection_attempt_cancelled_midway_closes_what_it_opened() -> 
             writer.close()
         silent.close()
     assert leaks == []
+
+
+class _NeverClosed(asyncio.Protocol):
+    """A connection aiohttp started whose socket never came: it never reports closed."""
+
+    transport = None
+
+    def __init__(self) -> None:
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def close(self) -> None:
+        pass
+
+
+async def test_closing_gives_up_on_a_connection_that_never_reports_closed(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """aiohttp waits for each connection it started to report itself closed; closing a
+    client must not hang on one that never does (a connect cancelled before its socket)."""
+    monkeypatch.setattr(connection, "SESSION_CLOSE_SECONDS", 0.2)
+    connector = aiohttp.TCPConnector()
+    connector._acquired.add(_NeverClosed())  # type: ignore[arg-type]  # aiohttp's own set
+    session = aiohttp.ClientSession(connector=connector)
+    async with asyncio.timeout(10):
+        await close_session(session)
+    assert session.closed

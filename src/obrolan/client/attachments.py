@@ -47,7 +47,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from PIL import Image
 
-from obrolan.client.connection import ServerAddress
+from obrolan.client.connection import ServerAddress, close_session
 from obrolan.client.ids import new_id
 from obrolan.errors import (
     ConfigError,
@@ -378,7 +378,7 @@ class BlobClient:
         tb: TracebackType | None,
     ) -> None:
         if self._http is not None:
-            await self._http.close()
+            await close_session(self._http)
             self._http = None
 
     # --- the public verbs --------------------------------------------------------------

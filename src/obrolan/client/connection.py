@@ -8,6 +8,7 @@ side lives in this module.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import itertools
 import ssl
@@ -29,7 +30,7 @@ from obrolan.errors import (
 from obrolan.protocol import frames
 from obrolan.protocol.codes import FATAL_CODES, ErrorCode
 
-__all__ = ["Connection", "ServerAddress"]
+__all__ = ["Connection", "ServerAddress", "close_session"]
 
 REPLACED_CLOSE_CODE = 4000
 REMOVED_CLOSE_CODE = 4001
@@ -93,6 +94,22 @@ PushFrame = frames.Deliver | frames.Drained | frames.LinkAnswer
 ObrolanErrorLike = ServerUnreachable | RequestRefused | DeviceReplaced | DeviceRemoved
 
 
+SESSION_CLOSE_SECONDS = 5.0
+"""How long closing an HTTP session may take before it is given up on."""
+
+
+async def close_session(http: aiohttp.ClientSession) -> None:
+    """Close an HTTP session, but never wait on it for long.
+
+    aiohttp waits for every connection it started to report itself closed; one
+    cancelled before its socket was made may never do so, and a client closing
+    must not hang on it. The session counts as closed either way (no warning).
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(SESSION_CLOSE_SECONDS):
+            await http.close()
+
+
 class Connection:
     """An open WebSocket to the server, after its ``challenge`` arrived."""
 
@@ -128,7 +145,7 @@ class Connection:
         except BaseException:
             # Also when cancelled mid-connect (a client closing): an unclosed session would
             # print a traceback at exit.
-            await http.close()
+            await close_session(http)
             raise
         return cls(http, ws, challenge, address)
 
@@ -236,7 +253,7 @@ class Connection:
         try:
             await self._ws.close()
         finally:
-            await self._http.close()
+            await close_session(self._http)
             self._fail_pending()
 
     @property
