@@ -113,7 +113,7 @@ async def cmd_send(args: argparse.Namespace) -> int:
 
 
 async def cmd_download(args: argparse.Namespace) -> int:
-    async with Client.open(args.profile, passphrase_for(args.profile)) as client:
+    async with Client.open(args.profile, passphrase_for(args.profile), online=False) as client:
         message = client.resolve(args.message)
         bar = ProgressBar("download", sys.stderr, unit="bytes")
         try:
