@@ -147,6 +147,31 @@ async def test_what_the_user_decides_about_a_contact_reaches_their_other_devices
         await carol.close()
 
 
+async def test_a_decision_made_offline_reaches_the_other_devices_with_the_next_connection(
+    server, profiles  # type: ignore[no-untyped-def]
+) -> None:
+    """`obrolan block` works offline: it opens no connection, and the update leaves with
+    the next command that goes online."""
+    laptop = await Client.register(profiles("alice"), server.url, "alice", None)
+    bob = await Client.register(profiles("bob"), server.url, "bob", None)
+    phone = await link(server, profiles, laptop, "phone")
+    try:
+        await bob.send("alice", "hi")
+        await bob.flush(30)
+        await laptop.sync()
+        await laptop.close()
+        async with Client.open(profiles("alice"), None, online=False) as offline:
+            offline.block("bob")
+            assert offline._runner is None  # nothing connected
+        async with Client.open(profiles("alice"), None) as online:
+            await online.flush(30)
+        await phone.sync()
+        assert phone.blocked() == ["bob"]
+    finally:
+        await phone.close()
+        await bob.close()
+
+
 async def test_contacts_beyond_the_answers_room_are_left_out_least_recent_first(
     server, profiles, pair  # type: ignore[no-untyped-def]
 ) -> None:

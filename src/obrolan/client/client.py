@@ -861,10 +861,13 @@ class Client:
         With no other device the entry goes nowhere; a device linked later is told at linking.
         """
         linked = contact_sync.linked_contact(self._store, username)
-        if linked is not None:  # a contact not met yet has no key to tell about
-            self._queue(self.username, content.ContactUpdate(
-                message_id=new_id(), sent_at_ms=now_ms(), contact=linked
-            ))
+        if linked is None:  # a contact not met yet has no key to tell about
+            return
+        update = content.ContactUpdate(message_id=new_id(), sent_at_ms=now_ms(), contact=linked)
+        self._store.enqueue(self.username, content.encode(update))
+        if self._runner is not None:  # online: now; offline (`block`, `trust`): next time
+            self._outbox_idle.clear()
+            self._outbox_wakeup.set()
 
     def _adopt(self, device_id: str, contact: content.LinkedContact) -> list[Event]:
         """Take in what another device of ours knows of a contact (spec §18.1)."""
