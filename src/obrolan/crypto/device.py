@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import vodozemac
 
+from obrolan.crypto import pickles
 from obrolan.crypto.olm import OlmSession, _to_vodozemac
 from obrolan.errors import CryptoError, DecryptionError, InvalidMessage
 from obrolan.protocol.content import OLM_PRE_KEY, OlmCiphertext
@@ -49,10 +50,7 @@ class DeviceIdentity:
         Raises:
             CryptoError: the pickle could not be decrypted (wrong key) or is damaged.
         """
-        try:
-            return cls(vodozemac.Account.from_pickle(pickle, key))
-        except ValueError as exc:
-            raise CryptoError(f"device identity could not be decrypted: {exc}") from None
+        return cls(pickles.restore(vodozemac.Account.from_pickle, pickle, key, "device identity"))
 
     def pickle(self, key: bytes) -> str:
         """The account encrypted with a 32-byte key, for the local store.
@@ -60,10 +58,7 @@ class DeviceIdentity:
         Raises:
             CryptoError: ``key`` is not 32 bytes.
         """
-        try:
-            return self._account.pickle(key)
-        except ValueError as exc:
-            raise CryptoError(f"cannot pickle device identity: {exc}") from None
+        return pickles.save(self._account, key, "device identity")
 
     @property
     def ed25519(self) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import vodozemac
 
+from obrolan.crypto import pickles
 from obrolan.errors import CryptoError, DecryptionError
 
 __all__ = ["InboundGroupSession", "OutboundGroupSession"]
@@ -45,10 +46,7 @@ class OutboundGroupSession:
         Raises:
             CryptoError: the pickle could not be decrypted (wrong key) or is damaged.
         """
-        try:
-            return cls(vodozemac.GroupSession.from_pickle(pickle, key))
-        except ValueError as exc:
-            raise CryptoError(f"Megolm session could not be decrypted: {exc}") from None
+        return cls(pickles.restore(vodozemac.GroupSession.from_pickle, pickle, key, "Megolm session"))
 
     def pickle(self, key: bytes) -> str:
         """The session encrypted with a 32-byte key, for the local store.
@@ -56,10 +54,7 @@ class OutboundGroupSession:
         Raises:
             CryptoError: ``key`` is not 32 bytes.
         """
-        try:
-            return self._session.pickle(key)
-        except ValueError as exc:
-            raise CryptoError(f"cannot pickle Megolm session: {exc}") from None
+        return pickles.save(self._session, key, "Megolm session")
 
     @property
     def session_id(self) -> str:
@@ -112,10 +107,8 @@ class InboundGroupSession:
         Raises:
             CryptoError: the pickle could not be decrypted (wrong key) or is damaged.
         """
-        try:
-            return cls(vodozemac.InboundGroupSession.from_pickle(pickle, key))
-        except ValueError as exc:
-            raise CryptoError(f"Megolm session could not be decrypted: {exc}") from None
+        load = vodozemac.InboundGroupSession.from_pickle
+        return cls(pickles.restore(load, pickle, key, "Megolm session"))
 
     def pickle(self, key: bytes) -> str:
         """The session encrypted with a 32-byte key, for the local store.
@@ -123,10 +116,7 @@ class InboundGroupSession:
         Raises:
             CryptoError: ``key`` is not 32 bytes.
         """
-        try:
-            return self._session.pickle(key)
-        except ValueError as exc:
-            raise CryptoError(f"cannot pickle Megolm session: {exc}") from None
+        return pickles.save(self._session, key, "Megolm session")
 
     @property
     def session_id(self) -> str:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import vodozemac
 
-from obrolan.errors import CryptoError, DecryptionError
+from obrolan.crypto import pickles
+from obrolan.errors import DecryptionError
 from obrolan.protocol.content import OLM_PRE_KEY, OlmCiphertext
 
 __all__ = ["OlmSession"]
@@ -46,10 +47,7 @@ class OlmSession:
         Raises:
             CryptoError: the pickle could not be decrypted (wrong key) or is damaged.
         """
-        try:
-            return cls(vodozemac.Session.from_pickle(pickle, key))
-        except ValueError as exc:
-            raise CryptoError(f"Olm session could not be decrypted: {exc}") from None
+        return cls(pickles.restore(vodozemac.Session.from_pickle, pickle, key, "Olm session"))
 
     def pickle(self, key: bytes) -> str:
         """The session encrypted with a 32-byte key, for the local store.
@@ -57,10 +55,7 @@ class OlmSession:
         Raises:
             CryptoError: ``key`` is not 32 bytes.
         """
-        try:
-            return self._session.pickle(key)
-        except ValueError as exc:
-            raise CryptoError(f"cannot pickle Olm session: {exc}") from None
+        return pickles.save(self._session, key, "Olm session")
 
     @property
     def session_id(self) -> str:
