@@ -263,37 +263,14 @@ _SCHEMA_V5 = (
 )
 
 
-def _migrate_to_v1(conn: sqlite3.Connection) -> None:
-    for statement in _SCHEMA_V1:
+def _run_all(statements: Sequence[str], conn: sqlite3.Connection) -> None:
+    for statement in statements:
         conn.execute(statement)
 
 
-def _migrate_to_v2(conn: sqlite3.Connection) -> None:
-    for statement in _SCHEMA_V2:
-        conn.execute(statement)
-
-
-def _migrate_to_v3(conn: sqlite3.Connection) -> None:
-    for statement in _SCHEMA_V3:
-        conn.execute(statement)
-
-
-def _migrate_to_v4(conn: sqlite3.Connection) -> None:
-    for statement in _SCHEMA_V4:
-        conn.execute(statement)
-
-
-def _migrate_to_v5(conn: sqlite3.Connection) -> None:
-    for statement in _SCHEMA_V5:
-        conn.execute(statement)
-
-
-_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
-    _migrate_to_v1,
-    _migrate_to_v2,
-    _migrate_to_v3,
-    _migrate_to_v4,
-    _migrate_to_v5,
+_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = tuple(
+    partial(_run_all, statements)
+    for statements in (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, _SCHEMA_V5)
 )
 """``_MIGRATIONS[n]`` brings a database from schema version n to n + 1."""
 SCHEMA_VERSION = len(_MIGRATIONS)
