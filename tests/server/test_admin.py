@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from obrolan.protocol.frames import Ack, DevicesPublished
+from obrolan.crypto.account import open_successions
+from obrolan.protocol.frames import Ack, Devices, DevicesPublished, GetDevices
 from tests.server.conftest import Connect, Online
 from tests.server.exchange import offline, send, wait_until
 from tests.support.raw_client import RawDevice, outbound
@@ -146,6 +147,30 @@ async def test_admin_discloses_the_devices_of_the_published_list(
         (d["device_id"], d["ed25519"], d["created_day"], d["last_active_day"])
         for d in disclosed["devices"]
     ] == [("laptop", laptop.ed25519, today, today)]
+
+
+async def test_admin_discloses_the_account_keys_a_recovery_replaced(
+    server: ServerProcess, connect: Connect, online: Online
+) -> None:
+    """The server keeps each recovery's proof (for group chains signed before it);
+    disclose shows the earlier account keys it holds, oldest first."""
+    _, lost = await online(server, "alice")
+    first = RawDevice("alice", "phone")  # a new account key and code
+    client = await connect(server.ws_url)
+    await client.recover(first, lost.account.recovery)
+    second = RawDevice("alice", "tablet")
+    again = await connect(server.ws_url)
+    await again.recover(second, first.account.recovery)
+    disclosed = await admin_json("disclose", "alice", "--data", str(server.data_dir))
+    assert disclosed["earlier_account_keys"] == [
+        lost.account.key.public, first.account.key.public
+    ]
+    assert disclosed["account_key"] == second.account.key.public
+    await again.until_drained()
+    devices = await again.request(GetDevices(id=1, username="alice"))
+    assert isinstance(devices, Devices)
+    assert open_successions(devices.successions, "alice", second.account.key.public) == (
+        disclosed["earlier_account_keys"])  # two recoveries, a chain clients can check
 
 
 async def test_admin_answers_unknown_accounts_and_missing_data_in_one_line(
