@@ -113,8 +113,11 @@ def _fill(vault: Vault) -> None:
 
 
 def _history(vault: Vault) -> dict[str, list[tuple[object, ...]]]:
-    """Every archived row, without row ids, in a comparable form."""
+    """Every archived row, without row ids (nor positions, which are row ids), comparable."""
     db = vault.connection
+    columns = ", ".join(
+        row[1] for row in db.execute("PRAGMA table_info(messages)") if row[1] != "position"
+    )
     return {
         "contacts": db.execute("SELECT * FROM contacts ORDER BY username").fetchall(),
         "conversations": db.execute(
@@ -122,8 +125,8 @@ def _history(vault: Vault) -> dict[str, list[tuple[object, ...]]]:
         ).fetchall(),
         "messages": [
             row[1:] for row in db.execute(
-                "SELECT * FROM messages WHERE expires_at_ms IS NULL OR expires_at_ms > ? "
-                "ORDER BY id", (now_ms(),)
+                f"SELECT {columns} FROM messages WHERE expires_at_ms IS NULL "
+                "OR expires_at_ms > ? ORDER BY id", (now_ms(),)
             )
         ],
         "edits": db.execute(
@@ -411,3 +414,35 @@ def test_archive_import_marks_a_message_still_queued_at_export_not_sent(
     assert (message.text, message.state, message.error) == (
         "written offline", MessageState.FAILED, NOT_SENT_BEFORE_EXPORT
     )
+
+
+def test_archive_import_keeps_the_conversation_order_of_late_arrivals(
+    target: Vault, tmp_path: Path
+) -> None:
+    """bob's phone's 3, 1, 2 were shown 1, 2, 3 on the exporting device; imported after what
+    the profile already has from bob's tablet, they show 1, 2, 3 after it, late ones marked."""
+    with create_vault(tmp_path / "reordered", None) as vault:
+        store = Store(vault)
+        with store.transaction():
+            store.set_meta("username", "alice")
+            for counter in (3, 1, 2):
+                store.add_message(
+                    message_id=new_id(), peer="bob", sender="bob", sender_device="phone",
+                    outgoing=False, text=f"phone {counter}", sent_at_ms=next(_clock),
+                    state=MessageState.RECEIVED, counter=counter,
+                )
+        out = tmp_path / "reordered.obrolan"
+        export_history(vault, out, PASSPHRASE, None)
+    store = Store(target)
+    with store.transaction():
+        for counter in (1, 2, 3):
+            store.add_message(
+                message_id=new_id(), peer="bob", sender="bob", sender_device="tablet",
+                outgoing=False, text=f"tablet {counter}", sent_at_ms=next(_clock),
+                state=MessageState.RECEIVED, counter=counter,
+            )
+    import_history(target, out, PASSPHRASE, None)
+    assert [(m.text, m.arrived_late) for m in store.history("bob")] == [
+        ("tablet 1", False), ("tablet 2", False), ("tablet 3", False),
+        ("phone 1", True), ("phone 2", True), ("phone 3", False),
+    ]

@@ -59,7 +59,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlcipher3 import dbapi2
 
 from obrolan import __version__
-from obrolan.client.store import SCHEMA_VERSION, Store, now_ms
+from obrolan.client.store import SCHEMA_VERSION, Store, now_ms, place_message
 from obrolan.client.vault import Vault
 from obrolan.crypto.keys import Argon2Params, derive_key, subkey
 from obrolan.errors import ConfigError, CryptoError, DecryptionError, InvalidState, StorageError
@@ -263,7 +263,9 @@ def _write_history(
             "conversations": [
                 c for c in _columns(db, "conversations") if c in _CONVERSATION_SETTINGS
             ],
-            "messages": _columns(db, "messages", skip="id"),
+            # A position is a row id of this profile: the importing one places each message
+            # again, in the same arrival order (client/ordering.py).
+            "messages": [c for c in _columns(db, "messages", skip="id") if c != "position"],
             "edits": _columns(db, "edits", skip="message_rowid"),
             "reactions": _columns(db, "reactions", skip="message_rowid"),
         }
@@ -561,6 +563,7 @@ class _Importer:
             return  # kept as this profile has it, with its own edits and reactions
         self._counts["messages"] += 1
         rowid = cursor.lastrowid
+        place_message(self._db, rowid)
         # The outbox is never archived: a message still queued at export was not sent.
         self._db.execute(
             "UPDATE messages SET state = 'failed', error = ? WHERE id = ? AND state = 'queued'",

@@ -107,6 +107,7 @@ class Conversations:
             sent_at_ms=body.sent_at_ms,
             state=MessageState.RECEIVED,
             warning=warning,
+            counter=plaintext.counter,
         )
         if rowid is None:
             return []
@@ -132,7 +133,7 @@ class Conversations:
             rowid = self._store.add_message(
                 message_id=body.message_id, peer=peer, sender=self._me,
                 sender_device=plaintext.sender_device, outgoing=True, text=body.text,
-                sent_at_ms=body.sent_at_ms, state=MessageState.SENT,
+                sent_at_ms=body.sent_at_ms, state=MessageState.SENT, counter=plaintext.counter,
             )
             if rowid is None:
                 return []

@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from obrolan.client.ordering import sort_key
+
 __all__ = ["Approval", "Contact", "Device", "Event", "Message", "MessageState", "Whoami"]
 
 
@@ -52,10 +54,25 @@ class Message:
     """reactor → emoji."""
     earlier_texts: tuple[str, ...] = ()
     """The texts before each edit, oldest first."""
+    counter: int | None = None
+    """The sending device's authenticated counter (None: a notice, or written here)."""
+    arrival: int = 0
+    """When it was stored on this device: later arrivals have higher numbers."""
+    position: int = 0
+    """Its place in the conversation: its own ``arrival``, or, if it arrived late, that
+    of the next message its sender wrote after it (:mod:`obrolan.client.ordering`)."""
+    arrived_late: bool = False
+    """A later message from the same sending device had already arrived (the server
+    delayed or reordered it); it is shown where its sender put it, not at the end."""
 
     @property
     def edited(self) -> bool:
         return self.edited_at_ms is not None
+
+    @property
+    def sort_key(self) -> tuple[int, int, int]:
+        """What a conversation is sorted by: (position, counter or 0, arrival)."""
+        return sort_key(self.position, self.counter, self.arrival)
 
     def as_json(self) -> dict[str, object]:
         """A JSON-ready dict (what ``--json`` prints)."""
@@ -78,6 +95,9 @@ class Message:
             "reactions": self.reactions,
             "expires_at_ms": self.expires_at_ms,
             "attachment": self.attachment,
+            "counter": self.counter,
+            "arrived_late": self.arrived_late,
+            "sort_key": list(self.sort_key),
         }
 
 

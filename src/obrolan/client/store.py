@@ -18,13 +18,14 @@ import msgspec
 from sqlcipher3 import dbapi2
 
 from obrolan.client.models import Contact, Message, MessageState
+from obrolan.client.ordering import place
 from obrolan.client.vault import Vault
 from obrolan.errors import StorageError
 from obrolan.protocol.content import Attachment
 
-__all__ = ["Conversation", "Counters", "OutboxEntry", "Store", "now_ms"]
+__all__ = ["Conversation", "Counters", "OutboxEntry", "Store", "now_ms", "place_message"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 def _statements(script: str) -> list[str]:
     """Split a script of plain statements (no triggers) on ``;``."""
@@ -242,8 +243,20 @@ _SCHEMA_V4 = [
     "ALTER TABLE outbox ADD COLUMN multi BLOB",
 ]
 
+_SCHEMA_V5 = [
+    # Conversation order (client/ordering.py): each sending device's counter, and the
+    # position it gives (a late message is placed before its sender's next one). The
+    # messages stored so far keep their arrival order.
+    "ALTER TABLE messages ADD COLUMN position INTEGER",
+    "ALTER TABLE messages ADD COLUMN arrived_late INTEGER NOT NULL DEFAULT 0",
+    "UPDATE messages SET position = id",
+    "CREATE INDEX messages_by_position ON messages (peer, position, counter, id)",
+    "CREATE INDEX messages_by_counter ON messages (peer, sender, sender_device, counter) "
+    "WHERE counter IS NOT NULL",
+]
+
 _MIGRATIONS: dict[int, list[str]] = {
-    1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4
+    1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4, 5: _SCHEMA_V5
 }
 """The statements that bring the schema from version N-1 to N."""
 
@@ -488,15 +501,21 @@ class Store:
         sent_at_ms: int,
         state: MessageState,
         warning: str | None = None,
+        counter: int | None = None,
     ) -> int | None:
-        """Insert a message; returns its row id, or None if it was already stored."""
+        """Insert a message and place it in its conversation (``counter``: the sending
+        device's, for a message from elsewhere); returns its row id, or None if it was
+        already stored."""
         cursor = self._db.execute(
             "INSERT OR IGNORE INTO messages (message_id, peer, sender, sender_device, outgoing, "
-            "text, sent_at_ms, state, warning) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "text, sent_at_ms, state, warning, counter) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (message_id, peer, sender, sender_device, int(outgoing), text, sent_at_ms,
-             state.value, warning),
+             state.value, warning, counter),
         )
-        return cursor.lastrowid if cursor.rowcount == 1 else None
+        if cursor.rowcount != 1:
+            return None
+        place_message(self._db, int(cursor.lastrowid))
+        return int(cursor.lastrowid)
 
     def set_state(self, rowid: int, state: MessageState, error: str | None = None) -> None:
         self._db.execute(
@@ -516,8 +535,12 @@ class Store:
         return [self._row_to_message(r) for r in rows]
 
     def history(self, peer: str, limit: int | None = None) -> list[Message]:
-        """The conversation with ``peer``, oldest first (the last ``limit`` messages)."""
-        query = f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE peer = ? ORDER BY id DESC"
+        """The conversation with ``peer`` in its order (client/ordering.py: each sending
+        device's counters, else arrival), oldest first (the last ``limit`` messages)."""
+        query = (
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE peer = ? "
+            "ORDER BY position DESC, coalesce(counter, 0) DESC, id DESC"
+        )
         params: tuple[object, ...] = (peer,)
         if limit is not None:
             query += " LIMIT ?"
@@ -550,6 +573,10 @@ class Store:
             attachment=attachment,
             reactions=self.reactions(rowid),
             earlier_texts=tuple(self.earlier_texts(rowid)),
+            counter=None if row[17] is None else int(row[17]),  # type: ignore[call-overload]
+            arrival=rowid,
+            position=int(row[18]),  # type: ignore[call-overload]
+            arrived_late=bool(row[19]),
         )
 
     # --- outbox -------------------------------------------------------------------------
@@ -851,5 +878,28 @@ class Store:
 
 _MESSAGE_COLUMNS = (
     "message_id, peer, sender, sender_device, outgoing, text, sent_at_ms, state, error, warning, "
-    "reply_to, edited_at_ms, deleted, receipt, expires_at_ms, attachment, id"
+    "reply_to, edited_at_ms, deleted, receipt, expires_at_ms, attachment, id, counter, position, "
+    "arrived_late"
 )
+
+
+def place_message(db: dbapi2.Connection, rowid: int) -> None:
+    """Give a just stored message its position (:func:`obrolan.client.ordering.place`):
+    before the earliest message of the same sending device with a higher counter, if
+    one is shown, and then marked as arrived late; else at the end."""
+    peer, sender, device, counter = db.execute(
+        "SELECT peer, sender, sender_device, counter FROM messages WHERE id = ?", (rowid,)
+    ).fetchone()
+    next_shown = None
+    if counter is not None:
+        row = db.execute(
+            "SELECT position FROM messages WHERE peer = ? AND sender = ? AND sender_device = ? "
+            "AND counter > ? AND id != ? ORDER BY position, counter, id LIMIT 1",
+            (peer, sender, device, counter, rowid),
+        ).fetchone()
+        next_shown = None if row is None else int(row[0])
+    placement = place(rowid, counter, next_shown)
+    db.execute(
+        "UPDATE messages SET position = ?, arrived_late = arrived_late OR ? WHERE id = ?",
+        (placement.position, int(placement.arrived_late), rowid),
+    )
