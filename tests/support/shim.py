@@ -41,6 +41,10 @@ class MaliciousServer:
         """When set: hold the next ``deliver`` from this user and send it after the one
         that follows it (two envelopes delivered in swapped order)."""
         self._held: str | None = None
+        self._reorder: tuple[Callable[[dict[str, Any]], bool], list[int]] | None = None
+        self._reordering: list[dict[str, Any]] = []
+        self.reordered = 0
+        """How many envelopes :meth:`reorder` has delivered in its order so far."""
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -61,6 +65,27 @@ class MaliciousServer:
         if self._runner is not None:
             await self._runner.cleanup()
 
+    def reorder(self, matches: Callable[[dict[str, Any]], bool], order: list[int]) -> None:
+        """Hold the next ``len(order)`` envelopes that ``matches`` (across ``deliver`` frames),
+        then deliver them at once, ``order[i]`` being the index of the one sent i-th:
+        ``reorder(lambda e: e["from_user"] == "bob", [2, 0, 1])`` delivers bob's 1, 2, 3
+        as 3, 1, 2."""
+        self._reorder, self._reordering = (matches, order), []
+
+    def _reordered(self, frame: dict[str, Any]) -> dict[str, Any] | None:
+        """The ``deliver`` frame to send in place of ``frame`` (None: nothing to send now)."""
+        if self._reorder is None or frame.get("type") != "deliver":
+            return frame
+        matches, order = self._reorder
+        kept = []
+        for envelope in frame["envelopes"]:
+            (self._reordering if matches(envelope) else kept).append(envelope)
+        if len(self._reordering) >= len(order):
+            held, self._reordering, self._reorder = self._reordering, [], None
+            kept += [held[i] for i in order] + held[len(order):]
+            self.reordered += len(order)
+        return {**frame, "envelopes": kept} if kept else None
+
     def _hold(self, frame: dict[str, Any]) -> bool:
         return (
             self.swap_from is not None
@@ -80,7 +105,10 @@ class MaliciousServer:
                 async for message in server:
                     if message.type is not aiohttp.WSMsgType.TEXT:
                         break
-                    frame = self.rewrite(json.loads(message.data))
+                    rewritten = self._reordered(self.rewrite(json.loads(message.data)))
+                    if rewritten is None:
+                        continue
+                    frame = rewritten
                     if self._hold(frame):
                         self._held = json.dumps(frame)
                         continue

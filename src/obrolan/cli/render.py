@@ -34,6 +34,8 @@ def format_message(message: Message) -> str:
     marks = []
     if message.edited and not message.deleted:
         marks.append("edited")
+    if message.arrived_late:
+        marks.append("arrived late")  # shown where its sender put it (client/ordering.py)
     if message.expires_at_ms is not None:
         marks.append(f"disappears {_when(message.expires_at_ms)}")
     if message.outgoing:
