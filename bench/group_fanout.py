@@ -245,6 +245,7 @@ class GroupSender:
                 message_id=secrets.token_urlsafe(16),
                 sent_at_ms=int(time.time() * 1000),
                 text=self.text,
+                counter=request_id,
             )
         )
         signed = groups.SignedGroupMessage(

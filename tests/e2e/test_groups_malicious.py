@@ -137,7 +137,7 @@ async def test_forged_stale_and_outsider_input_is_rejected(setting) -> None:  # 
     session = OutboundGroupSession.create()
     message = groups.GroupMessage(group_id=group_id, sender="oscar",
                                   sender_device=oscar.device_id, message_id=new_id(),
-                                  sent_at_ms=now_ms(), text="let me in")
+                                  sent_at_ms=now_ms(), text="let me in", counter=1)
     raw = content.encode(message)
     signed = groups.SignedGroupMessage(message=raw,
                                        signature=oscar.sign_device(group_message_bytes(raw)))

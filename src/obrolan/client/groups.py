@@ -367,9 +367,11 @@ class Groups:
             session = OutboundGroupSession.from_pickle(outbound.pickle, self._pickle_key)
             shared, count, created = outbound.shared_with, outbound.messages, outbound.created_ms
         missing = [pair for pair in devices if f"{pair[0]}/{pair[1]}" not in shared]
+        counter = self._store.next_counter(group_peer(group_id))  # this device's, in this group
         message = groups.GroupMessage(
             group_id=group_id, sender=self.me, sender_device=self._host.device_id,
             message_id=new_id(), sent_at_ms=now_ms(), text=text, reply_to=reply_to,
+            counter=counter,
         )
         with self._store.transaction():
             key = content.GroupKey(
@@ -700,6 +702,7 @@ class Groups:
             message_id=message.message_id, peer=peer, sender=sender, sender_device=device,
             outgoing=sender == self.me, text=message.text, sent_at_ms=message.sent_at_ms,
             state=MessageState.SENT if sender == self.me else MessageState.RECEIVED,
+            counter=message.counter,  # shown in the sending device's order (client/ordering.py)
         )
         if rowid is None:
             return []

@@ -209,6 +209,9 @@ class GroupMessage(msgspec.Struct, frozen=True, kw_only=True):
     sent_at_ms: int
     text: Annotated[str, msgspec.Meta(max_length=65536)]
     reply_to: MessageId | None = None
+    counter: Annotated[int, msgspec.Meta(ge=1, le=2**53 - 1)]
+    """The sending device's number for its messages in this group (1, 2, …): receivers
+    show each device's messages in this order, whatever order the server delivers."""
 
 
 class SignedGroupMessage(msgspec.Struct, frozen=True):
