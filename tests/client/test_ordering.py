@@ -27,7 +27,10 @@ from obrolan.protocol import content
 def test_order_shows_bobs_three_reordered_messages_in_his_order() -> None:
     """bob's 1, 2, 3 delivered as 3, 1, 2 after alice's message show as 1, 2, 3; 1 and 2 late."""
     assert order([("alice", None), ("bob", 3), ("bob", 1), ("bob", 2)]) == [
-        (0, False), (2, True), (3, True), (1, False),
+        (0, False),
+        (2, True),
+        (3, True),
+        (1, False),
     ]
 
 
@@ -39,10 +42,22 @@ def test_order_keeps_an_honest_interleaved_conversation_in_arrival_order() -> No
 
 def test_order_puts_a_withheld_message_just_before_its_senders_next_one() -> None:
     """bob 2 is held back while alice talks: it goes just before bob 3, after alice's lines."""
-    arrivals = [("bob", 1), ("alice", None), ("alice", None), ("bob", 3), ("alice", None),
-                ("bob", 2)]
-    assert order(arrivals) == [(0, False), (1, False), (2, False), (5, True), (3, False),
-                               (4, False)]
+    arrivals = [
+        ("bob", 1),
+        ("alice", None),
+        ("alice", None),
+        ("bob", 3),
+        ("alice", None),
+        ("bob", 2),
+    ]
+    assert order(arrivals) == [
+        (0, False),
+        (1, False),
+        (2, False),
+        (5, True),
+        (3, False),
+        (4, False),
+    ]
 
 
 def test_order_tracks_each_sending_device_apart() -> None:
@@ -93,16 +108,24 @@ def alice(tmp_path: Path) -> Iterator[tuple[Store, Conversations]]:
     vault.close()
 
 
-def _arrive(store: Store, rules: Conversations, device: str, counter: int | None, text: str) -> None:
+def _arrive(
+    store: Store, rules: Conversations, device: str, counter: int | None, text: str
+) -> None:
     with store.transaction():
         if counter is None:
             rules.notice("bob", text)
             return
-        rules.receive(content.Plaintext(
-            sender="bob", sender_device=device, recipient="alice", recipient_device="laptop",
-            content=content.Text(message_id=new_id(), sent_at_ms=now_ms(), text=text),
-            counter=counter,
-        ), None)
+        rules.receive(
+            content.Plaintext(
+                sender="bob",
+                sender_device=device,
+                recipient="alice",
+                recipient_device="laptop",
+                content=content.Text(message_id=new_id(), sent_at_ms=now_ms(), text=text),
+                counter=counter,
+            ),
+            None,
+        )
 
 
 def test_store_history_shows_bobs_reordered_messages_in_his_order(
@@ -114,7 +137,9 @@ def test_store_history_shows_bobs_reordered_messages_in_his_order(
         _arrive(store, rules, "phone", counter, f"bob {counter}")
     history = store.history("bob")
     assert [(m.text, m.arrived_late, m.counter) for m in history] == [
-        ("bob 1", True, 1), ("bob 2", True, 2), ("bob 3", False, 3),
+        ("bob 1", True, 1),
+        ("bob 2", True, 2),
+        ("bob 3", False, 3),
     ]
     assert [m.sort_key for m in history] == sorted(m.sort_key for m in history)
     assert [m.text for m in store.history("bob", limit=2)] == ["bob 2", "bob 3"]
@@ -128,8 +153,9 @@ def test_store_history_is_the_pure_rules_order_for_any_arrival_order(
     """Seeded shuffles of two devices' messages and notices: the store shows what order() says."""
     store, rules = alice
     rng = random.Random(4)
-    arrivals: list[tuple[str, int | None]] = [(d, c) for d in ("phone", "tablet")
-                                             for c in range(1, 7)]
+    arrivals: list[tuple[str, int | None]] = [
+        (d, c) for d in ("phone", "tablet") for c in range(1, 7)
+    ]
     rng.shuffle(arrivals)
     for spot in (3, 8):
         arrivals.insert(spot, ("notice", None))
@@ -137,8 +163,9 @@ def test_store_history_is_the_pure_rules_order_for_any_arrival_order(
         _arrive(store, rules, device, counter, str(index))
     expected = [(str(i), late) for i, late in order(arrivals)]
     assert [(m.text, m.arrived_late) for m in store.history("bob")] == expected
-    assert all(m.state in (MessageState.RECEIVED, MessageState.NOTICE)
-               for m in store.history("bob"))
+    assert all(
+        m.state in (MessageState.RECEIVED, MessageState.NOTICE) for m in store.history("bob")
+    )
 
 
 def test_store_migrates_a_schema_4_profile_keeping_its_arrival_order(tmp_path: Path) -> None:
@@ -163,6 +190,8 @@ def test_store_migrates_a_schema_4_profile_keeping_its_arrival_order(tmp_path: P
     rules = Conversations(store, "alice", tmp_path / "old" / "attachments")
     _arrive(store, rules, "phone", 2, "bob 2")
     assert [(m.text, m.arrived_late) for m in store.history("bob")] == [
-        ("bob 1", False), ("bob 2", True), ("bob 3", False),
+        ("bob 1", False),
+        ("bob 2", True),
+        ("bob 3", False),
     ]
     vault.close()

@@ -27,8 +27,9 @@ def from_bob(envelope: dict[str, Any]) -> bool:
 
 
 def lines(messages: list[Message]) -> list[tuple[str, str, bool]]:
-    return [(m.sender, m.text, m.arrived_late) for m in messages
-            if m.state is not MessageState.NOTICE]
+    return [
+        (m.sender, m.text, m.arrived_late) for m in messages if m.state is not MessageState.NOTICE
+    ]
 
 
 @pytest.fixture
@@ -54,7 +55,9 @@ async def reopened(client: Client, profile: Path) -> Client:
 
 
 async def test_alice_sees_bobs_reordered_messages_in_the_order_bob_wrote_them(
-    behind_shim: ALICE_BEHIND_SHIM, profiles: Callable[[str], Path], cli: Cli,
+    behind_shim: ALICE_BEHIND_SHIM,
+    profiles: Callable[[str], Path],
+    cli: Cli,
 ) -> None:
     """bob's 1, 2, 3 delivered as 3, 1, 2 show as 1, 2, 3 after the earlier turns, 1 and 2 late."""
     shim, alice, bob = behind_shim
@@ -74,8 +77,11 @@ async def test_alice_sees_bobs_reordered_messages_in_the_order_bob_wrote_them(
         assert shim.reordered == 3
         history = alice.history("bob")
         assert lines(history) == [
-            ("alice", "hi bob", False), ("bob", "hi alice", False),
-            ("bob", "one", True), ("bob", "two", True), ("bob", "three", False),
+            ("alice", "hi bob", False),
+            ("bob", "hi alice", False),
+            ("bob", "one", True),
+            ("bob", "two", True),
+            ("bob", "three", False),
         ]
         assert [m.sort_key for m in history] == sorted(m.sort_key for m in history)
         assert [m.counter for m in history[2:]] == [2, 3, 4]  # bob's "hi alice" was his 1
@@ -88,7 +94,9 @@ async def test_alice_sees_bobs_reordered_messages_in_the_order_bob_wrote_them(
     as_json = cli("history", "bob", "--profile", str(profiles("alice")), "--json").json()
     assert isinstance(as_json, list)
     assert [(m["text"], m["arrived_late"]) for m in as_json][-3:] == [
-        ("one", True), ("two", True), ("three", False),
+        ("one", True),
+        ("two", True),
+        ("three", False),
     ]
     assert [m["sort_key"] for m in as_json] == sorted(m["sort_key"] for m in as_json)
 
@@ -112,7 +120,8 @@ async def test_honest_turns_keep_the_order_people_took_them_in(
 
 
 async def test_alice_sees_bobs_reordered_group_messages_in_the_order_bob_wrote_them(
-    behind_shim: ALICE_BEHIND_SHIM, profiles: Callable[[str], Path],
+    behind_shim: ALICE_BEHIND_SHIM,
+    profiles: Callable[[str], Path],
 ) -> None:
     """In a group, bob's 1, 2, 3 delivered as 3, 1, 2 show as 1, 2, 3, 1 and 2 marked late."""
     shim, alice, bob = behind_shim
@@ -136,13 +145,19 @@ async def test_alice_sees_bobs_reordered_group_messages_in_the_order_bob_wrote_t
         assert shim.reordered == 3
         history = alice.groups.history(group_id)
         assert lines(history) == [
-            ("bob", "zero", False), ("alice", "welcome", False),
-            ("bob", "one", True), ("bob", "two", True), ("bob", "three", False),
+            ("bob", "zero", False),
+            ("alice", "welcome", False),
+            ("bob", "one", True),
+            ("bob", "two", True),
+            ("bob", "three", False),
         ]
         assert [m.counter for m in history if m.sender == "bob"] == [1, 2, 3, 4]
         assert lines(bob.groups.history(group_id)) == [
-            ("bob", "zero", False), ("alice", "welcome", False),
-            ("bob", "one", False), ("bob", "two", False), ("bob", "three", False),
+            ("bob", "zero", False),
+            ("alice", "welcome", False),
+            ("bob", "one", False),
+            ("bob", "two", False),
+            ("bob", "three", False),
         ]
     finally:
         await alice.close()

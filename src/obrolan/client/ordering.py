@@ -79,6 +79,10 @@ def order(arrivals: Sequence[tuple[Hashable, int | None]]) -> list[tuple[int, bo
             for i, (d, c, p) in enumerate(placed)
             if d == device and c is not None and counter is not None and c > counter
         ]
-        placed.append((device, counter, place(arrival, counter, min(higher)[1] if higher else None)))
-    ranked = sorted(range(len(placed)), key=lambda i: sort_key(placed[i][2].position, placed[i][1], i))
+        placed.append(
+            (device, counter, place(arrival, counter, min(higher)[1] if higher else None))
+        )
+    ranked = sorted(
+        range(len(placed)), key=lambda i: sort_key(placed[i][2].position, placed[i][1], i)
+    )
     return [(i, placed[i][2].arrived_late) for i in ranked]

@@ -251,8 +251,10 @@ _SCHEMA_V5 = [
     "ALTER TABLE messages ADD COLUMN arrived_late INTEGER NOT NULL DEFAULT 0",
     "UPDATE messages SET position = id",
     "CREATE INDEX messages_by_position ON messages (peer, position, counter, id)",
-    "CREATE INDEX messages_by_counter ON messages (peer, sender, sender_device, counter) "
-    "WHERE counter IS NOT NULL",
+    (
+        "CREATE INDEX messages_by_counter ON messages (peer, sender, sender_device, counter) "
+        "WHERE counter IS NOT NULL"
+    ),
 ]
 
 _MIGRATIONS: dict[int, list[str]] = {
@@ -539,7 +541,7 @@ class Store:
         device's counters, else arrival), oldest first (the last ``limit`` messages)."""
         query = (
             f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE peer = ? "
-            "ORDER BY position DESC, coalesce(counter, 0) DESC, id DESC"
+            "ORDER BY position DESC, counter DESC, id DESC"
         )
         params: tuple[object, ...] = (peer,)
         if limit is not None:
