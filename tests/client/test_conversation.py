@@ -12,7 +12,7 @@ from obrolan.client.client import Client
 from obrolan.client.conversation import JOINED_LATE, Conversations
 from obrolan.client.ids import new_id
 from obrolan.client.models import MessageState
-from obrolan.client.store import PROCESSED_KEEP_MS, Store, now_ms
+from obrolan.client.store import MAX_TRACKED_GAP, PROCESSED_KEEP_MS, Store, now_ms
 from obrolan.client.vault import create_vault
 from obrolan.crypto.device import DeviceIdentity
 from obrolan.protocol import content
@@ -124,6 +124,20 @@ def test_conversation_reports_a_gap_once_and_a_late_arrival_fills_it(
     assert gap.message is not None and gap.message.state is MessageState.NOTICE
     _receive(store, rules, _from("alice", _text("two"), counter=2))
     assert store.counters_with_gaps() == []
+
+
+def test_conversation_tracks_a_bounded_gap_below_a_huge_counter(
+    bob: tuple[Store, Conversations],
+) -> None:
+    """A sender's counter far ahead records at most MAX_TRACKED_GAP missing numbers (not one
+    per skipped number, which a hostile counter would make billions of), and still shows."""
+    store, rules = bob
+    _receive(store, rules, _from("alice", _text("one"), counter=1))
+    _receive(store, rules, _from("alice", _text("far"), counter=MAX_TRACKED_GAP + 5000))
+    (counters,) = store.counters_with_gaps()
+    assert len(counters.missing) == MAX_TRACKED_GAP
+    assert counters.missing[-1] == MAX_TRACKED_GAP + 4999
+    assert [m.text for m in store.history("alice")] == ["one", "far"]
 
 
 def test_conversation_drops_everything_from_a_blocked_user(

@@ -23,7 +23,9 @@ from obrolan.client.vault import Vault
 from obrolan.errors import StorageError
 from obrolan.protocol.content import Attachment
 
-__all__ = ["Conversation", "Counters", "OutboxEntry", "Store", "now_ms", "place_message"]
+__all__ = [
+    "MAX_TRACKED_GAP", "Conversation", "Counters", "OutboxEntry", "Store", "now_ms", "place_message",
+]
 
 SCHEMA_VERSION = 5
 
@@ -261,6 +263,10 @@ _MIGRATIONS: dict[int, list[str]] = {
     1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4, 5: _SCHEMA_V5
 }
 """The statements that bring the schema from version N-1 to N."""
+
+MAX_TRACKED_GAP = 1000
+"""At most this many missing counters are remembered below a device's highest (a hostile
+counter far ahead would otherwise make one entry per skipped number)."""
 
 PROCESSED_KEEP_MS = 60 * 24 * 3600 * 1000
 """Processed envelope ids are kept 60 days, twice the server's default TTL."""
@@ -697,9 +703,11 @@ class Store:
         ).fetchone()
         missing = set(json.loads(missing_json))
         if counter > highest:
-            missing.update(range(highest + 1, counter))
+            missing.update(range(max(highest + 1, counter - MAX_TRACKED_GAP), counter))
             highest = counter
         missing.discard(counter)
+        if len(missing) > MAX_TRACKED_GAP:
+            missing = set(sorted(missing)[-MAX_TRACKED_GAP:])
         self._db.execute(
             "UPDATE counters SET highest_seen = ?, missing = ? WHERE peer = ? AND sender = ? "
             "AND device = ?",
