@@ -16,7 +16,7 @@ from obrolan.client import store as store_module
 from obrolan.client.conversation import Conversations
 from obrolan.client.ids import new_id
 from obrolan.client.models import MessageState
-from obrolan.client.ordering import order, place, sort_key
+from obrolan.client.ordering import WINDOW, order, place, sort_key
 from obrolan.client.store import Store, now_ms
 from obrolan.client.vault import create_vault
 from obrolan.protocol import content
@@ -61,7 +61,7 @@ def test_order_puts_a_withheld_message_just_before_its_senders_next_one() -> Non
 
 
 def test_order_tracks_each_sending_device_apart() -> None:
-    """Two devices of one account count apart: one device's late message does not move the other's."""
+    """Two devices of one account count apart: a late message of one does not move the other's."""
     arrivals = [("phone", 2), ("tablet", 1), ("phone", 1), ("tablet", 2)]
     assert order(arrivals) == [(2, True), (0, False), (1, False), (3, False)]
 
@@ -83,6 +83,15 @@ def test_order_shows_every_device_in_counter_order_for_any_arrival_order() -> No
         for device in ("a", "b", "c"):
             counters = [c for d, c in shown if d == device]
             assert counters == sorted(counters), (arrivals, shown)
+
+
+def test_order_does_not_bury_a_senders_messages_behind_a_counter_far_ahead() -> None:
+    """A sender who jumps to a huge counter cannot make its next messages (1, 2) sit back in
+    history before it: only a counter at most WINDOW below a shown one is placed late."""
+    arrivals = [("mallory", 10**9), ("alice", None), ("mallory", 1), ("mallory", 2)]
+    assert order(arrivals) == [(0, False), (1, False), (2, False), (3, False)]
+    edge = [("bob", WINDOW + 2), ("bob", 1), ("bob", 2)]  # 2 is within WINDOW, 1 is not
+    assert order(edge) == [(2, True), (0, False), (1, False)]
 
 
 def test_place_marks_late_only_below_a_shown_counter() -> None:

@@ -9,8 +9,9 @@ docs/protocol.md §15.5, §23.12), and the server cannot change it. The rule:
 * Each message gets an *arrival* number when it is stored (its row id: later
   arrivals, higher numbers) and a *position*. Its position is its own arrival
   number, unless a message from the same sending device (same conversation,
-  account and device) with a higher counter is already shown: then the message
-  **arrived late**, and its position is that of the earliest such message.
+  account and device) with a higher counter, at most :data:`WINDOW` higher, is
+  already shown: then the message **arrived late**, and its position is that of
+  the earliest such message in the conversation's order.
 * A conversation is shown sorted by (position, counter, arrival).
 
 Messages that share a position are always one device's, so among them the
@@ -19,6 +20,11 @@ has the highest counter of them) comes last. Hence: each device's messages are
 shown in the order of its counters; a late message appears just before the next
 message its sender wrote after it, and is marked; everything else keeps arrival
 order. A position never changes once given, so nothing already shown moves.
+
+The window bounds what a sender can do with its own counters: one that jumps
+far ahead does not make its next messages sit back in history, before the jump
+(they are shown as they come); a server can still only delay a message, and a
+message delayed by up to ``WINDOW`` of its sender's events goes back in place.
 
 bob's 1, 2, 3, delivered as 3, 1, 2 after alice's "a"::
 
@@ -34,7 +40,10 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Placement", "order", "place", "sort_key"]
+__all__ = ["WINDOW", "Placement", "order", "place", "sort_key"]
+
+WINDOW = 1000
+"""How far below a shown counter a message may be to be placed before it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +61,9 @@ def place(arrival: int, counter: int | None, next_shown: int | None) -> Placemen
     Args:
         arrival: its arrival number (the store's row id).
         counter: its sending device's counter, or None (a notice, our own message).
-        next_shown: the position of the earliest shown message from the same sending
-            device with a counter higher than ``counter``, or None if there is none.
+        next_shown: the position of the earliest shown message (in the conversation's
+            order) from the same sending device whose counter is above ``counter`` by at
+            most :data:`WINDOW`, or None if there is none.
     """
     if counter is None or next_shown is None:
         return Placement(arrival, False)
@@ -77,7 +87,10 @@ def order(arrivals: Sequence[tuple[Hashable, int | None]]) -> list[tuple[int, bo
         higher = [
             (sort_key(p.position, c, i), p.position)
             for i, (d, c, p) in enumerate(placed)
-            if d == device and c is not None and counter is not None and c > counter
+            if d == device
+            and c is not None
+            and counter is not None
+            and counter < c <= counter + WINDOW
         ]
         placed.append(
             (device, counter, place(arrival, counter, min(higher)[1] if higher else None))

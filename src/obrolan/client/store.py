@@ -18,13 +18,19 @@ import msgspec
 from sqlcipher3 import dbapi2
 
 from obrolan.client.models import Contact, Message, MessageState
-from obrolan.client.ordering import place
+from obrolan.client.ordering import WINDOW, place
 from obrolan.client.vault import Vault
 from obrolan.errors import StorageError
 from obrolan.protocol.content import Attachment
 
 __all__ = [
-    "MAX_TRACKED_GAP", "Conversation", "Counters", "OutboxEntry", "Store", "now_ms", "place_message",
+    "MAX_TRACKED_GAP",
+    "Conversation",
+    "Counters",
+    "OutboxEntry",
+    "Store",
+    "now_ms",
+    "place_message",
 ]
 
 SCHEMA_VERSION = 5
@@ -264,7 +270,7 @@ _MIGRATIONS: dict[int, list[str]] = {
 }
 """The statements that bring the schema from version N-1 to N."""
 
-MAX_TRACKED_GAP = 1000
+MAX_TRACKED_GAP = WINDOW
 """At most this many missing counters are remembered below a device's highest (a hostile
 counter far ahead would otherwise make one entry per skipped number)."""
 
@@ -895,8 +901,9 @@ _MESSAGE_COLUMNS = (
 
 def place_message(db: dbapi2.Connection, rowid: int) -> None:
     """Give a just stored message its position (:func:`obrolan.client.ordering.place`):
-    before the earliest message of the same sending device with a higher counter, if
-    one is shown, and then marked as arrived late; else at the end."""
+    before the earliest message of the same sending device with a counter above its own
+    (by at most ``WINDOW``), if one is shown, and then marked as arrived late; else at
+    the end."""
     peer, sender, device, counter = db.execute(
         "SELECT peer, sender, sender_device, counter FROM messages WHERE id = ?", (rowid,)
     ).fetchone()
@@ -904,8 +911,8 @@ def place_message(db: dbapi2.Connection, rowid: int) -> None:
     if counter is not None:
         row = db.execute(
             "SELECT position FROM messages WHERE peer = ? AND sender = ? AND sender_device = ? "
-            "AND counter > ? AND id != ? ORDER BY position, counter, id LIMIT 1",
-            (peer, sender, device, counter, rowid),
+            "AND counter > ? AND counter <= ? AND id != ? ORDER BY position, counter, id LIMIT 1",
+            (peer, sender, device, counter, counter + WINDOW, rowid),
         ).fetchone()
         next_shown = None if row is None else int(row[0])
     placement = place(rowid, counter, next_shown)
