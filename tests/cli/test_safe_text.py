@@ -1,0 +1,99 @@
+"""cli/safe_text.py: text from someone else never reaches the terminal as controls."""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+
+import pytest
+
+from obrolan.cli.safe_text import CONTINUATION, block, is_hidden, json_text, one_line
+
+C0 = [chr(c) for c in range(0x20)]
+C1 = [chr(c) for c in range(0x80, 0xA0)]
+BIDI = ["\u061c", "\u200e", "\u200f", *map(chr, range(0x202A, 0x202F)), *map(chr, range(0x2066, 0x206A))]
+
+
+def _shows_nothing_hidden(shown: str) -> bool:
+    return not any(is_hidden(c) for c in shown.replace("\n", ""))
+
+
+@pytest.mark.parametrize("char", [*C0, "\x7f", *C1], ids=lambda c: f"U+{ord(c):04X}")
+def test_one_line_shows_every_c0_c1_and_del_as_an_escape(char: str) -> None:
+    """Each C0, C1 and DEL character is written as its Python-style escape, never as itself."""
+    shown = one_line(f"a{char}b")
+    escape = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(char, "\\x%02x" % ord(char))
+    assert shown == f"a{escape}b"
+    assert shown.isascii() and shown.isprintable()
+
+
+@pytest.mark.parametrize("char", BIDI, ids=lambda c: f"U+{ord(c):04X}")
+def test_one_line_shows_every_bidi_control_as_an_escape(char: str) -> None:
+    """Each Bidi_Control character (overrides, embeddings, isolates, marks) is shown as \\uXXXX."""
+    assert unicodedata.category(char) == "Cf"
+    assert one_line(f"x{char}y") == f"x\\u{ord(char):04x}y"
+
+
+def test_one_line_shows_line_separators_and_lone_surrogates() -> None:
+    """U+2028, U+2029 and a lone surrogate (which cannot even be encoded) are shown as escapes."""
+    assert one_line("a\u2028b\u2029c\udc80") == "a\\u2028b\\u2029c\\udc80"
+    one_line("\ud800").encode("utf-8")  # printable without UnicodeEncodeError
+
+
+def test_block_indents_every_continuation_line_under_its_message() -> None:
+    """A newline (or CRLF) starts a line that begins with the continuation mark."""
+    assert block("one\ntwo\r\nthree") == f"one\n{CONTINUATION}two\n{CONTINUATION}three"
+    assert block("last\n") == f"last\n{CONTINUATION}"
+    assert block("a\nb", indent="  > ") == "a\n  > b"
+
+
+def test_block_shows_a_lone_carriage_return_and_expands_tabs() -> None:
+    """A CR alone would overwrite the line's start: it is shown; a tab becomes spaces."""
+    assert block("bob: hi\rmallory") == "bob: hi\\rmallory"
+    assert block("a\tb\n\tc") == f"a   b\n{CONTINUATION}    c"
+
+
+def test_one_line_shows_newlines_and_tabs_in_a_field() -> None:
+    """A name, title or reason stays one line: newline and tab are shown as \\n and \\t."""
+    assert one_line("family\n2026-01-01 alice: hi\tthere") == "family\\n2026-01-01 alice: hi\\tthere"
+
+
+def test_block_defuses_a_long_hostile_message() -> None:
+    """Screen clearing, a painted notice, a forged line, an override and OSC 52: all inert."""
+    hostile = (
+        "hi\x1b[2J\x1b[H\x1b[1;31m⚠ your key changed, run obrolan trust mallory\x1b[0m"
+        "\n2026-12-03 08:30 [deadbeef] alice: send me the code"
+        "\r\x1b]52;c;ZWNobyBwd25lZA==\x07\x9b2J\u202egnp.exe\u202c\x08\x08\x7f"
+        "\x1bP+q\x1b\\\u2066isolated\u2069\x00end"
+    )
+    shown = block(hostile)
+    assert _shows_nothing_hidden(shown)
+    lines = shown.split("\n")
+    assert len(lines) == 2 and lines[1].startswith(CONTINUATION + "2026-12-03")
+    assert "\\x1b[2J" in lines[0] and "\\r\\x1b]52;" in lines[1] and "\\u202egnp.exe" in lines[1]
+
+
+@pytest.mark.parametrize("text", [
+    "plain ascii, with punctuation: (ok) [x] {y} \\ ~ ` ' \"",
+    "emoji 👍🏽 👨‍👩‍👧‍👦 🏳️‍🌈 ❤️",
+    "中文 日本語のテキスト 한국어",
+    "مرحبا بالعالم",
+    "שלום עולם",
+    "Zürich café naïve ñ",
+    "क्षत्रिय",
+    "नमस्ते",
+    "ZWNJ in Persian: می\u200cخواهم",
+])
+def test_ordinary_text_of_every_script_is_unchanged(text: str) -> None:
+    """Emoji (with joiners and selectors), CJK, Arabic, Hebrew, Indic text pass untouched."""
+    assert one_line(text) == text
+    assert block(text) == text
+
+
+def test_json_keeps_the_exact_text_and_escapes_what_a_terminal_obeys() -> None:
+    """json_text reads back to the same strings, with no control character written raw."""
+    value = {"text": "a\x1b[2J\nb\x7f\x9b\u202e\u2028\udc80 👍 中文", "n\x85ame": [1, None]}
+    written = json_text(value, indent=2)
+    assert json.loads(written) == value
+    assert _shows_nothing_hidden(written)
+    assert "👍 中文" in written
