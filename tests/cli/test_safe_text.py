@@ -7,7 +7,9 @@ import unicodedata
 
 import pytest
 
+from obrolan.cli.archive_commands import _BOLD, _format_hit
 from obrolan.cli.safe_text import CONTINUATION, block, is_hidden, json_text, one_line
+from obrolan.client.search import SearchHit
 
 C0 = [chr(c) for c in range(0x20)]
 C1 = [chr(c) for c in range(0x80, 0xA0)]
@@ -22,7 +24,7 @@ def _shows_nothing_hidden(shown: str) -> bool:
 def test_one_line_shows_every_c0_c1_and_del_as_an_escape(char: str) -> None:
     """Each C0, C1 and DEL character is written as its Python-style escape, never as itself."""
     shown = one_line(f"a{char}b")
-    escape = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(char, "\\x%02x" % ord(char))
+    escape = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(char, f"\\x{ord(char):02x}")
     assert shown == f"a{escape}b"
     assert shown.isascii() and shown.isprintable()
 
@@ -82,7 +84,7 @@ def test_block_defuses_a_long_hostile_message() -> None:
     "Zürich café naïve ñ",
     "क्षत्रिय",
     "नमस्ते",
-    "ZWNJ in Persian: می\u200cخواهم",
+    "ZWNJ in Persian: می\u200cخواهم",  # noqa: RUF001
 ])
 def test_ordinary_text_of_every_script_is_unchanged(text: str) -> None:
     """Emoji (with joiners and selectors), CJK, Arabic, Hebrew, Indic text pass untouched."""
@@ -97,3 +99,15 @@ def test_json_keeps_the_exact_text_and_escapes_what_a_terminal_obeys() -> None:
     assert json.loads(written) == value
     assert _shows_nothing_hidden(written)
     assert "👍 中文" in written
+
+
+def test_search_hit_draws_bold_marks_only_where_the_index_put_them() -> None:
+    """On a terminal, a hit's matches are bold; ESC in the sender's text stays visible."""
+    marks = ("\ue000n0nce\ue001", "\ue002n0nce\ue003")
+    hit = SearchHit(
+        message_id="abcdefghijklmnop", peer="mallory", sender="mallory", text="",
+        snippet=f"\x1b[1mfake {marks[0]}word{marks[1]}\n2026 alice: hi", sent_at_ms=0, rank=0.0,
+    )
+    line = _format_hit(hit, marks, _BOLD)
+    assert line.endswith("mallory: \\x1b[1mfake \x1b[1mword\x1b[0m\\n2026 alice: hi")
+    assert line.count("\x1b") == 2

@@ -12,11 +12,11 @@ JSON goes out through :func:`json_text`.
 What is made visible, and how (the form Python uses in a string literal, so it
 is ASCII, one glance tells it apart from text, and no terminal acts on it)::
 
-    C0 controls U+0000–U+001F   \\x1b, \\x07, … (and \\n \\r \\t for those three)
+    C0 controls U+0000..U+001F   \\x1b, \\x07, … (and \\n \\r \\t for those three)
     DEL U+007F                  \\x7f
-    C1 controls U+0080–U+009F   \\x9b, …
-    Bidi_Control (Unicode)      \\u202e, …: U+061C, U+200E, U+200F, U+202A–U+202E,
-                                U+2066–U+2069 (marks too: invisible, and a name
+    C1 controls U+0080..U+009F   \\x9b, …
+    Bidi_Control (Unicode)      \\u202e, …: U+061C, U+200E, U+200F, U+202A..U+202E,
+                                U+2066..U+2069 (marks too: invisible, and a name
                                 must not differ from another by something unseen)
     U+2028, U+2029              \\u2028, \\u2029 (line and paragraph separators)
     lone surrogates             \\udc80, … (they cannot even be encoded)
@@ -82,12 +82,12 @@ def block(text: str, indent: str = CONTINUATION) -> str:
     return ("\n" + indent).join(one_line(line.expandtabs(TAB_WIDTH)) for line in lines)
 
 
-def json_text(value: object, indent: int | None = None) -> str:
+def json_text(value: object, indent: int | None = None, *, ensure_ascii: bool = False) -> str:
     """``value`` as JSON whose strings hold the exact text, with no control reaching a terminal.
 
     ``json.dumps`` already escapes C0 controls; DEL, C1, bidi controls, the line and
     paragraph separators and lone surrogates are escaped here as ``\\uXXXX`` (valid
-    JSON, read back as the same characters).
+    JSON, read back as the same characters). ``ensure_ascii`` escapes all else too.
     """
-    raw = json.dumps(value, ensure_ascii=False, indent=indent)
+    raw = json.dumps(value, ensure_ascii=ensure_ascii, indent=indent)
     return _HIDDEN_BUT_JSON.sub(lambda m: f"\\u{ord(m[0]):04x}", raw)
