@@ -131,23 +131,29 @@ async def test_hostile_message_file_and_reaction_are_inert_in_sync_and_history(
 async def test_hostile_group_fields_are_inert_in_group_info_log_history_and_list(
     cli: Cli, profiles: Callable[[str], Path], mallory: Client
 ) -> None:
-    """A group's title, description, rules, reasons and messages from mallory are shown defused."""
+    """A group's title, description, rules, reasons, messages and reports from mallory are
+    shown defused."""
     view = await mallory.groups.create(HOSTILE_TITLE, ["bob"])
     group_id = view.group_id
     await mallory.groups.act(
         group_id, groups.EditInfo(description=HOSTILE, rules=HOSTILE), HOSTILE_REASON
     )
+    await mallory.groups.act(group_id, groups.Promote(user="bob"), HOSTILE_REASON)
     await mallory.groups.send(group_id, HOSTILE)
+    [posted] = [m for m in mallory.groups.history(group_id) if m.text == HOSTILE]
+    assert await mallory.groups.report(group_id, posted, HOSTILE_REASON) == 1
     await mallory.flush(30)
     synced = await asyncio.to_thread(bob_runs, cli, profiles, "sync")
     assert_inert(synced)
     assert_forged_line_indented(synced)
 
-    for verb in ("info", "log", "history"):
+    for verb in ("info", "log", "history", "reports"):
         output = await asyncio.to_thread(bob_runs, cli, profiles, "group", verb, group_id[:12])
         assert_inert(output)
         if verb != "log":
             assert_forged_line_indented(output)
+        if verb == "reports":
+            assert "because\\x1b[2J\\n#7" in output
     log = await asyncio.to_thread(bob_runs, cli, profiles, "group", "log", group_id[:12])
     assert_forged_line_indented(log, "#7    2026-12-03 08:30 UTC  bob promoted mallory")
     listed = await asyncio.to_thread(bob_runs, cli, profiles, "group", "list")
