@@ -13,7 +13,13 @@ from obrolan.client.search import SearchHit
 
 C0 = [chr(c) for c in range(0x20)]
 C1 = [chr(c) for c in range(0x80, 0xA0)]
-BIDI = ["\u061c", "\u200e", "\u200f", *map(chr, range(0x202A, 0x202F)), *map(chr, range(0x2066, 0x206A))]
+BIDI = [
+    "\u061c",
+    "\u200e",
+    "\u200f",
+    *map(chr, range(0x202A, 0x202F)),
+    *map(chr, range(0x2066, 0x206A)),
+]
 
 
 def _shows_nothing_hidden(shown: str) -> bool:
@@ -57,7 +63,9 @@ def test_block_shows_a_lone_carriage_return_and_expands_tabs() -> None:
 
 def test_one_line_shows_newlines_and_tabs_in_a_field() -> None:
     """A name, title or reason stays one line: newline and tab are shown as \\n and \\t."""
-    assert one_line("family\n2026-01-01 alice: hi\tthere") == "family\\n2026-01-01 alice: hi\\tthere"
+    assert (
+        one_line("family\n2026-01-01 alice: hi\tthere") == "family\\n2026-01-01 alice: hi\\tthere"
+    )
 
 
 def test_block_defuses_a_long_hostile_message() -> None:
@@ -75,17 +83,20 @@ def test_block_defuses_a_long_hostile_message() -> None:
     assert "\\x1b[2J" in lines[0] and "\\r\\x1b]52;" in lines[1] and "\\u202egnp.exe" in lines[1]
 
 
-@pytest.mark.parametrize("text", [
-    "plain ascii, with punctuation: (ok) [x] {y} \\ ~ ` ' \"",
-    "emoji 👍🏽 👨‍👩‍👧‍👦 🏳️‍🌈 ❤️",
-    "中文 日本語のテキスト 한국어",
-    "مرحبا بالعالم",
-    "שלום עולם",
-    "Zürich café naïve ñ",
-    "क्षत्रिय",
-    "नमस्ते",
-    "ZWNJ in Persian: می\u200cخواهم",  # noqa: RUF001
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "plain ascii, with punctuation: (ok) [x] {y} \\ ~ ` ' \"",
+        "emoji 👍🏽 👨‍👩‍👧‍👦 🏳️‍🌈 ❤️",
+        "中文 日本語のテキスト 한국어",
+        "مرحبا بالعالم",
+        "שלום עולם",
+        "Zürich café naïve ñ",
+        "क्षत्रिय",
+        "नमस्ते",
+        "ZWNJ in Persian: می\u200cخواهم",  # noqa: RUF001
+    ],
+)
 def test_ordinary_text_of_every_script_is_unchanged(text: str) -> None:
     """Emoji (with joiners and selectors), CJK, Arabic, Hebrew, Indic text pass untouched."""
     assert one_line(text) == text
@@ -105,8 +116,13 @@ def test_search_hit_draws_bold_marks_only_where_the_index_put_them() -> None:
     """On a terminal, a hit's matches are bold; ESC in the sender's text stays visible."""
     marks = ("\ue000n0nce\ue001", "\ue002n0nce\ue003")
     hit = SearchHit(
-        message_id="abcdefghijklmnop", peer="mallory", sender="mallory", text="",
-        snippet=f"\x1b[1mfake {marks[0]}word{marks[1]}\n2026 alice: hi", sent_at_ms=0, rank=0.0,
+        message_id="abcdefghijklmnop",
+        peer="mallory",
+        sender="mallory",
+        text="",
+        snippet=f"\x1b[1mfake {marks[0]}word{marks[1]}\n2026 alice: hi",
+        sent_at_ms=0,
+        rank=0.0,
     )
     line = _format_hit(hit, marks, _BOLD)
     assert line.endswith("mallory: \\x1b[1mfake \x1b[1mword\x1b[0m\\n2026 alice: hi")

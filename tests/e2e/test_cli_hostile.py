@@ -47,10 +47,13 @@ BIDI = {0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)}
 
 def assert_inert(output: str) -> None:
     """No C0 (but the CLI's newlines), DEL, C1 or bidi control in ``output``."""
-    bad = sorted({
-        f"U+{ord(c):04X}" for c in output
-        if (ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) <= 0x9F or ord(c) in BIDI
-    })
+    bad = sorted(
+        {
+            f"U+{ord(c):04X}"
+            for c in output
+            if (ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) <= 0x9F or ord(c) in BIDI
+        }
+    )
     assert not bad, (bad, output)
 
 
@@ -105,26 +108,36 @@ async def test_hostile_message_file_and_reaction_are_inert_in_sync_and_history(
     assert "file\\x1b[2J\\u202etxt.exe\\n2026 alice: hi\\x9b" in history
     assert "\\x1b[2J\\u202e👍\\n mallory" in history
 
-    as_json = json.loads(await asyncio.to_thread(bob_runs, cli, profiles, "history", "mallory",
-                                                 "--json"))
+    as_json = json.loads(
+        await asyncio.to_thread(bob_runs, cli, profiles, "history", "mallory", "--json")
+    )
     assert [m["text"] for m in as_json if m["sender"] == "mallory"] == [HOSTILE, "the file"]
     assert as_json[-1]["attachment"]["name"] == HOSTILE_NAME
     [mine] = [m for m in as_json if m["text"] == "hello mallory"]
     assert mine["reactions"] == {"mallory": HOSTILE_EMOJI}
-    raw = await asyncio.to_thread(cli, "history", "mallory", "--json", "--profile",
-                                  str(profiles("bob")))
+    raw = await asyncio.to_thread(
+        cli, "history", "mallory", "--json", "--profile", str(profiles("bob"))
+    )
     assert_inert(raw.stdout.replace("\n", ""))
 
     found = await asyncio.to_thread(bob_runs, cli, profiles, "search", "obrolan", "trust")
     assert_inert(found)
     assert "[obrolan] [trust] mallory" in found and len(found.splitlines()) == 1
-    found_json = json.loads(await asyncio.to_thread(bob_runs, cli, profiles, "search", "trust",
-                                                    "--json"))
+    found_json = json.loads(
+        await asyncio.to_thread(bob_runs, cli, profiles, "search", "trust", "--json")
+    )
     assert [hit["text"] for hit in found_json] == [HOSTILE]
 
     [filed] = [m for m in as_json if m["text"] == "the file"]
-    saved = await asyncio.to_thread(bob_runs, cli, profiles, "download", filed["message_id"][:8],
-                                    "--out", str(tmp_path / "out.bin"))
+    saved = await asyncio.to_thread(
+        bob_runs,
+        cli,
+        profiles,
+        "download",
+        filed["message_id"][:8],
+        "--out",
+        str(tmp_path / "out.bin"),
+    )
     assert_inert(saved)
 
 
@@ -160,11 +173,13 @@ async def test_hostile_group_fields_are_inert_in_group_info_log_history_and_list
     assert_inert(listed)
     assert "team\\x1b[31m\\u202eevil\\n#99 forged" in listed and len(listed.splitlines()) == 1
 
-    info = json.loads(await asyncio.to_thread(bob_runs, cli, profiles, "group", "info",
-                                              group_id[:12], "--json"))
+    info = json.loads(
+        await asyncio.to_thread(bob_runs, cli, profiles, "group", "info", group_id[:12], "--json")
+    )
     assert (info["title"], info["description"], info["rules"]) == (HOSTILE_TITLE, HOSTILE, HOSTILE)
-    log_json = json.loads(await asyncio.to_thread(bob_runs, cli, profiles, "group", "log",
-                                                  group_id[:12], "--json"))
+    log_json = json.loads(
+        await asyncio.to_thread(bob_runs, cli, profiles, "group", "log", group_id[:12], "--json")
+    )
     assert log_json[-1]["entry"].endswith(HOSTILE_REASON)
 
 
@@ -174,8 +189,16 @@ async def test_hostile_message_is_inert_in_listen(
     """`listen` prints mallory's live message defused: no screen cleared, forged line indented."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OBROLAN_")}
     listener = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "obrolan", "listen", "--profile", str(profiles("bob")),
-        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "obrolan",
+        "listen",
+        "--profile",
+        str(profiles("bob")),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     assert listener.stderr is not None and listener.stdout is not None
     try:
@@ -204,8 +227,14 @@ async def test_hostile_device_name_is_inert_in_devices_and_approve(
     and in `devices`; --json has the exact name."""
     codes: asyncio.Queue[LinkCode] = asyncio.Queue()
     linking = asyncio.create_task(
-        Client.link(profiles("bob-phone"), server.url, "bob", None, codes.put_nowait,
-                    device_name=HOSTILE_DEVICE)
+        Client.link(
+            profiles("bob-phone"),
+            server.url,
+            "bob",
+            None,
+            codes.put_nowait,
+            device_name=HOSTILE_DEVICE,
+        )
     )
     code = await asyncio.wait_for(codes.get(), 15)
     approved = await asyncio.to_thread(
@@ -231,11 +260,20 @@ async def test_hostile_server_error_text_is_inert_on_stderr(
     async with MaliciousServer(server.ws_url) as shim:
         shim.rewrite = lambda frame: (
             {**frame, "code": "bad_device_list", "message": hostile_error}
-            if frame.get("type") == "error" else frame
+            if frame.get("type") == "error"
+            else frame
         )
         carol = profiles("carol")
-        made = await asyncio.to_thread(cli, "register", "carol", "--server", shim.url,
-                                       "--profile", str(carol), "--no-passphrase")
+        made = await asyncio.to_thread(
+            cli,
+            "register",
+            "carol",
+            "--server",
+            shim.url,
+            "--profile",
+            str(carol),
+            "--no-passphrase",
+        )
         assert made.returncode == 0, made.stderr
         refused = await asyncio.to_thread(
             cli, "devices", "approve", "AAAA-BBBB-CCCC-DDDD-EEEE-FFFF", "--profile", str(carol)
