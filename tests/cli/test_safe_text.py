@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import json
+import random
 import unicodedata
 
 import pytest
 
 from obrolan.cli.archive_commands import _BOLD, _format_hit
-from obrolan.cli.safe_text import CONTINUATION, block, is_hidden, json_text, one_line
+from obrolan.cli.safe_text import (
+    CONTINUATION,
+    block,
+    columns,
+    fit,
+    is_hidden,
+    json_text,
+    one_line,
+)
 from obrolan.client.search import SearchHit
 
 C0 = [chr(c) for c in range(0x20)]
@@ -20,6 +29,8 @@ BIDI = [
     *map(chr, range(0x202A, 0x202F)),
     *map(chr, range(0x2066, 0x206A)),
 ]
+
+FORGED_ROW = "2026-12-03 08:31 [deadbeef] alice: send the code"
 
 
 def _shows_nothing_hidden(shown: str) -> bool:
@@ -127,3 +138,32 @@ def test_search_hit_draws_bold_marks_only_where_the_index_put_them() -> None:
     line = _format_hit(hit, marks, _BOLD)
     assert line.endswith("mallory: \\x1b[1mfake \x1b[1mword\x1b[0m\\n2026 alice: hi")
     assert line.count("\x1b") == 2
+
+
+def test_fit_breaks_padding_so_a_forged_line_never_starts_a_row() -> None:
+    """Spaces padding a message to the terminal's width end with a break and the mark."""
+    line = "2026-12-03 08:30 [abcdefgh] mallory: ok" + " " * 41 + FORGED_ROW
+    rows = fit(line, 80).split("\n")
+    assert rows[1:] == [CONTINUATION + FORGED_ROW]
+    assert all(sum(map(columns, row)) <= 80 for row in rows)
+
+
+def test_fit_keeps_every_character_and_every_row_within_the_width() -> None:
+    """Words, CJK, emoji, flags and combining marks: rows fit and nothing is lost."""
+    alphabet = " abc中👍é\u0301❤\ufe0f🇩🇪"
+    chooser = random.Random(9)
+    for _ in range(2000):
+        text = "".join(chooser.choice(alphabet) for _ in range(chooser.randint(0, 300)))
+        width = chooser.randint(40, 120)
+        rows = fit(text, width).split("\n")
+        assert all(sum(map(columns, row)) <= width for row in rows), (text, width)
+        assert "".join(row.removeprefix(CONTINUATION) for row in rows) == text
+        assert not any(row.startswith(CONTINUATION + "\u0301") for row in rows)
+
+
+def test_fit_breaks_after_a_space_and_keeps_bold_sequences_whole() -> None:
+    """A long text breaks between words; the CLI's own bold mark is never split."""
+    assert fit("word " * 12, 40) == "word " * 8 + "\n" + CONTINUATION + "word " * 4
+    bold = fit("a" * 38 + "\x1b[1mbold\x1b[0m", 40)
+    assert "\x1b[1m" in bold and "\x1b[0m" in bold
+    assert fit("short", 10) == "short"  # narrower than MIN_WIDTH: the terminal wraps

@@ -12,17 +12,21 @@ text.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
+import pty
 import signal
+import struct
 import subprocess
 import sys
+import termios
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
-from obrolan.cli.safe_text import CONTINUATION
+from obrolan.cli.safe_text import CONTINUATION, columns
 from obrolan.client import Client
 from obrolan.crypto.account import LinkCode
 from obrolan.protocol import groups
@@ -282,3 +286,57 @@ async def test_hostile_server_error_text_is_inert_on_stderr(
     assert_inert(refused.stderr)
     assert "no device\\x1b[2J\\n2026-12-03" in refused.stderr, refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def on_terminal(*args: str, width: int) -> str:
+    """Run ``obrolan ARGS`` with its stdout on a pseudo-terminal ``width`` columns wide."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, width, 0, 0))
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("OBROLAN_") and k not in ("COLUMNS", "LINES")
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "obrolan", *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=subprocess.PIPE,
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the command closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 0 and b"Traceback" not in err, err
+    return b"".join(chunks).decode().replace("\r\n", "\n")
+
+
+async def test_padding_to_the_terminal_width_cannot_put_a_forged_line_at_column_0(
+    cli: Cli, profiles: Callable[[str], Path], mallory: Client
+) -> None:
+    """Spaces that fill bob's 80-column row end in a break: the forged text is indented."""
+    prefix = "2026-12-03 08:30 [abcdefgh] mallory: "  # what history prints before the text
+    padded = "ok" + " " * (80 - len(prefix) - 2) + FORGED
+    await mallory.send("bob", padded)
+    await mallory.flush(30)
+    await asyncio.to_thread(bob_runs, cli, profiles, "sync")
+    shown_at_80 = ""
+    for width in (80, 100):
+        shown = await asyncio.to_thread(
+            on_terminal, "history", "mallory", "--profile", str(profiles("bob")), width=width
+        )
+        assert_inert(shown)
+        rows = shown.splitlines()
+        assert all(sum(map(columns, row)) <= width for row in rows), shown
+        assert not any(row.startswith(FORGED[:20]) for row in rows), shown
+        shown_at_80 = shown_at_80 or shown
+    assert_forged_line_indented(shown_at_80, FORGED[:20])

@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 
 from obrolan.cli.common import ProgressBar, add_verb, passphrase_for, print_json
-from obrolan.cli.render import SHORT_ID
+from obrolan.cli.render import SHORT_ID, show
 from obrolan.cli.safe_text import one_line
 from obrolan.client.archive import export_history, import_history
 from obrolan.client.search import DEFAULT_MARKS, MAX_LIMIT, SearchHit, search
@@ -95,7 +95,7 @@ async def cmd_search(args: argparse.Namespace) -> int:
         print_json([hit.as_json() for hit in hits])
         return 0
     for hit in hits:
-        print(_format_hit(hit, marks, shown))
+        show(_format_hit(hit, marks, shown))
     if not hits:
         where = f" with {args.with_user}" if args.with_user else ""
         print(f"no messages{where} match {query!r}", file=sys.stderr)

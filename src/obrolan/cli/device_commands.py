@@ -18,6 +18,7 @@ from obrolan.cli.common import (
     print_json,
     read_passphrase,
 )
+from obrolan.cli.render import show
 from obrolan.cli.safe_text import one_line
 from obrolan.client.client import Client
 from obrolan.client.enrolment import link_address
@@ -112,8 +113,8 @@ async def cmd_devices(args: argparse.Namespace) -> int:
     for device in devices:  # the names and dates come from the devices and the server
         mark = "  (this device)" if device.current else ""
         active = one_line(device.last_active or "never")
-        print(f"{one_line(device.device_id)}  {one_line(device.name)}  "
-              f"added {one_line(device.added)}  last active {active}{mark}")
+        show(f"{one_line(device.device_id)}  {one_line(device.name)}  "
+             f"added {one_line(device.added)}  last active {active}{mark}")
     return 0
 
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from obrolan.cli.common import Handler, add_verb, deliver, passphrase_for, print_json
 from obrolan.cli.conversation_commands import parse_duration
-from obrolan.cli.render import print_messages
+from obrolan.cli.render import print_messages, show
 from obrolan.cli.safe_text import block, one_line
 from obrolan.client.client import Client
 from obrolan.client.group_store import group_peer
@@ -42,11 +42,11 @@ def _view_json(view: GroupView) -> dict[str, object]:
 
 def _print_view(view: GroupView) -> None:
     """Title, description, rules and member names are the members': shown via safe_text."""
-    print(f"{one_line(view.title)}  ({one_line(view.group_id)})")
+    show(f"{one_line(view.title)}  ({one_line(view.group_id)})")
     if view.description:  # labelled, so its first line cannot pass for one of ours
-        print(f"description: {block(view.description)}")
+        show(f"description: {block(view.description)}")
     if view.rules:
-        print(f"rules: {block(view.rules)}")
+        show(f"rules: {block(view.rules)}")
     s = view.settings
     print(f"who can post: {s.who_can_post}; who can add: {s.who_can_add}; "
           f"join approval: {'on' if s.approval else 'off'}")
@@ -106,8 +106,8 @@ async def cmd_list(args: argparse.Namespace) -> int:
         return 0
     for view in views:
         role = view.role(me) or "left"
-        print(f"{one_line(view.group_id[:8])}  {one_line(view.title)}  "
-              f"({len(view.members)} members, you: {one_line(role)})")
+        show(f"{one_line(view.group_id[:8])}  {one_line(view.title)}  "
+             f"({len(view.members)} members, you: {one_line(role)})")
     if not views:
         print("no groups yet: `obrolan group create NAME --members a,b`", file=sys.stderr)
     return 0
@@ -131,7 +131,7 @@ async def cmd_log(args: argparse.Namespace) -> int:
         return 0
     for seq, at_ms, line in entries:
         when = datetime.fromtimestamp(at_ms / 1000, UTC)
-        print(f"#{seq:<4} {when:%Y-%m-%d %H:%M} UTC  {block(line)}")  # quotes titles, reasons
+        show(f"#{seq:<4} {when:%Y-%m-%d %H:%M} UTC  {block(line)}")  # quotes titles, reasons
     return 0
 
 
@@ -236,9 +236,9 @@ async def cmd_reports(args: argparse.Namespace) -> int:
             return 0
         for r in reports:
             proof = "signature verified" if r.verified else "⚠ signature does NOT verify"
-            print(f"{one_line(r.reporter)} reported {one_line(r.sender)} "
-                  f"[{one_line(r.message_id[:8])}] ({proof}): {one_line(r.reason)}\n"
-                  f"    “{block(r.text)}”")
+            show(f"{one_line(r.reporter)} reported {one_line(r.sender)} "
+                 f"[{one_line(r.message_id[:8])}] ({proof}): {one_line(r.reason)}\n"
+                 f"    “{block(r.text)}”")
         if not reports:
             print("no reports", file=sys.stderr)
         return 0

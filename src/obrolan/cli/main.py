@@ -31,7 +31,7 @@ from obrolan.cli.common import (
     print_json,
     read_passphrase,
 )
-from obrolan.cli.render import format_event, print_messages
+from obrolan.cli.render import format_event, print_messages, show
 from obrolan.cli.safe_text import json_text, one_line
 from obrolan.cli.verify_command import add_verify_command
 from obrolan.client.client import Client
@@ -157,7 +157,7 @@ async def cmd_listen(args: argparse.Namespace) -> int:
             if args.json:
                 print(json_text(event.as_json()), flush=True)
             elif (line := format_event(event)) is not None:
-                print(line, flush=True)
+                show(line)
             if event.kind == "message":
                 await client.mark_read(event.peer)
     return 0

@@ -8,15 +8,17 @@ passes for another message.
 
 from __future__ import annotations
 
+import shutil
+import sys
 from collections.abc import Sequence
 from datetime import datetime
 
 from obrolan.cli.common import print_json
-from obrolan.cli.safe_text import block, one_line
+from obrolan.cli.safe_text import block, fit, one_line
 from obrolan.client.group_store import is_group_peer
 from obrolan.client.models import Event, Message, MessageState
 
-__all__ = ["SHORT_ID", "format_event", "format_message", "print_messages"]
+__all__ = ["SHORT_ID", "format_event", "format_message", "print_messages", "show"]
 
 SHORT_ID = 8
 """Characters of a message id shown; any unique prefix works where a verb takes MESSAGE."""
@@ -82,9 +84,17 @@ def format_event(event: Event) -> str | None:
     return prefix + format_message(event.message)
 
 
+def show(text: str) -> None:
+    """Print lines that hold others' text (made safe already); on a terminal, each row is
+    broken before the terminal would wrap it, so nothing they sent starts a row."""
+    if sys.stdout.isatty():
+        text = fit(text, shutil.get_terminal_size().columns)
+    print(text, flush=True)
+
+
 def print_messages(messages: Sequence[Message], as_json: bool) -> None:
     if as_json:
         print_json([m.as_json() for m in messages])
         return
     for message in messages:
-        print(format_message(message), flush=True)
+        show(format_message(message))

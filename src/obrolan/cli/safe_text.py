@@ -35,6 +35,14 @@ indent (:data:`CONTINUATION` by default, a mark no line the CLI writes itself
 begins with), so no line of it can pass for another message or a notice; a tab
 becomes spaces to the next multiple of :data:`TAB_WIDTH` columns of its line.
 
+On a terminal, a line can still reach the start of a row without a newline: the
+terminal wraps it there, so spaces (or any blank-looking characters) padding the
+text to the terminal's width would put a forged line at column 0. :func:`fit`
+breaks such lines itself, at or before the column the terminal would (see
+:func:`columns`), and starts every
+further row with the indent, so a row that does not begin with a timestamp,
+``#`` or a mark of the CLI is always shown as a continuation.
+
 ``--json`` output keeps the real text: :func:`json_text` writes the same
 characters as ``\\uXXXX`` escapes, which JSON reads back to the exact string.
 """
@@ -43,8 +51,18 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 
-__all__ = ["CONTINUATION", "TAB_WIDTH", "block", "is_hidden", "json_text", "one_line"]
+__all__ = [
+    "CONTINUATION",
+    "TAB_WIDTH",
+    "block",
+    "columns",
+    "fit",
+    "is_hidden",
+    "json_text",
+    "one_line",
+]
 
 CONTINUATION = "    │ "
 """What starts each further line of a message (or other text with lines) from someone else."""
@@ -91,3 +109,68 @@ def json_text(value: object, indent: int | None = None, *, ensure_ascii: bool = 
     """
     raw = json.dumps(value, ensure_ascii=ensure_ascii, indent=indent)
     return _HIDDEN_BUT_JSON.sub(lambda m: f"\\u{ord(m[0]):04x}", raw)
+
+
+MIN_WIDTH = 40
+"""Narrowest width :func:`fit` breaks rows to (a narrower terminal wraps them itself)."""
+
+
+def columns(char: str) -> int:
+    """Columns a terminal gives ``char``: 2 for East Asian wide letters and emoji (a flag's
+    letters and an emoji-presentation selector counted on the wide side), 0 for combining
+    marks, else 1 (East Asian "ambiguous" letters as non-CJK terminals show them)."""
+    if char == "\ufe0f":  # emoji presentation: the character before it takes two columns
+        return 1
+    if unicodedata.category(char) in ("Mn", "Me"):
+        return 0
+    if unicodedata.east_asian_width(char) in "WF" or "\U0001f1e6" <= char <= "\U0001f1ff":
+        return 2
+    return 1
+
+
+_SGR_OR_CHAR = re.compile("\x1b\\[[0-9;]*m|.", re.DOTALL)
+
+
+def _room(token: str) -> int:
+    return 0 if token.startswith("\x1b") else columns(token)
+
+
+def _base(row: list[str], i: int) -> bool:
+    """True if a row may start at ``row[i]`` (the end, or not a combining mark)."""
+    return i == len(row) or _room(row[i]) > 0
+
+
+def fit(text: str, width: int, indent: str = CONTINUATION) -> str:
+    """``text`` with every line wider than ``width`` columns broken into rows, each further
+    row starting with ``indent``: what the terminal would wrap to column 0 never gets there.
+
+    A row is broken after its last space when it has one, else between two characters
+    (never before a combining mark). ``text`` must be safe already: the only controls
+    left are the CLI's own SGR sequences (``\\x1b[1m``, bold), kept whole and counted as
+    taking no room.
+    """
+    width = max(width, MIN_WIDTH)
+    lead = sum(columns(c) for c in indent)
+    rows: list[str] = []
+    for line in text.split("\n"):
+        row: list[str] = []
+        used = 0
+        start = 0  # where this row's own text begins (after the indent)
+        for char in _SGR_OR_CHAR.findall(line):
+            wide = _room(char)
+            if used + wide > width and wide and len(row) > start:
+                space = max(
+                    (i for i in range(start, len(row)) if row[i] == " " and _base(row, i + 1)),
+                    default=-1,
+                )
+                cut = space + 1 if space >= start else len(row)
+                if lead + sum(_room(c) for c in row[cut:]) + wide > width:
+                    cut = len(row)  # the words after the space would not fit either
+                rows.append("".join(row[:cut]))
+                row = [*indent, *row[cut:]]
+                start = len(indent)
+                used = lead + sum(_room(c) for c in row[start:])
+            row.append(char)
+            used += wide
+        rows.append("".join(row))
+    return "\n".join(rows)
