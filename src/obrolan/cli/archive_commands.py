@@ -11,12 +11,14 @@ import argparse
 import asyncio
 import getpass
 import os
+import secrets
 import sys
 from datetime import datetime
 from pathlib import Path
 
 from obrolan.cli.common import ProgressBar, add_verb, passphrase_for, print_json
-from obrolan.cli.render import SHORT_ID
+from obrolan.cli.render import SHORT_ID, show
+from obrolan.cli.safe_text import one_line
 from obrolan.client.archive import export_history, import_history
 from obrolan.client.search import DEFAULT_MARKS, MAX_LIMIT, SearchHit, search
 from obrolan.client.store import Store
@@ -66,15 +68,25 @@ async def _open_store(profile: Path) -> Vault:
     return vault
 
 
-def _format_hit(hit: SearchHit) -> str:
+def _format_hit(hit: SearchHit, marks: tuple[str, str], shown: tuple[str, str]) -> str:
+    """A hit as one line; the snippet's ``marks`` become ``shown`` once the text is made safe."""
     when = datetime.fromtimestamp(hit.sent_at_ms / 1000).strftime("%Y-%m-%d %H:%M")
-    arrow = hit.sender if hit.sender == hit.peer else f"{hit.sender} → {hit.peer}"
-    return f"{when} [{hit.message_id[:SHORT_ID]}] {arrow}: {hit.snippet}"
+    sender, peer = one_line(hit.sender), one_line(hit.peer)
+    arrow = sender if hit.sender == hit.peer else f"{sender} → {peer}"
+    snippet = shown[0].join(
+        shown[1].join(one_line(part) for part in piece.split(marks[1]))
+        for piece in hit.snippet.split(marks[0])
+    )
+    return f"{when} [{one_line(hit.message_id[:SHORT_ID])}] {arrow}: {snippet}"
 
 
 async def cmd_search(args: argparse.Namespace) -> int:
     query = " ".join(args.text)
-    marks = _BOLD if sys.stdout.isatty() and not args.json else DEFAULT_MARKS
+    shown = _BOLD if sys.stdout.isatty() and not args.json else DEFAULT_MARKS
+    # The snippet is the sender's text: it is made safe before the marks are drawn, so
+    # they are words nobody can have typed, put in place of bold only after that.
+    nonce = secrets.token_hex(8)
+    marks = (f"\ue000{nonce}\ue001", f"\ue002{nonce}\ue003") if not args.json else shown
     with await _open_store(args.profile) as vault:
         hits = search(
             vault.connection, query, with_user=args.with_user, limit=args.limit, marks=marks
@@ -83,7 +95,7 @@ async def cmd_search(args: argparse.Namespace) -> int:
         print_json([hit.as_json() for hit in hits])
         return 0
     for hit in hits:
-        print(_format_hit(hit))
+        show(_format_hit(hit, marks, shown))
     if not hits:
         where = f" with {args.with_user}" if args.with_user else ""
         print(f"no messages{where} match {query!r}", file=sys.stderr)
@@ -134,14 +146,15 @@ async def cmd_import(args: argparse.Namespace) -> int:
     if args.json:
         print_json(summary.as_json())
         return 0
-    whose = f"{summary.owner}'s " if summary.owner else ""
+    owner = one_line(summary.owner or "")  # an archive may be anyone's
+    whose = f"{owner}'s " if owner else ""
     print(f"imported {summary.messages:,} messages and {summary.files:,} files of {whose}history")
     if summary.messages_present:
         print(f"{summary.messages_present:,} messages were already here and were kept as they are")
     if summary.messages_expired:
         print(f"{summary.messages_expired:,} disappearing messages had expired and were left out")
     if summary.owner and me and summary.owner != me:
-        print(f"note: the history is {summary.owner}'s; this profile is {me}'s", file=sys.stderr)
+        print(f"note: the history is {owner}'s; this profile is {me}'s", file=sys.stderr)
     return 0
 
 

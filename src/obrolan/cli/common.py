@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import json
 import logging
 import os
 import sys
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import platformdirs
 
+from obrolan.cli.safe_text import block, json_text, one_line
 from obrolan.client.vault import needs_passphrase
 from obrolan.errors import ConfigError, ServerUnreachable
 
@@ -95,7 +95,7 @@ async def deliver(client: Client) -> str:
     try:
         await client.flush(timeout=SEND_TIMEOUT)
     except ServerUnreachable as exc:
-        print(f"obrolan: {exc}; queued, it will go with the next sync, listen or send",
+        print(f"obrolan: {one_line(str(exc))}; queued, it will go with the next sync, listen or send",
               file=sys.stderr)
         return "queued"
     return "sent"
@@ -120,7 +120,8 @@ def passphrase_for(profile: Path) -> str | None:
 
 
 def print_json(value: object) -> None:
-    print(json.dumps(value, ensure_ascii=False, indent=2))
+    """``value`` as JSON with the exact text, no control character raw (safe_text.json_text)."""
+    print(json_text(value, indent=2))
 
 
 _PROFILE_OPTIONS = argparse.ArgumentParser(add_help=False)
@@ -150,13 +151,19 @@ def _run_async(handler: Handler) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         if args.profile is None:
             args.profile = default_profile()
-        logging.basicConfig(
-            level=logging.INFO if args.verbose else logging.ERROR,
-            format="%(levelname)s %(name)s: %(message)s",
-        )
+        log = logging.StreamHandler()
+        log.setFormatter(_SafeFormatter("%(levelname)s %(name)s: %(message)s"))
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, handlers=[log])
         return asyncio.run(handler(args))
 
     return run
+
+
+class _SafeFormatter(logging.Formatter):
+    """Log lines may quote what others sent: controls shown, further lines indented."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return block(super().format(record), indent="    ")
 
 
 class ProgressBar:

@@ -7,6 +7,7 @@ import re
 import sys
 
 from obrolan.cli.common import Handler, add_verb, deliver, passphrase_for, print_json
+from obrolan.cli.safe_text import one_line
 from obrolan.client.client import Client
 from obrolan.client.conversation import describe_timer
 from obrolan.errors import ConfigError
@@ -84,7 +85,8 @@ async def cmd_requests(args: argparse.Namespace) -> int:
                 print("no message requests", file=sys.stderr)
             for peer in [] if args.json else waiting:
                 count = len(client.history(peer))
-                print(f"{peer}: {count} message(s) waiting (`obrolan requests accept {peer}`)")
+                shown = one_line(peer)
+                print(f"{shown}: {count} message(s) waiting (`obrolan requests accept {shown}`)")
             return 0
         if args.user is None:
             raise ConfigError(f"say whose request to {args.action}: obrolan requests {args.action} USER")
@@ -131,7 +133,7 @@ async def cmd_settings(args: argparse.Namespace) -> int:
     else:
         print(f"receipts: {receipts}")
         print(f"files fetched at once up to: {auto_download:,} bytes")
-        print(f"blocked: {', '.join(blocked) or 'nobody'}")
+        print(f"blocked: {one_line(', '.join(blocked)) or 'nobody'}")
         print(f"group keys replaced after: {rotation[0]} messages or {rotation[1]} days")
     return 0
 

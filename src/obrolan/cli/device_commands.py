@@ -18,6 +18,8 @@ from obrolan.cli.common import (
     print_json,
     read_passphrase,
 )
+from obrolan.cli.render import show
+from obrolan.cli.safe_text import one_line
 from obrolan.client.client import Client
 from obrolan.client.enrolment import link_address
 from obrolan.crypto.account import LinkCode, RecoveryCode
@@ -108,11 +110,11 @@ async def cmd_devices(args: argparse.Namespace) -> int:
     if args.json:
         print_json([d.as_json() for d in devices])
         return 0
-    for device in devices:
+    for device in devices:  # the names and dates come from the devices and the server
         mark = "  (this device)" if device.current else ""
-        active = device.last_active or "never"
-        print(f"{device.device_id}  {device.name}  added {device.added}  "
-              f"last active {active}{mark}")
+        active = one_line(device.last_active or "never")
+        show(f"{one_line(device.device_id)}  {one_line(device.name)}  "
+             f"added {one_line(device.added)}  last active {active}{mark}")
     return 0
 
 
@@ -120,7 +122,8 @@ async def cmd_approve(args: argparse.Namespace) -> int:
     async with Client.open(args.profile, passphrase_for(args.profile)) as client:
         approval = await client.approve(args.code, with_history=args.with_history)
         device = approval.device
-        print(f"added device {device.device_id} ({device.name}) to {client.username}, "
+        print(f"added device {one_line(device.device_id)} ({one_line(device.name)}) "
+              f"to {client.username}, "
               f"with {approval.contacts_shared} contact(s) and their safety state",
               file=sys.stderr)
         if approval.contacts_left_out:
@@ -136,7 +139,8 @@ async def cmd_approve(args: argparse.Namespace) -> int:
 
 
 async def _send_history(client: Client, device_id: str) -> int:
-    print(f"sending your history to {device_id}…", file=sys.stderr)
+    shown = one_line(device_id)
+    print(f"sending your history to {shown}…", file=sys.stderr)
     bar = ProgressBar("history", sys.stderr, unit="bytes")
     try:
         count = await client.send_history(device_id, bar)
@@ -144,7 +148,7 @@ async def _send_history(client: Client, device_id: str) -> int:
         bar.abandon()
         raise
     bar.finish()
-    print(f"sent {count} message(s) to {device_id}", file=sys.stderr)
+    print(f"sent {count} message(s) to {shown}", file=sys.stderr)
     return count
 
 

@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 
 from obrolan.cli.common import Handler, add_verb, deliver, passphrase_for, print_json
 from obrolan.cli.conversation_commands import parse_duration
-from obrolan.cli.render import print_messages
+from obrolan.cli.render import print_messages, show
+from obrolan.cli.safe_text import block, one_line
 from obrolan.client.client import Client
 from obrolan.client.group_store import group_peer
 from obrolan.client.groups import GroupError
@@ -40,11 +41,12 @@ def _view_json(view: GroupView) -> dict[str, object]:
 
 
 def _print_view(view: GroupView) -> None:
-    print(f"{view.title}  ({view.group_id})")
-    if view.description:
-        print(view.description)
+    """Title, description, rules and member names are the members': shown via safe_text."""
+    show(f"{one_line(view.title)}  ({one_line(view.group_id)})")
+    if view.description:  # labelled, so its first line cannot pass for one of ours
+        show(f"description: {block(view.description)}")
     if view.rules:
-        print(f"rules: {view.rules}")
+        show(f"rules: {block(view.rules)}")
     s = view.settings
     print(f"who can post: {s.who_can_post}; who can add: {s.who_can_add}; "
           f"join approval: {'on' if s.approval else 'off'}")
@@ -53,7 +55,7 @@ def _print_view(view: GroupView) -> None:
         if member.muted_until_ms > now_ms():
             until = datetime.fromtimestamp(member.muted_until_ms / 1000, UTC)
             muted = f"  (muted until {until:%Y-%m-%d %H:%M} UTC)"
-        print(f"  {name}  {member.role}{muted}")
+        print(f"  {one_line(name)}  {one_line(member.role)}{muted}")
 
 
 async def _with_group(
@@ -90,7 +92,8 @@ async def cmd_create(args: argparse.Namespace) -> int:
     if args.json:
         print_json(_view_json(view))
     else:
-        print(f"created {view.title} ({view.group_id}) with {', '.join(sorted(view.members))}")
+        names = one_line(", ".join(sorted(view.members)))
+        print(f"created {one_line(view.title)} ({one_line(view.group_id)}) with {names}")
     return 0
 
 
@@ -103,7 +106,8 @@ async def cmd_list(args: argparse.Namespace) -> int:
         return 0
     for view in views:
         role = view.role(me) or "left"
-        print(f"{view.group_id[:8]}  {view.title}  ({len(view.members)} members, you: {role})")
+        show(f"{one_line(view.group_id[:8])}  {one_line(view.title)}  "
+             f"({len(view.members)} members, you: {one_line(role)})")
     if not views:
         print("no groups yet: `obrolan group create NAME --members a,b`", file=sys.stderr)
     return 0
@@ -127,7 +131,7 @@ async def cmd_log(args: argparse.Namespace) -> int:
         return 0
     for seq, at_ms, line in entries:
         when = datetime.fromtimestamp(at_ms / 1000, UTC)
-        print(f"#{seq:<4} {when:%Y-%m-%d %H:%M} UTC  {line}")
+        show(f"#{seq:<4} {when:%Y-%m-%d %H:%M} UTC  {block(line)}")  # quotes titles, reasons
     return 0
 
 
@@ -156,7 +160,7 @@ async def cmd_join(args: argparse.Namespace) -> int:
     async with Client.open(args.profile, passphrase_for(args.profile)) as client:
         group_id = await client.groups.join(args.link)
         await deliver(client)
-    print(f"asked to join {group_id}: you are in once an admin approves (`obrolan sync`)",
+    print(f"asked to join {one_line(group_id)}: you are in once an admin approves (`obrolan sync`)",
           file=sys.stderr)
     return 0
 
@@ -167,7 +171,7 @@ async def cmd_requests(args: argparse.Namespace) -> int:
         if args.json:
             print_json([{"username": u, "invite_id": i} for u, i in waiting])
         for username, _ in waiting if not args.json else []:
-            print(username)
+            print(one_line(username))
         if not waiting and not args.json:
             print("nobody waits to join", file=sys.stderr)
         return 0
@@ -232,8 +236,9 @@ async def cmd_reports(args: argparse.Namespace) -> int:
             return 0
         for r in reports:
             proof = "signature verified" if r.verified else "⚠ signature does NOT verify"
-            print(f"{r.reporter} reported {r.sender} [{r.message_id[:8]}] ({proof}): "
-                  f"{r.reason}\n    “{r.text}”")
+            show(f"{one_line(r.reporter)} reported {one_line(r.sender)} "
+                 f"[{one_line(r.message_id[:8])}] ({proof}): {one_line(r.reason)}\n"
+                 f"    “{block(r.text)}”")
         if not reports:
             print("no reports", file=sys.stderr)
         return 0

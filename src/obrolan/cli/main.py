@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +31,8 @@ from obrolan.cli.common import (
     print_json,
     read_passphrase,
 )
-from obrolan.cli.render import format_event, print_messages
+from obrolan.cli.render import format_event, print_messages, show
+from obrolan.cli.safe_text import json_text, one_line
 from obrolan.cli.verify_command import add_verify_command
 from obrolan.client.client import Client
 from obrolan.client.models import MessageState
@@ -125,7 +125,7 @@ async def cmd_download(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"message_id": message.message_id, "path": str(path)})
     else:
-        print(f"saved {path}")
+        print(f"saved {one_line(str(path))}")  # the name is the sender's
     return 0
 
 
@@ -144,7 +144,7 @@ async def cmd_sync(args: argparse.Namespace) -> int:
         if not messages:
             print("no new messages", file=sys.stderr)
         if requests:
-            print(f"message requests from {', '.join(requests)}: see `obrolan requests`",
+            print(f"message requests from {one_line(', '.join(requests))}: see `obrolan requests`",
                   file=sys.stderr)
     return 0
 
@@ -155,9 +155,9 @@ async def cmd_listen(args: argparse.Namespace) -> int:
             print(f"listening as {client.username} (Ctrl-C to stop)", file=sys.stderr, flush=True)
         async for event in client.events():
             if args.json:
-                print(json.dumps(event.as_json(), ensure_ascii=False), flush=True)
+                print(json_text(event.as_json()), flush=True)
             elif (line := format_event(event)) is not None:
-                print(line, flush=True)
+                show(line)
             if event.kind == "message":
                 await client.mark_read(event.peer)
     return 0
@@ -183,9 +183,9 @@ async def cmd_contacts(args: argparse.Namespace) -> int:
         flag = "  ✓ verified" if contact.verified else ""
         if contact.key_changed:
             flag = "  ⚠ account key changed: compare safety numbers" + (
-                f", then `obrolan trust {contact.username}`" if contact.verified else ""
+                f", then `obrolan trust {one_line(contact.username)}`" if contact.verified else ""
             )
-        print(f"{contact.username}{flag}")
+        print(f"{one_line(contact.username)}{flag}")
     if not contacts:
         print("no contacts yet", file=sys.stderr)
     return 0
@@ -289,13 +289,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except RequestRefused as exc:
-        print(f"obrolan: {_FRIENDLY.get(exc.code, exc.message)}", file=sys.stderr)
+        # A refusal's message is the server's text: shown like anything from someone else.
+        print(f"obrolan: {one_line(_FRIENDLY.get(exc.code, exc.message))}", file=sys.stderr)
         return EXIT_ERROR
     except ObrolanError as exc:
-        print(f"obrolan: {exc}", file=sys.stderr)
+        print(f"obrolan: {one_line(str(exc))}", file=sys.stderr)  # it may quote remote text
         return EXIT_ERROR
     except OSError as exc:
-        print(f"obrolan: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        reason = f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+        print(f"obrolan: {one_line(reason)}", file=sys.stderr)
         return EXIT_ERROR
 
 

@@ -8,13 +8,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import platformdirs
 
+from obrolan.cli.safe_text import json_text
 from obrolan.protocol.limits import Limits
 
 __all__ = ["add_parsers", "default_data_dir"]
@@ -224,7 +224,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _print_json(value: Any) -> int:
-    json.dump(value, sys.stdout, indent=2)
+    # Device names in `admin disclose` are what users typed: DEL is escaped too.
+    sys.stdout.write(json_text(value, indent=2, ensure_ascii=True))
     sys.stdout.write("\n")
     return 0
 

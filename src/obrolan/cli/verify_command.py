@@ -14,6 +14,7 @@ import sys
 from typing import TextIO
 
 from obrolan.cli.common import add_verb, passphrase_for, print_json
+from obrolan.cli.safe_text import one_line
 from obrolan.client.client import Client
 from obrolan.client.verification import DEFAULT_TIMEOUT, SasCodes, verify
 
@@ -25,10 +26,10 @@ async def cmd_verify(args: argparse.Namespace) -> int:
     out = sys.stderr if args.json else sys.stdout
 
     async def confirm(codes: SasCodes) -> bool:
-        print(f"\nCompare with what {codes.peer} sees (their device {codes.peer_device}):\n",
-              file=out)
+        peer, device = one_line(codes.peer), one_line(codes.peer_device)
+        print(f"\nCompare with what {peer} sees (their device {device}):\n", file=out)
         print("    " + _render(codes, decimals=args.decimals) + "\n", file=out)
-        print(f"Do these match what {codes.peer} sees? [y/N] ", end="", file=out, flush=True)
+        print(f"Do these match what {peer} sees? [y/N] ", end="", file=out, flush=True)
         try:
             answer = await _read_line(sys.stdin)
         except asyncio.CancelledError:
@@ -48,7 +49,7 @@ async def cmd_verify(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"username": codes.peer, "device_id": codes.peer_device, "verified": True})
     else:
-        print(f"{codes.peer} is verified")
+        print(f"{one_line(codes.peer)} is verified")
     return 0
 
 
