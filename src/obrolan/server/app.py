@@ -98,7 +98,9 @@ def build_app(relay: Relay) -> web.Application:
 
     async def websocket(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(
-            max_msg_size=relay.limits.max_frame_bytes,
+            # aiohttp refuses a message of max_msg_size bytes itself; the spec closes only
+            # on one larger than max_frame_bytes.
+            max_msg_size=relay.limits.max_frame_bytes + 1,
             compress=False,  # ciphertext does not compress; deflate would only cost CPU
             heartbeat=_HEARTBEAT_SECONDS,
             timeout=_CLOSE_SECONDS,
