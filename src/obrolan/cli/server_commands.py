@@ -129,8 +129,7 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         type=_positive_int,
         default=1024 * 1024 * 1024,
         metavar="BYTES",
-        help="most bytes of attachments one account may have stored (default: %(default)s, "
-        "1 GiB)",
+        help="most bytes of attachments one account may have stored (default: %(default)s, 1 GiB)",
     )
     serve.add_argument(
         "--blob-ttl",
@@ -152,6 +151,14 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         default=10.0,
         metavar="SECONDS",
         help="close connections that do not authenticate in time (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--request-timeout",
+        type=_positive_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="close connections whose first HTTP request (the WebSocket upgrade) is not "
+        "complete in time (default: %(default)s)",
     )
     serve.add_argument(
         "--link-ttl",
@@ -213,6 +220,7 @@ def _serve(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         sweep_interval=args.sweep_interval,
         auth_timeout=args.auth_timeout,
+        request_timeout=args.request_timeout,
         link_ttl=args.link_ttl,
         log_level=args.log_level,
         max_blob_bytes=args.max_blob_bytes,

@@ -24,6 +24,7 @@ from obrolan.server.blobs.http import add_routes as add_blob_routes
 from obrolan.server.config import ServerConfig
 from obrolan.server.logs import configure_logging
 from obrolan.server.relay import Relay
+from obrolan.server.request_deadline import DeadlineSite, RequestDeadline
 from obrolan.server.routing.memory import MemoryRouter
 from obrolan.server.storage.sqlite import SqliteStorage
 
@@ -42,6 +43,10 @@ _GC_YOUNG_THRESHOLD = 10_000
 700 made the collector run every few messages under load, each time scanning every
 envelope in flight (with their futures and frames): 17% of the server's CPU flat out.
 Nearly all the relay's garbage is freed by reference counting anyway."""
+_KEEPALIVE_SECONDS = 75.0
+"""How long a kept-alive HTTP connection may wait for its next complete request head
+(longer than the 15 s aiohttp clients keep an idle connection, so none reuses one the
+server is closing). The first head has ``--request-timeout``."""
 _READ_BYTES = 64 * 1024
 """Most bytes asked of a connection's socket per read (see _read_in_heap_sized_chunks)."""
 
@@ -164,13 +169,20 @@ async def serve(config: ServerConfig, on_ready: Callable[[str], None]) -> None:
     await storage.start()
     app = build_app(relay)
     add_blob_routes(app, blob_store, storage, config)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_SECONDS)
+    deadline = RequestDeadline(config.request_timeout)
+    app.middlewares.append(deadline.middleware)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=_SHUTDOWN_SECONDS,
+        keepalive_timeout=max(_KEEPALIVE_SECONDS, config.request_timeout),
+    )
     try:
         await blob_store.start()
         await router.start()
         await relay.start()
         await runner.setup()
-        site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_context)
+        site = DeadlineSite(runner, deadline, config.host, config.port, ssl_context=ssl_context)
         try:
             await site.start()
         except OSError as exc:

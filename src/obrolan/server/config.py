@@ -39,6 +39,9 @@ class ServerConfig:
     """Seconds between two sweeps for envelopes whose TTL ran out."""
     auth_timeout: float = 10.0
     """Seconds a connection may stay open without authenticating."""
+    request_timeout: float = 10.0
+    """Seconds a new connection may take to send its first complete HTTP request head (the
+    WebSocket upgrade, or a blob request); a TLS handshake has as long again."""
     link_ttl: float = 600.0
     """Seconds a new device's link offer waits (in memory) for an existing device's approval."""
     log_level: str = "INFO"
@@ -54,9 +57,10 @@ class ServerConfig:
             raise ConfigError("TLS needs both --tls-cert and --tls-key (or neither)")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port {self.port} is out of range; use --port 0..65535")
-        if min(self.sweep_interval, self.auth_timeout, self.link_ttl) <= 0:
+        if min(self.sweep_interval, self.auth_timeout, self.request_timeout, self.link_ttl) <= 0:
             raise ConfigError(
-                "--sweep-interval, --auth-timeout and --link-ttl must be positive seconds"
+                "--sweep-interval, --auth-timeout, --request-timeout and --link-ttl must be "
+                "positive seconds"
             )
         if min(self.max_blob_bytes, self.blob_quota_bytes, self.blob_ttl_seconds) <= 0:
             raise ConfigError("--max-blob-bytes, --blob-quota and --blob-ttl must be positive")
