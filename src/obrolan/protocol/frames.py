@@ -396,6 +396,8 @@ class Error(_Frame, frozen=True, tag="error"):
     id: RequestId | None
     code: ErrorCode
     message: str
+    retry_after_ms: int | None = None
+    """With ``rate_limited``: milliseconds after which the refused request would pass."""
 
 
 class KeysUploaded(_Frame, frozen=True, tag="keys_uploaded"):
@@ -583,7 +585,4 @@ def decode_server_frame(data: bytes | str) -> ServerFrame:
 
 def frame_types() -> dict[str, type[msgspec.Struct]]:
     """Every frame type by its wire tag (used by the spec test)."""
-    return {
-        t.__struct_config__.tag: t for t in (*ClientFrame.__args__, *ServerFrame.__args__)
-    }
-
+    return {t.__struct_config__.tag: t for t in (*ClientFrame.__args__, *ServerFrame.__args__)}

@@ -17,6 +17,8 @@ from aiohttp import WSMsgType, web
 
 from obrolan import __version__
 from obrolan.errors import ConfigError
+from obrolan.protocol import blobs as http_wire
+from obrolan.protocol.codes import ErrorCode
 from obrolan.protocol.frames import Info, encode
 from obrolan.protocol.limits import SUPPORTED_VERSIONS, Limits
 from obrolan.server.blobs.filesystem import FilesystemBlobStore
@@ -94,6 +96,17 @@ def _read_in_heap_sized_chunks(transport: asyncio.Transport | None) -> None:
         transport.max_size = _READ_BYTES  # type: ignore[attr-defined]
 
 
+_BUSY_RETRY_SECONDS = 1
+"""The retry hint of an upgrade refused while too many connections are unauthenticated."""
+_BUSY = http_wire.encode(
+    http_wire.HttpError(
+        code=ErrorCode.RATE_LIMITED,
+        message="too many connections are waiting to authenticate; try again shortly",
+        retry_after_ms=_BUSY_RETRY_SECONDS * 1000,
+    )
+)
+
+
 def build_app(relay: Relay) -> web.Application:
     """The aiohttp application serving one relay."""
     info_body = info(relay.limits)
@@ -101,7 +114,14 @@ def build_app(relay: Relay) -> web.Application:
     async def get_info(request: web.Request) -> web.Response:
         return web.Response(body=info_body, content_type="application/json")
 
-    async def websocket(request: web.Request) -> web.WebSocketResponse:
+    async def websocket(request: web.Request) -> web.StreamResponse:
+        if relay.full_of_unauthenticated():
+            return web.Response(
+                status=503,
+                body=_BUSY,
+                content_type="application/json",
+                headers={"Retry-After": str(_BUSY_RETRY_SECONDS)},
+            )
         ws = web.WebSocketResponse(
             # aiohttp refuses a message of max_msg_size bytes itself; the spec closes only
             # on one larger than max_frame_bytes.
@@ -111,10 +131,11 @@ def build_app(relay: Relay) -> web.Application:
             timeout=_CLOSE_SECONDS,
             decode_text=False,  # msgspec parses the UTF-8 bytes itself
         )
-        await ws.prepare(request)
-        _read_in_heap_sized_chunks(request.transport)
+        # Counted as unauthenticated from here, so that upgrades in progress count too.
         session = relay.connect(_WebSocketTransport(ws, request.transport))
         try:
+            await ws.prepare(request)
+            _read_in_heap_sized_chunks(request.transport)
             await session.open()
             async for message in ws:
                 if message.type is WSMsgType.TEXT:
@@ -161,6 +182,7 @@ async def serve(config: ServerConfig, on_ready: Callable[[str], None]) -> None:
         auth_timeout=config.auth_timeout,
         sweep_interval=config.sweep_interval,
         link_ttl=config.link_ttl,
+        rate_limits=config.rate_limits,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -168,7 +190,7 @@ async def serve(config: ServerConfig, on_ready: Callable[[str], None]) -> None:
         loop.add_signal_handler(signum, stop.set)
     await storage.start()
     app = build_app(relay)
-    add_blob_routes(app, blob_store, storage, config)
+    add_blob_routes(app, blob_store, storage, config, relay.blob_uploads)
     deadline = RequestDeadline(config.request_timeout)
     app.middlewares.append(deadline.middleware)
     runner = web.AppRunner(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from obrolan.errors import ConfigError
 from obrolan.protocol.limits import Limits
+from obrolan.server.rate_limit import RateLimits
 
 __all__ = ["DATABASE_NAME", "LOG_NAME", "ServerConfig"]
 
@@ -51,6 +52,8 @@ class ServerConfig:
     """Most bytes of blobs one account may have on the server at once."""
     blob_ttl_seconds: int = 30 * 24 * 3600
     """A blob not fetched by every addressed device by then is deleted."""
+    rate_limits: RateLimits = dataclasses.field(default_factory=RateLimits)
+    """How fast one connection or account may go, and how many may be unauthenticated."""
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -64,6 +67,22 @@ class ServerConfig:
             )
         if min(self.max_blob_bytes, self.blob_quota_bytes, self.blob_ttl_seconds) <= 0:
             raise ConfigError("--max-blob-bytes, --blob-quota and --blob-ttl must be positive")
+        rates = self.rate_limits
+        if (
+            min(
+                rates.frames_per_second,
+                rates.sends_per_second,
+                rates.claims_per_second,
+                rates.blob_bytes_per_second,
+                rates.burst_seconds,
+                rates.max_unauthenticated,
+            )
+            <= 0
+        ):
+            raise ConfigError(
+                "--frame-rate, --send-rate, --claim-rate, --blob-upload-rate, --rate-burst "
+                "and --max-unauthenticated must be positive"
+            )
         if not isinstance(logging.getLevelName(self.log_level.upper()), int):
             raise ConfigError(
                 f"unknown log level {self.log_level!r}; use DEBUG, INFO, WARNING or ERROR"
