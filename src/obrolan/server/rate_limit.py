@@ -3,9 +3,9 @@
 Pure logic, no I/O and no clock of its own: callers pass ``now`` (``time.monotonic()``).
 Every operation is O(1), so a check per frame costs a few float operations. ::
 
-    frames = TokenBucket(rate=500, burst=5000, now=now)
+    frames = TokenBucket(rate=1000, burst=10_000, now=now)
     wait = frames.take(1, now)         # 0.0: go ahead; else seconds until it would pass
-    sends = Buckets(rate=500, burst=5000)
+    sends = Buckets(rate=1000, burst=10_000)
     wait = sends.take("alice", 3, now)
     sends.charge("alice", 10, now)     # work found out afterwards (it may leave a debt)
     sends.prune(now)                   # forget accounts whose buckets are full again
@@ -27,9 +27,9 @@ class RateLimits:
     """The server's rate limits (``obrolan serve`` options); each bucket holds
     ``burst_seconds`` of its rate."""
 
-    frames_per_second: float = 500.0
+    frames_per_second: float = 1000.0
     """WebSocket messages per connection (every frame, acks included)."""
-    sends_per_second: float = 500.0
+    sends_per_second: float = 1000.0
     """Envelopes uploaded per account (one per ``send`` envelope, one per ``send_multi``)."""
     claims_per_second: float = 200.0
     """One-time keys claimed per account (one per device answered in ``claimed_keys``)."""
