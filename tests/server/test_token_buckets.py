@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from obrolan.server.rate_limit import Buckets, RateLimits, TokenBucket, retry_after_ms
+from obrolan.errors import RequestRefused
+from obrolan.protocol.codes import ErrorCode
+from obrolan.server.rate_limit import (
+    Buckets,
+    RateLimits,
+    TokenBucket,
+    refuse_if_limited,
+    retry_after_ms,
+)
 
 
 def test_a_bucket_starts_full_and_refuses_past_its_burst() -> None:
@@ -87,3 +95,13 @@ def test_bursts_hold_burst_seconds_of_each_rate() -> None:
     limits = RateLimits(burst_seconds=2.0)
     assert limits.burst(500.0) == 1000.0
     assert limits.burst(0.1) == 1.0
+
+
+def test_a_refusal_names_what_went_too_fast_and_carries_the_hint() -> None:
+    """No wait: nothing raised; a wait: rate_limited with the message and the hint."""
+    refuse_if_limited(0.0, "unused")
+    with pytest.raises(RequestRefused) as refused:
+        refuse_if_limited(1.25, "more than 2 frames a second")
+    assert refused.value.code is ErrorCode.RATE_LIMITED
+    assert refused.value.message == "more than 2 frames a second; try again in 1.2 s"
+    assert refused.value.retry_after_ms == 1250

@@ -19,7 +19,10 @@ from __future__ import annotations
 import dataclasses
 import math
 
-__all__ = ["Buckets", "RateLimits", "TokenBucket", "retry_after_ms"]
+from obrolan.errors import RequestRefused
+from obrolan.protocol.codes import ErrorCode
+
+__all__ = ["Buckets", "RateLimits", "TokenBucket", "refuse_if_limited", "retry_after_ms"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -48,6 +51,21 @@ class RateLimits:
 def retry_after_ms(seconds: float) -> int:
     """A retry hint in whole milliseconds, at least 1."""
     return max(1, math.ceil(seconds * 1000))
+
+
+def refuse_if_limited(wait: float, what: str) -> None:
+    """Refuse with ``rate_limited`` when a bucket asked to ``wait`` seconds (0: go ahead).
+
+    Raises:
+        RequestRefused: ``rate_limited`` with the hint, its message saying what went too
+            fast (``what``) and when to try again.
+    """
+    if wait:
+        raise RequestRefused(
+            ErrorCode.RATE_LIMITED,
+            f"{what}; try again in {wait:.1f} s",
+            retry_after_ms=retry_after_ms(wait),
+        )
 
 
 class TokenBucket:

@@ -97,7 +97,7 @@ from obrolan.server.address import DeviceAddress
 from obrolan.server.auth import ConnectionChallenge, check_version
 from obrolan.server.blobs.base import BlobStore
 from obrolan.server.linking import Links
-from obrolan.server.rate_limit import Buckets, RateLimits, TokenBucket, retry_after_ms
+from obrolan.server.rate_limit import Buckets, RateLimits, TokenBucket, refuse_if_limited
 from obrolan.server.routing.base import Router
 from obrolan.server.storage.base import (
     PublishedList,
@@ -475,12 +475,10 @@ class Session:
 
     async def _frames_limited(self, request_id: int | None, wait: float) -> None:
         rate = self._relay.rate_limits.frames_per_second
-        await self._refuse(
-            request_id,
-            ErrorCode.RATE_LIMITED,
-            f"more than {rate:g} frames a second on this connection; try again in {wait:.1f} s",
-            retry_after_ms=retry_after_ms(wait),
-        )
+        try:
+            refuse_if_limited(wait, f"more than {rate:g} frames a second on this connection")
+        except RequestRefused as refusal:
+            await self._answer_failure(request_id, "any", refusal)
 
     async def closed(self) -> None:
         """The connection is gone: stop delivery and forget the session.
@@ -725,7 +723,11 @@ class Session:
             case ClaimKeys():
                 claims = self._relay.claims
                 now = time.monotonic()
-                self._check_rate(claims.take(device.username, 1, now), "claimed", "keys")
+                rate = self._relay.rate_limits.claims_per_second
+                refuse_if_limited(
+                    claims.take(device.username, 1, now),
+                    f"this account claimed more than {rate:g} keys a second",
+                )
                 claimed = await self._storage.claim_keys(frame.username, frame.device_ids)
                 claims.charge(device.username, len(claimed) - 1, now)  # one token was taken
                 reply = ClaimedKeys(id=frame.id, username=frame.username, devices=claimed)
@@ -892,19 +894,8 @@ class Session:
 
     def _check_sends_rate(self, device: DeviceAddress, envelopes: int) -> None:
         wait = self._relay.sends.take(device.username, envelopes, time.monotonic())
-        self._check_rate(wait, "sent", "envelopes")
-
-    def _check_rate(self, wait: float, verb: str, what: str) -> None:
-        """Refuse with ``rate_limited`` when an account's bucket asks to ``wait`` seconds."""
-        if wait:
-            rates = self._relay.rate_limits
-            rate = rates.sends_per_second if what == "envelopes" else rates.claims_per_second
-            raise RequestRefused(
-                ErrorCode.RATE_LIMITED,
-                f"this account {verb} more than {rate:g} {what} a second; "
-                f"try again in {wait:.1f} s",
-                retry_after_ms=retry_after_ms(wait),
-            )
+        rate = self._relay.rate_limits.sends_per_second
+        refuse_if_limited(wait, f"this account sent more than {rate:g} envelopes a second")
 
     def _check_send(self, frame: Send) -> None:
         limits = self._limits

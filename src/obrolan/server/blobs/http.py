@@ -35,7 +35,7 @@ from obrolan.server.address import DeviceAddress
 from obrolan.server.blobs.base import BlobStore, NewBlob
 from obrolan.server.blobs.filesystem import READ_BYTES
 from obrolan.server.config import ServerConfig
-from obrolan.server.rate_limit import Buckets, retry_after_ms
+from obrolan.server.rate_limit import Buckets, refuse_if_limited
 from obrolan.server.storage.base import Storage
 
 __all__ = ["UPLOAD_WINDOW_SECONDS", "add_routes"]
@@ -250,14 +250,8 @@ class _BlobHandlers:
             RequestRefused: ``rate_limited``, with the hint.
         """
         wait = self._uploads.take(username, 1, time.monotonic())
-        if wait:
-            rate = self._config.rate_limits.blob_bytes_per_second
-            raise RequestRefused(
-                ErrorCode.RATE_LIMITED,
-                f"this account uploaded more than {rate:g} blob bytes a second; "
-                f"try again in {wait:.1f} s",
-                retry_after_ms=retry_after_ms(wait),
-            )
+        rate = self._config.rate_limits.blob_bytes_per_second
+        refuse_if_limited(wait, f"this account uploaded more than {rate:g} blob bytes a second")
 
     async def _charged(self, username: str, body: aiohttp.StreamReader) -> AsyncIterator[bytes]:
         """The body in pieces, each charged to the account's upload bucket as it arrives."""
