@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from obrolan.client import archive as archive_module
+from obrolan.client import archive_import
 from obrolan.client.archive import (
     MAGIC,
     NOT_SENT_BEFORE_EXPORT,
@@ -260,7 +260,7 @@ def test_archive_leaves_out_messages_whose_timer_ran_out(
     """Expired messages are not exported, and expire on import if their time passed meanwhile."""
     out = tmp_path / "alice.obrolan"
     assert export_history(source, out, PASSPHRASE, None).messages == 8  # 9 in the store
-    monkeypatch.setattr(archive_module, "now_ms", lambda: now_ms() + 2 * 3_600_000)
+    monkeypatch.setattr(archive_import, "now_ms", lambda: now_ms() + 2 * 3_600_000)
     imported = import_history(target, out, PASSPHRASE, None)
     assert (imported.messages, imported.messages_expired) == (7, 1)
     texts = [r[0] for r in target.connection.execute("SELECT text FROM messages")]
@@ -446,3 +446,25 @@ def test_archive_import_keeps_the_conversation_order_of_late_arrivals(
         ("tablet 1", False), ("tablet 2", False), ("tablet 3", False),
         ("phone 1", True), ("phone 2", True), ("phone 3", False),
     ]
+
+
+def test_archive_written_before_the_chunked_aead_module_still_imports(target: Vault) -> None:
+    """tests/data/archive_v1.obrolan, written by the code that sealed archives itself (a cheap
+    Argon2id, a fixed salt), imports whole: the file format did not move by a byte."""
+    golden = Path(__file__).parents[1] / "data" / "archive_v1.obrolan"
+    imported = import_history(target, golden, "golden passphrase", None)
+    assert imported.as_json() == {
+        "owner": "alice", "messages": 2, "messages_present": 0, "messages_expired": 0,
+        "edits": 1, "reactions": 1, "contacts": 1, "conversations": 1, "files": 1,
+        "files_present": 0,
+    }
+    db = target.connection
+    assert db.execute("SELECT message_id, sender, text FROM messages ORDER BY sent_at_ms").fetchall() == [
+        ("m-hello", "alice", "hello bob"), ("m-reply", "bob", "hi alice 🍜"),
+    ]
+    assert db.execute("SELECT text FROM edits").fetchall() == [("hi",)]
+    assert db.execute("SELECT reactor, emoji FROM reactions").fetchall() == [("bob", "👍")]
+    blob = target.path / "attachments" / "blob-1"
+    assert blob.read_bytes() == b"\x00ciphertext at rest\xff" * 20
+    with pytest.raises(DecryptionError, match="wrong passphrase"):
+        import_history(target, golden, "not the passphrase", None)

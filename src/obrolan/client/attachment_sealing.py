@@ -137,8 +137,10 @@ def decrypt_attachment(
         with ciphertext_path.open("rb") as source, staging.open("xb") as target:
             for index in range(count):
                 final = index == count - 1
-                plain = attachment.size - attachment.chunk_size * index if final else (
-                    attachment.chunk_size
+                plain = (
+                    attachment.size - attachment.chunk_size * index
+                    if final
+                    else (attachment.chunk_size)
                 )
                 sealed = source.read(plain + TAG_BYTES)
                 try:

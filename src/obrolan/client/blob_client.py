@@ -53,7 +53,14 @@ from obrolan.protocol import blobs as wire
 from obrolan.protocol.codes import ErrorCode
 from obrolan.protocol.content import Attachment
 
-__all__ = ["REQUEST_TIMEOUT", "RETRY_SECONDS", "UPLOAD_ATTEMPTS", "BlobClient", "Progress", "Signer"]
+__all__ = [
+    "REQUEST_TIMEOUT",
+    "RETRY_SECONDS",
+    "UPLOAD_ATTEMPTS",
+    "BlobClient",
+    "Progress",
+    "Signer",
+]
 
 UPLOAD_ATTEMPTS = 3
 """Tries of one upload within a call, each resuming where the server's copy ends."""

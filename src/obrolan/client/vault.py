@@ -30,6 +30,7 @@ from typing import Self
 import msgspec
 from sqlcipher3 import dbapi2
 
+from obrolan.client.durable_files import create_private, flush_to_disk, write_atomically
 from obrolan.crypto.keys import KEY_BYTES, Argon2Params, derive_key, random_key, subkey
 from obrolan.errors import (
     ConfigError,
@@ -289,28 +290,15 @@ def _connect(path: Path, key: bytes, wrong_key: StorageError) -> dbapi2.Connecti
 
 def _write_new_file(path: Path, data: bytes, created: list[Path]) -> None:
     """Create ``path`` with mode 0600 (failing if it exists), write ``data``, fsync."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    created.append(path)
-    with open(fd, "wb") as file:
+    with create_private(path) as file:
+        created.append(path)
         file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
+        flush_to_disk(file)
 
 
 def _write_profile(profile_dir: Path, profile: _Profile) -> None:
     """Write profile.json atomically and durably (temporary file, fsync, rename)."""
-    temporary = profile_dir / (_PROFILE_FILE + ".tmp")
-    temporary.unlink(missing_ok=True)
-    try:
-        _write_new_file(temporary, msgspec.json.format(msgspec.json.encode(profile)), [])
-        os.replace(temporary, profile_dir / _PROFILE_FILE)
-    finally:
-        temporary.unlink(missing_ok=True)
-    directory = os.open(profile_dir, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    write_atomically(profile_dir / _PROFILE_FILE, msgspec.json.format(msgspec.json.encode(profile)))
 
 
 def _read_profile(profile_dir: Path) -> _Profile:
