@@ -645,7 +645,7 @@ class BlobClient:
         try:
             body = await response.read()
             error = wire.decode_http_error(body)
-        except (aiohttp.ClientError, OSError, TimeoutError, msgspec.DecodeError):
+        except (aiohttp.ClientError, OSError, TimeoutError, RemoteProtocolError):
             # No JSON (a HEAD answer, or not the blob store): the status says enough.
             by_status = {401: ErrorCode.AUTH_FAILED, 404: ErrorCode.UNKNOWN_BLOB}
             code = by_status.get(response.status)

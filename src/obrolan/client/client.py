@@ -90,6 +90,7 @@ from obrolan.errors import (
     IdentityChanged,
     InvalidState,
     ObrolanError,
+    RemoteProtocolError,
     RequestRefused,
     ServerUnreachable,
     SignatureError,
@@ -99,6 +100,7 @@ from obrolan.failpoints import failpoint
 from obrolan.protocol import content, frames
 from obrolan.protocol import groups as groups_wire
 from obrolan.protocol.codes import ErrorCode
+from obrolan.protocol.decoding import decode_json
 from obrolan.protocol.frames import DeviceList, ListedDevice, SignedDeviceList
 from obrolan.protocol.limits import PROTOCOL_VERSION, Limits
 from obrolan.protocol.signing import auth_bytes
@@ -1123,6 +1125,8 @@ class Client:
             while (push := await conn.pushes.get()) is not None:
                 if isinstance(push, frames.Deliver):
                     await self._receive(conn, push.envelopes)
+                elif isinstance(push, frames.UnreadableEnvelope):
+                    await self._refuse_envelope(conn, push)
                 else:
                     with self._store.transaction():
                         for event in self._conversations.gaps():
@@ -1187,7 +1191,7 @@ class Client:
             failpoint("outbox.after_encrypt")
         request: Callable[[int], msgspec.Struct]
         if entry.multi is not None:
-            multi = msgspec.json.decode(entry.multi, type=frames.MultiEnvelope)
+            multi = decode_json(entry.multi, frames.MultiEnvelope, "queued envelope")
             request = lambda i: frames.SendMulti(id=i, envelope=multi)
         else:
             request = lambda i: frames.Send(
@@ -1358,7 +1362,10 @@ class Client:
         acked = []
         for envelope in envelopes:
             if not self._store.is_processed(envelope.envelope_id):
-                events = await self._open_envelope(conn, envelope)
+                try:
+                    events = await self._open_envelope(conn, envelope)
+                except RemoteProtocolError as exc:  # one bad envelope never stops the inbox
+                    events = self._store_undecryptable(envelope, str(exc))
                 events += await self.groups.process_inbox()
                 self._after_changes(events)
                 for event in events:
@@ -1369,10 +1376,24 @@ class Client:
         for start in range(0, len(acked), limit):
             await conn.send(frames.Ack(envelope_ids=acked[start : start + limit]))
 
+    async def _refuse_envelope(self, conn: Connection, refused: frames.UnreadableEnvelope) -> None:
+        """An envelope of a ``deliver`` that does not decode: a notice, and ack it if we can."""
+        log.warning("refused an envelope from the server: %s", refused.reason)
+        if refused.envelope_id is None:
+            return  # nothing to ack it by: the server redelivers it, and it is refused again
+        if refused.from_user is not None and not self._store.is_processed(refused.envelope_id):
+            envelope = frames.Envelope(
+                envelope_id=refused.envelope_id, from_user=refused.from_user,
+                from_device="", ciphertext=b"",
+            )
+            for event in self._store_undecryptable(envelope, f"the envelope is malformed ({refused.reason})"):
+                self._events.put_nowait(event)
+        await conn.send(frames.Ack(envelope_ids=[refused.envelope_id]))
+
     async def _open_envelope(self, conn: Connection, envelope: frames.Envelope) -> list[Event]:
         try:
             sealed = content.decode_olm_ciphertext(envelope.ciphertext)
-        except msgspec.DecodeError:
+        except RemoteProtocolError:
             return self._open_group_envelope(envelope)
         sender = self._store.device_by_curve(sealed.sender_key)
         claimed = (envelope.from_user, envelope.from_device)
@@ -1386,9 +1407,15 @@ class Client:
         # From here to the commit: no await, so no other task touches these sessions.
         try:
             session, plaintext, new_session = self._decrypt(sealed)
-            body = content.decode_plaintext(plaintext)
-        except (CryptoError, msgspec.DecodeError) as exc:
+        except CryptoError as exc:
             return self._store_undecryptable(envelope, f"it could not be decrypted ({exc})")
+        try:
+            body = content.decode_plaintext(plaintext)
+        except RemoteProtocolError as exc:
+            # Decrypted, so the session moved on: keep it, refuse only this message.
+            with self._store.transaction():
+                self._save_session(sealed, session, new_session)
+            return self._store_undecryptable(envelope, str(exc))
         if (body.sender, body.sender_device, body.recipient, body.recipient_device) != (
             envelope.from_user,
             envelope.from_device,
@@ -1399,20 +1426,25 @@ class Client:
         failpoint("inbox.after_decrypt")
         with self._store.transaction():
             events = self._apply(body, verified=sender is not None)
-            self._store.save_session(
-                sealed.sender_key, session.session_id, session.pickle(self._vault.pickle_key)
-            )
-            if new_session:
-                self._store.set_meta("account", self._identity.pickle(self._vault.pickle_key))
+            self._save_session(sealed, session, new_session)
             self._store.mark_processed(envelope.envelope_id)
         failpoint("inbox.after_store")
         return events
+
+    def _save_session(
+        self, sealed: content.OlmCiphertext, session: OlmSession, new_session: bool
+    ) -> None:
+        self._store.save_session(
+            sealed.sender_key, session.session_id, session.pickle(self._vault.pickle_key)
+        )
+        if new_session:
+            self._store.set_meta("account", self._identity.pickle(self._vault.pickle_key))
 
     def _open_group_envelope(self, envelope: frames.Envelope) -> list[Event]:
         """A Megolm message of a group (one ciphertext for every member device)."""
         try:
             sealed = groups_wire.decode_group_ciphertext(envelope.ciphertext)
-        except msgspec.DecodeError:
+        except RemoteProtocolError:
             return self._store_undecryptable(envelope, "the envelope is malformed")
         with self._store.transaction():
             events = self.groups.receive_message(envelope, sealed)

@@ -406,7 +406,7 @@ class Session:
             frame = decode_client_frame(data)
         except RemoteProtocolError as exc:
             await self._answered()
-            await self._refuse(None, exc.code, str(exc))
+            await self._refuse(exc.request_id, exc.code, str(exc))
             return
         device = self.device
         if device is not None and (type(frame) is Send or type(frame) is SendMulti):
