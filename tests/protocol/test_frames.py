@@ -58,7 +58,7 @@ DECODERS = {
     frames.DeviceList: msgspec.json.Decoder(frames.DeviceList).decode,
     groups.GroupUpdate: groups.decode_group_update,
     groups.GroupMessage: groups.decode_group_message,
-    groups.SignedGroupMessage: msgspec.json.Decoder(groups.SignedGroupMessage).decode,
+    groups.SignedGroupMessage: groups.decode_signed_group_message,
     groups.GroupCiphertext: groups.decode_group_ciphertext,
 }
 """How a receiver decodes each of them."""
@@ -601,3 +601,24 @@ def test_content_refuses_group_state_without_updates() -> None:
     plain["content"]["updates"] = []
     with pytest.raises(RemoteProtocolError):
         content.decode_plaintext(json.dumps(plain).encode())
+
+
+def test_salvage_deliver_keeps_the_good_envelopes_of_a_frame_with_a_bad_one() -> None:
+    """One envelope that does not decode costs only itself; its id is kept to ack it."""
+    good = json.loads(sample("deliver"))["envelopes"][0]
+    bad_ciphertext = good | {"envelope_id": "B" * 22, "ciphertext": "not base64!"}
+    no_id = {"from_user": "mallory", "ciphertext": 5}
+    frame = {"type": "deliver", "envelopes": [good, bad_ciphertext, no_id, good]}
+    data = json.dumps(frame).encode()
+    with pytest.raises(RemoteProtocolError):
+        frames.decode_server_frame(data)
+    salvaged = frames.salvage_deliver(data)
+    assert salvaged is not None
+    deliver, unreadable = salvaged
+    assert [e.envelope_id for e in deliver.envelopes] == [good["envelope_id"]] * 2
+    assert [(u.envelope_id, u.from_user) for u in unreadable] == [
+        ("B" * 22, good["from_user"]),
+        (None, "mallory"),
+    ]
+    assert frames.salvage_deliver(b'{"type":"drained"}') is None
+    assert frames.salvage_deliver(b'{"type":"deliver","envelopes":3}') is None
