@@ -63,6 +63,7 @@ from obrolan.client.store import SCHEMA_VERSION, Store, now_ms, place_message
 from obrolan.client.vault import Vault
 from obrolan.crypto.keys import Argon2Params, derive_key, subkey
 from obrolan.errors import ConfigError, CryptoError, DecryptionError, InvalidState, StorageError
+from obrolan.protocol.decoding import DECODE_ERRORS
 
 __all__ = [
     "FORMAT_VERSION",
@@ -692,7 +693,7 @@ def _read_archive(file: BinaryIO, path: Path, passphrase: str) -> Iterator[_Reco
         raise StorageError(f"{path} is damaged: its header is cut short or too long")
     try:
         header = msgspec.json.decode(body, type=_Header)
-    except msgspec.DecodeError as exc:
+    except DECODE_ERRORS as exc:  # a header that is not UTF-8 too: an archive is foreign bytes
         raise StorageError(f"{path} is damaged: its header is invalid ({exc})") from None
     try:
         master = derive_key(passphrase, header.kdf)
@@ -751,7 +752,7 @@ def _parse_chunk(plain: bytes, path: Path) -> list[_Record]:
                 raise StorageError(f"{path} is damaged: a record is cut short")
             records.append(_record_decoder.decode(view[start : start + length]))
             offset = start + length
-    except msgspec.DecodeError as exc:
+    except DECODE_ERRORS as exc:
         raise StorageError(f"{path} is damaged: {exc}") from None
     if not records:
         raise StorageError(f"{path} is damaged: a part holds no records")
