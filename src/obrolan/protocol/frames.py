@@ -399,6 +399,8 @@ class Error(_Frame, frozen=True, tag="error"):
     id: RequestId | None
     code: ErrorCode
     message: str
+    retry_after_ms: int | None = None
+    """With ``rate_limited``: milliseconds after which the refused request would pass."""
 
 
 class KeysUploaded(_Frame, frozen=True, tag="keys_uploaded"):
@@ -671,7 +673,4 @@ def salvage_deliver(data: bytes | str) -> tuple[Deliver, list[UnreadableEnvelope
 
 def frame_types() -> dict[str, type[msgspec.Struct]]:
     """Every frame type by its wire tag (used by the spec test)."""
-    return {
-        t.__struct_config__.tag: t for t in (*ClientFrame.__args__, *ServerFrame.__args__)
-    }
-
+    return {t.__struct_config__.tag: t for t in (*ClientFrame.__args__, *ServerFrame.__args__)}
