@@ -46,7 +46,9 @@ async def send_hostile_plaintext(sender: Client, to: str) -> None:
             session = sender._session_with(device.curve25519)
             assert session is not None, "send one good message first: it makes the session"
             plaintext = content.Plaintext(
-                sender=sender.username, sender_device=sender.device_id, recipient=to,
+                sender=sender.username,
+                sender_device=sender.device_id,
+                recipient=to,
                 recipient_device=device.device_id,
                 content=content.Text(message_id=new_id(), sent_at_ms=now_ms(), text=MARK),
                 counter=sender._store.next_counter(to),
@@ -56,10 +58,14 @@ async def send_hostile_plaintext(sender: Client, to: str) -> None:
             sender._store.save_session(
                 device.curve25519, session.session_id, session.pickle(sender._vault.pickle_key)
             )
-            envelopes.append(frames.OutboundEnvelope(
-                envelope_id=new_id(), to_user=to, to_device=device.device_id,
-                ciphertext=content.encode(sealed),
-            ))
+            envelopes.append(
+                frames.OutboundEnvelope(
+                    envelope_id=new_id(),
+                    to_user=to,
+                    to_device=device.device_id,
+                    ciphertext=content.encode(sealed),
+                )
+            )
     sent = await conn.request(lambda i: frames.Send(id=i, envelopes=envelopes))
     assert isinstance(sent, frames.Sent)
 
@@ -69,7 +75,10 @@ async def _devices(sender: Client, username: str) -> list[frames.DeviceKeys]:
 
 
 async def test_a_plaintext_that_is_not_utf8_is_refused_and_the_next_message_arrives(
-    pair: tuple[Client, Client], cli: Cli, profiles: Callable[[str], Path], server  # type: ignore[no-untyped-def]
+    pair: tuple[Client, Client],
+    cli: Cli,
+    profiles: Callable[[str], Path],
+    server,  # type: ignore[no-untyped-def]
 ) -> None:
     """bob's inbox refuses the one message with a notice, acks it, and `obrolan sync` shows
     alice's next message (no traceback, exit 0); a later sync has nothing left."""
@@ -96,7 +105,9 @@ async def test_a_plaintext_that_is_not_utf8_is_refused_and_the_next_message_arri
 
 
 @pytest.fixture
-async def club(server, profiles: Callable[[str], Path]) -> AsyncIterator[tuple[dict[str, Client], str]]:  # type: ignore[no-untyped-def]
+async def club(
+    server, profiles: Callable[[str], Path]
+) -> AsyncIterator[tuple[dict[str, Client], str]]:  # type: ignore[no-untyped-def]
     """alice's group of bob and mallory, the hostile member."""
     clients: dict[str, Client] = {}
     try:
@@ -126,8 +137,13 @@ async def test_a_group_message_that_is_not_utf8_stops_nothing(club, server) -> N
     victims = ["alice", "bob"]
     session = OutboundGroupSession.create()
     message = groups.GroupMessage(
-        group_id=group_id, sender="mallory", sender_device=mallory.device_id,
-        message_id=new_id(), sent_at_ms=now_ms(), text="never shown", counter=1,
+        group_id=group_id,
+        sender="mallory",
+        sender_device=mallory.device_id,
+        message_id=new_id(),
+        sent_at_ms=now_ms(),
+        text="never shown",
+        counter=1,
     )
     raw = content.encode(message)
     signed = groups.SignedGroupMessage(
@@ -141,22 +157,41 @@ async def test_a_group_message_that_is_not_utf8_stops_nothing(club, server) -> N
     ]
     with mallory._store.transaction():
         for name in victims:
-            mallory.queue_olm(name, content.GroupKey(
-                message_id=new_id(), sent_at_ms=now_ms(), group_id=group_id,
-                session_id=session.session_id, session_key=session.session_key,
-            ), None)
+            mallory.queue_olm(
+                name,
+                content.GroupKey(
+                    message_id=new_id(),
+                    sent_at_ms=now_ms(),
+                    group_id=group_id,
+                    session_id=session.session_id,
+                    session_key=session.session_key,
+                ),
+                None,
+            )
         rowid = mallory._store.add_message(
-            message_id=message.message_id, peer=group_peer(group_id), sender="mallory",
-            sender_device=mallory.device_id, outgoing=True, text="never shown",
-            sent_at_ms=message.sent_at_ms, state=MessageState.QUEUED,
+            message_id=message.message_id,
+            peer=group_peer(group_id),
+            sender="mallory",
+            sender_device=mallory.device_id,
+            outgoing=True,
+            text="never shown",
+            sent_at_ms=message.sent_at_ms,
+            state=MessageState.QUEUED,
         )
         assert rowid is not None
-        mallory.queue_multi(frames.MultiEnvelope(
-            envelope_id=new_id(), recipients=recipients,
-            ciphertext=content.encode(groups.GroupCiphertext(
-                group_session=session.session_id, body=session.encrypt(hostile),
-            )),
-        ), rowid)
+        mallory.queue_multi(
+            frames.MultiEnvelope(
+                envelope_id=new_id(),
+                recipients=recipients,
+                ciphertext=content.encode(
+                    groups.GroupCiphertext(
+                        group_session=session.session_id,
+                        body=session.encrypt(hostile),
+                    )
+                ),
+            ),
+            rowid,
+        )
     await mallory.flush(30)
     await mallory.groups.send(group_id, "mallory again, politely")
     await c["alice"].groups.send(group_id, "alice still here")
@@ -178,7 +213,10 @@ async def test_a_group_update_that_is_not_utf8_stops_nothing(club, server) -> No
     update = b'{"group_id":"' + BAD + b'","seq":1}'
     bad = groups.SignedGroupUpdate(update=update, signature="A" * 86)
     plaintext_level = content.GroupState(
-        message_id=new_id(), sent_at_ms=now_ms(), group_id=group_id, updates=[bad],
+        message_id=new_id(),
+        sent_at_ms=now_ms(),
+        group_id=group_id,
+        updates=[bad],
     )
     with mallory._store.transaction():
         for name in ("alice", "bob"):
