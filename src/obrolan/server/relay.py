@@ -526,7 +526,9 @@ class Session:
         self._check_keys(device.ed25519, frame.one_time_keys, frame.fallback_key)
         published = _first_list(frame.device_list, frame.username, device)
         recovery = _signed_recovery_key(
-            frame.username, published.account_key, frame.recovery_key,
+            frame.username,
+            published.account_key,
+            frame.recovery_key,
             frame.recovery_key_signature,
         )
         await self._storage.create_account(
@@ -632,12 +634,16 @@ class Session:
         # Subscribe before reading the backlog's end: a wake-up can come early, never be lost.
         self._relay.router.subscribe(device, self._wake_up)
         one_time_keys = await self._storage.count_one_time_keys(device)
+        # Envelopes past their TTL are deleted and counted now, not at the next sweep:
+        # the device hears of them in this welcome, and none of them is delivered.
+        expired = await self._storage.take_expired(device, int(time.time()))
         backlog_end = await self._storage.last_seq(device)
         welcome = Welcome(
             version=version,
             username=device.username,
             device_id=device.device_id,
             one_time_keys=one_time_keys,
+            expired=expired,
         )
         await self._transport.send(encode(welcome))
         if not self._closing:
@@ -705,9 +711,7 @@ class Session:
         username = device.username
         account = await self._storage.account(username)
         if account is None or account.account_key is None:
-            raise _bad_list(
-                f"account {username} has no account key (created before device lists)"
-            )
+            raise _bad_list(f"account {username} has no account key (created before device lists)")
         published = _open_list(frame.device_list, username, account.account_key)
         if published.version <= account.list_version:
             raise _bad_list(
@@ -723,9 +727,7 @@ class Session:
             )
         removed = await self._storage.publish_devices(username, published, _today())
         _logger.debug("device list published, %d devices removed", len(removed))
-        await self._transport.send(
-            encode(DevicesPublished(id=frame.id, version=published.version))
-        )
+        await self._transport.send(encode(DevicesPublished(id=frame.id, version=published.version)))
         await self._relay.devices_removed(removed)
 
     async def _set_recovery(self, frame: SetRecovery, device: DeviceAddress) -> None:
@@ -882,6 +884,8 @@ class Session:
         if self._parked_for_room and len(self._unacked) != in_flight:
             self._wake_up()  # the window has room again
         await self._storage.ack(device, ids)
+        if frame.expired:
+            await self._storage.expired_told(device, frame.expired)
 
     async def _upload_keys(self, frame: UploadKeys, device: DeviceAddress) -> None:
         keys = await self._storage.device_keys(device)
