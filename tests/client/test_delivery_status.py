@@ -14,6 +14,7 @@ SENT = 1_000_000
 def status(**changes: Any) -> str | None:
     fields: dict[str, Any] = {
         "outgoing": True,
+        "group": False,
         "state": "sent",
         "receipt": None,
         "sent_at_ms": SENT,
@@ -46,6 +47,7 @@ def test_only_sent_messages_of_this_device_are_judged() -> None:
     assert status(state="queued") is None
     assert status(state="failed") is None
     assert status(state="notice") is None
+    assert status(group=True) is None  # group messages carry no receipts
 
 
 def test_unknown_ttl_or_send_time_says_nothing() -> None:

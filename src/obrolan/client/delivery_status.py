@@ -21,6 +21,7 @@ UNCONFIRMED = "unconfirmed"
 def delivery_status(
     *,
     outgoing: bool,
+    group: bool,
     state: str,
     receipt: str | None,
     sent_at_ms: int | None,
@@ -30,11 +31,11 @@ def delivery_status(
 ) -> str | None:
     """``not_delivered``, ``unconfirmed`` or None (nothing to say beyond state and receipt).
 
-    ``sent_at_ms`` is when the server acknowledged the message (this device's clock),
+    ``group``: the message went to a group. ``sent_at_ms`` is when the server acknowledged the message (this device's clock),
     ``ttl_seconds`` the server's announced envelope TTL; either unknown gives None.
     """
-    if not outgoing or state != "sent" or receipt is not None:
-        return None
+    if not outgoing or group or state != "sent" or receipt is not None:
+        return None  # group messages carry no receipts (§23): nothing to judge by
     if sent_at_ms is None or ttl_seconds is None:
         return None
     if now_ms < sent_at_ms + ttl_seconds * 1000:

@@ -637,6 +637,7 @@ class Store:
             arrived_late=bool(row[19]),
             delivery=delivery_status(
                 outgoing=bool(row[4]),
+                group=str(row[1]).startswith("#"),  # group_store.group_peer
                 state=str(row[7]),
                 receipt=None if row[13] is None else str(row[13]),
                 sent_at_ms=None if row[20] is None else int(row[20]),  # type: ignore[call-overload]
