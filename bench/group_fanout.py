@@ -474,6 +474,9 @@ async def run_size(
     """Every mode for one group size on a fresh server: members connected, then not."""
     data = Path(tempfile.mkdtemp(prefix="obrolan-data-", dir=workdir))
     argv = [sys.executable, "-m", "obrolan.server", "serve", "--port", "0", "--data", str(data)]
+    # The olm contrast uploads one envelope per member for each message, back to back:
+    # far past one account's default --send-rate, which is not what this measures.
+    argv += ["--send-rate", "1000000"]
     server = ServerProcess(f"obrolan-{count}", argv, workdir)
     group: Group | None = None
     try:

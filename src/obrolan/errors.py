@@ -91,10 +91,14 @@ class RequestRefused(ObrolanError):
     the client raises it when it receives one.
     """
 
-    def __init__(self, code: ErrorCode, message: str = "") -> None:
+    def __init__(
+        self, code: ErrorCode, message: str = "", *, retry_after_ms: int | None = None
+    ) -> None:
         super().__init__(message or code.value.replace("_", " "))
         self.code = code
         self.message = message or code.value.replace("_", " ")
+        self.retry_after_ms = retry_after_ms
+        """With ``rate_limited``: milliseconds to wait before trying again."""
 
 
 class ServerUnreachable(ObrolanError):

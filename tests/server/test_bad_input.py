@@ -234,6 +234,19 @@ async def test_server_closes_a_connection_that_sends_an_oversize_message(
     await assert_still_serving(shared_server, online)
 
 
+async def test_server_accepts_a_message_of_exactly_max_frame_bytes(
+    shared_server: ServerProcess, online: Online
+) -> None:
+    """Only a message over max_frame_bytes closes with 1009: one of exactly that size is read
+    (here whitespace, so malformed_frame) and the connection stays open."""
+    client, _ = await online(shared_server, _name())
+    await client.send_text(" " * client.challenge.limits.max_frame_bytes)
+    reply = await client.recv()
+    assert isinstance(reply, Error) and reply.code is ErrorCode.MALFORMED_FRAME, reply
+    again = await client.request(GetDevices(id=78, username="nobody"))
+    assert isinstance(again, Error) and again.id == 78
+
+
 async def test_server_refuses_queue_full_and_keeps_serving(
     server_factory: Callable[..., ServerProcess], online: Online
 ) -> None:
@@ -251,5 +264,7 @@ async def test_server_refuses_queue_full_and_keeps_serving(
 def test_server_data_dir_holds_only_its_files(shared_server: ServerProcess) -> None:
     """The data directory holds the databases (with WAL files), the blob folder and the log."""
     names = {p.name for p in Path(shared_server.data_dir).iterdir()}
-    databases = {f"{db}{suffix}" for db in ("obrolan.db", "blobs.db") for suffix in ("", "-wal", "-shm")}
+    databases = {
+        f"{db}{suffix}" for db in ("obrolan.db", "blobs.db") for suffix in ("", "-wal", "-shm")
+    }
     assert names <= databases | {"blobs", "server.log"}

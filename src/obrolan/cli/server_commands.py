@@ -16,10 +16,12 @@ import platformdirs
 
 from obrolan.cli.safe_text import json_text
 from obrolan.protocol.limits import Limits
+from obrolan.server.rate_limit import RateLimits
 
 __all__ = ["add_parsers", "default_data_dir"]
 
 _DEFAULTS = Limits()
+_RATES = RateLimits()
 
 
 def default_data_dir() -> Path:
@@ -129,8 +131,7 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         type=_positive_int,
         default=1024 * 1024 * 1024,
         metavar="BYTES",
-        help="most bytes of attachments one account may have stored (default: %(default)s, "
-        "1 GiB)",
+        help="most bytes of attachments one account may have stored (default: %(default)s, 1 GiB)",
     )
     serve.add_argument(
         "--blob-ttl",
@@ -154,11 +155,63 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         help="close connections that do not authenticate in time (default: %(default)s)",
     )
     serve.add_argument(
+        "--request-timeout",
+        type=_positive_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="close connections whose first HTTP request (the WebSocket upgrade) is not "
+        "complete in time (default: %(default)s)",
+    )
+    serve.add_argument(
         "--link-ttl",
         type=_positive_float,
         default=600.0,
         metavar="SECONDS",
         help="how long a new device's link code waits for approval (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--frame-rate",
+        type=_positive_float,
+        default=_RATES.frames_per_second,
+        metavar="N",
+        help="frames a second one connection may send; more get rate_limited "
+        "(default: %(default)g)",
+    )
+    serve.add_argument(
+        "--send-rate",
+        type=_positive_float,
+        default=_RATES.sends_per_second,
+        metavar="N",
+        help="envelopes a second one account may upload (default: %(default)g)",
+    )
+    serve.add_argument(
+        "--claim-rate",
+        type=_positive_float,
+        default=_RATES.claims_per_second,
+        metavar="N",
+        help="one-time keys a second one account may claim (default: %(default)g)",
+    )
+    serve.add_argument(
+        "--blob-upload-rate",
+        type=_positive_float,
+        default=_RATES.blob_bytes_per_second,
+        metavar="BYTES",
+        help="attachment bytes a second one account may upload (default: %(default)g, 16 MiB)",
+    )
+    serve.add_argument(
+        "--rate-burst",
+        type=_positive_float,
+        default=_RATES.burst_seconds,
+        metavar="SECONDS",
+        help="how many seconds of each rate may be used at once (default: %(default)g)",
+    )
+    serve.add_argument(
+        "--max-unauthenticated",
+        type=_positive_int,
+        default=_RATES.max_unauthenticated,
+        metavar="N",
+        help="most connections not yet authenticated at once; more are refused with HTTP 503 "
+        "(default: %(default)s)",
     )
     serve.add_argument(
         "--log-level",
@@ -213,11 +266,20 @@ def _serve(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         sweep_interval=args.sweep_interval,
         auth_timeout=args.auth_timeout,
+        request_timeout=args.request_timeout,
         link_ttl=args.link_ttl,
         log_level=args.log_level,
         max_blob_bytes=args.max_blob_bytes,
         blob_quota_bytes=args.blob_quota,
         blob_ttl_seconds=args.blob_ttl,
+        rate_limits=RateLimits(
+            frames_per_second=args.frame_rate,
+            sends_per_second=args.send_rate,
+            claims_per_second=args.claim_rate,
+            blob_bytes_per_second=args.blob_upload_rate,
+            burst_seconds=args.rate_burst,
+            max_unauthenticated=args.max_unauthenticated,
+        ),
     )
     run(config, on_ready=lambda url: print(f"obrolan server listening on {url}", flush=True))
     return 0

@@ -653,7 +653,7 @@ class BlobClient:
                 reason = f"the server answered HTTP {response.status}"
                 return ServerUnreachable(self.address.url, reason)
             return RequestRefused(code)
-        return RequestRefused(error.code, error.message)
+        return RequestRefused(error.code, error.message, retry_after_ms=error.retry_after_ms)
 
 
 def _offset_header(response: aiohttp.ClientResponse) -> int:

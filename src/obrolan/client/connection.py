@@ -235,7 +235,9 @@ class Connection:
         finally:
             self._pending.pop(request_id, None)
         if isinstance(answer, frames.Error):
-            raise RequestRefused(answer.code, answer.message)
+            raise RequestRefused(
+                answer.code, answer.message, retry_after_ms=answer.retry_after_ms
+            )
         return answer
 
     async def send(self, frame: msgspec.Struct) -> None:
@@ -304,7 +306,9 @@ class Connection:
                 if waiting is not None and not waiting.done():
                     waiting.set_result(frame)
             elif isinstance(frame, frames.Error):
-                refusal = RequestRefused(frame.code, frame.message)
+                refusal = RequestRefused(
+                    frame.code, frame.message, retry_after_ms=frame.retry_after_ms
+                )
                 if waiting is not None and not waiting.done():
                     waiting.set_exception(refusal)
                 elif frame.code in FATAL_CODES or frame.code is ErrorCode.UNKNOWN_LINK:

@@ -71,6 +71,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.OFFSET_MISMATCH: 409,
     ErrorCode.BLOB_EXISTS: 409,
     ErrorCode.BLOB_TOO_LARGE: 413,
+    ErrorCode.RATE_LIMITED: 429,
     ErrorCode.INTERNAL: 500,
 }
 """The HTTP status the blob store answers each error code with."""
@@ -109,6 +110,8 @@ class HttpError(msgspec.Struct, frozen=True):
 
     code: ErrorCode
     message: str
+    retry_after_ms: int | None = None
+    """With ``rate_limited``: milliseconds after which the refused request would pass."""
 
 
 def blob_path(blob_id: str, *, offset: int | None = None, fetched: bool = False) -> str:
@@ -121,9 +124,7 @@ def blob_path(blob_id: str, *, offset: int | None = None, fetched: bool = False)
     return path
 
 
-def blob_request_bytes(
-    method: str, path: str, time: int, username: str, device_id: str
-) -> bytes:
+def blob_request_bytes(method: str, path: str, time: int, username: str, device_id: str) -> bytes:
     """What a device signs for one blob request.
 
     ``method`` is the upper-case HTTP method, ``path`` the request target as sent

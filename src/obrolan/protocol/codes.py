@@ -64,6 +64,9 @@ class ErrorCode(enum.StrEnum):
     """An upload's offset is not the number of bytes the server holds; resume from that."""
     BLOB_EXISTS = "blob_exists"
     """Another blob already has this id."""
+    RATE_LIMITED = "rate_limited"
+    """Too many frames, sends, key claims or blob bytes in a short time; ``retry_after_ms``
+    says when the same request would pass."""
     INTERNAL = "internal"
     """The server failed; it gives no details. Retrying later is safe."""
 

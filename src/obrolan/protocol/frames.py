@@ -400,6 +400,8 @@ class Error(_Frame, frozen=True, tag="error"):
     id: RequestId | None
     code: ErrorCode
     message: str
+    retry_after_ms: int | None = None
+    """With ``rate_limited``: milliseconds after which the refused request would pass."""
 
 
 class KeysUploaded(_Frame, frozen=True, tag="keys_uploaded"):

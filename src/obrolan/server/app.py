@@ -17,6 +17,8 @@ from aiohttp import WSMsgType, web
 
 from obrolan import __version__
 from obrolan.errors import ConfigError
+from obrolan.protocol import blobs as http_wire
+from obrolan.protocol.codes import ErrorCode
 from obrolan.protocol.frames import Info, encode
 from obrolan.protocol.limits import SUPPORTED_VERSIONS, Limits
 from obrolan.server.blobs.filesystem import FilesystemBlobStore
@@ -24,6 +26,7 @@ from obrolan.server.blobs.http import add_routes as add_blob_routes
 from obrolan.server.config import ServerConfig
 from obrolan.server.logs import configure_logging
 from obrolan.server.relay import Relay
+from obrolan.server.request_deadline import DeadlineSite, RequestDeadline
 from obrolan.server.routing.memory import MemoryRouter
 from obrolan.server.storage.sqlite import SqliteStorage
 
@@ -42,6 +45,10 @@ _GC_YOUNG_THRESHOLD = 10_000
 700 made the collector run every few messages under load, each time scanning every
 envelope in flight (with their futures and frames): 17% of the server's CPU flat out.
 Nearly all the relay's garbage is freed by reference counting anyway."""
+_KEEPALIVE_SECONDS = 75.0
+"""How long a kept-alive HTTP connection may wait for its next complete request head
+(longer than the 15 s aiohttp clients keep an idle connection, so none reuses one the
+server is closing). The first head has ``--request-timeout``."""
 _READ_BYTES = 64 * 1024
 """Most bytes asked of a connection's socket per read (see _read_in_heap_sized_chunks)."""
 
@@ -89,6 +96,17 @@ def _read_in_heap_sized_chunks(transport: asyncio.Transport | None) -> None:
         transport.max_size = _READ_BYTES  # type: ignore[attr-defined]
 
 
+_BUSY_RETRY_SECONDS = 1
+"""The retry hint of an upgrade refused while too many connections are unauthenticated."""
+_BUSY = http_wire.encode(
+    http_wire.HttpError(
+        code=ErrorCode.RATE_LIMITED,
+        message="too many connections are waiting to authenticate; try again shortly",
+        retry_after_ms=_BUSY_RETRY_SECONDS * 1000,
+    )
+)
+
+
 def build_app(relay: Relay) -> web.Application:
     """The aiohttp application serving one relay."""
     info_body = info(relay.limits)
@@ -96,18 +114,28 @@ def build_app(relay: Relay) -> web.Application:
     async def get_info(request: web.Request) -> web.Response:
         return web.Response(body=info_body, content_type="application/json")
 
-    async def websocket(request: web.Request) -> web.WebSocketResponse:
+    async def websocket(request: web.Request) -> web.StreamResponse:
+        if relay.full_of_unauthenticated():
+            return web.Response(
+                status=503,
+                body=_BUSY,
+                content_type="application/json",
+                headers={"Retry-After": str(_BUSY_RETRY_SECONDS)},
+            )
         ws = web.WebSocketResponse(
-            max_msg_size=relay.limits.max_frame_bytes,
+            # aiohttp refuses a message of max_msg_size bytes itself; the spec closes only
+            # on one larger than max_frame_bytes.
+            max_msg_size=relay.limits.max_frame_bytes + 1,
             compress=False,  # ciphertext does not compress; deflate would only cost CPU
             heartbeat=_HEARTBEAT_SECONDS,
             timeout=_CLOSE_SECONDS,
             decode_text=False,  # msgspec parses the UTF-8 bytes itself
         )
-        await ws.prepare(request)
-        _read_in_heap_sized_chunks(request.transport)
+        # Counted as unauthenticated from here, so that upgrades in progress count too.
         session = relay.connect(_WebSocketTransport(ws, request.transport))
         try:
+            await ws.prepare(request)
+            _read_in_heap_sized_chunks(request.transport)
             await session.open()
             async for message in ws:
                 if message.type is WSMsgType.TEXT:
@@ -154,6 +182,7 @@ async def serve(config: ServerConfig, on_ready: Callable[[str], None]) -> None:
         auth_timeout=config.auth_timeout,
         sweep_interval=config.sweep_interval,
         link_ttl=config.link_ttl,
+        rate_limits=config.rate_limits,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -161,14 +190,21 @@ async def serve(config: ServerConfig, on_ready: Callable[[str], None]) -> None:
         loop.add_signal_handler(signum, stop.set)
     await storage.start()
     app = build_app(relay)
-    add_blob_routes(app, blob_store, storage, config)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_SECONDS)
+    add_blob_routes(app, blob_store, storage, config, relay.blob_uploads)
+    deadline = RequestDeadline(config.request_timeout)
+    app.middlewares.append(deadline.middleware)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=_SHUTDOWN_SECONDS,
+        keepalive_timeout=max(_KEEPALIVE_SECONDS, config.request_timeout),
+    )
     try:
         await blob_store.start()
         await router.start()
         await relay.start()
         await runner.setup()
-        site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_context)
+        site = DeadlineSite(runner, deadline, config.host, config.port, ssl_context=ssl_context)
         try:
             await site.start()
         except OSError as exc:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from obrolan.errors import ConfigError
 from obrolan.protocol.limits import Limits
+from obrolan.server.rate_limit import RateLimits
 
 __all__ = ["DATABASE_NAME", "LOG_NAME", "ServerConfig"]
 
@@ -39,6 +40,9 @@ class ServerConfig:
     """Seconds between two sweeps for envelopes whose TTL ran out."""
     auth_timeout: float = 10.0
     """Seconds a connection may stay open without authenticating."""
+    request_timeout: float = 10.0
+    """Seconds a new connection may take to send its first complete HTTP request head (the
+    WebSocket upgrade, or a blob request); a TLS handshake has as long again."""
     link_ttl: float = 600.0
     """Seconds a new device's link offer waits (in memory) for an existing device's approval."""
     log_level: str = "INFO"
@@ -48,18 +52,37 @@ class ServerConfig:
     """Most bytes of blobs one account may have on the server at once."""
     blob_ttl_seconds: int = 30 * 24 * 3600
     """A blob not fetched by every addressed device by then is deleted."""
+    rate_limits: RateLimits = dataclasses.field(default_factory=RateLimits)
+    """How fast one connection or account may go, and how many may be unauthenticated."""
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("TLS needs both --tls-cert and --tls-key (or neither)")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port {self.port} is out of range; use --port 0..65535")
-        if min(self.sweep_interval, self.auth_timeout, self.link_ttl) <= 0:
+        if min(self.sweep_interval, self.auth_timeout, self.request_timeout, self.link_ttl) <= 0:
             raise ConfigError(
-                "--sweep-interval, --auth-timeout and --link-ttl must be positive seconds"
+                "--sweep-interval, --auth-timeout, --request-timeout and --link-ttl must be "
+                "positive seconds"
             )
         if min(self.max_blob_bytes, self.blob_quota_bytes, self.blob_ttl_seconds) <= 0:
             raise ConfigError("--max-blob-bytes, --blob-quota and --blob-ttl must be positive")
+        rates = self.rate_limits
+        if (
+            min(
+                rates.frames_per_second,
+                rates.sends_per_second,
+                rates.claims_per_second,
+                rates.blob_bytes_per_second,
+                rates.burst_seconds,
+                rates.max_unauthenticated,
+            )
+            <= 0
+        ):
+            raise ConfigError(
+                "--frame-rate, --send-rate, --claim-rate, --blob-upload-rate, --rate-burst "
+                "and --max-unauthenticated must be positive"
+            )
         if not isinstance(logging.getLevelName(self.log_level.upper()), int):
             raise ConfigError(
                 f"unknown log level {self.log_level!r}; use DEBUG, INFO, WARNING or ERROR"

@@ -97,6 +97,7 @@ from obrolan.server.address import DeviceAddress
 from obrolan.server.auth import ConnectionChallenge, check_version
 from obrolan.server.blobs.base import BlobStore
 from obrolan.server.linking import Links
+from obrolan.server.rate_limit import Buckets, RateLimits, TokenBucket, refuse_if_limited
 from obrolan.server.routing.base import Router
 from obrolan.server.storage.base import (
     PublishedList,
@@ -250,6 +251,7 @@ class Relay:
         auth_timeout: seconds a connection may stay unauthenticated before it is closed.
         sweep_interval: seconds between two deletions of expired envelopes.
         link_ttl: seconds a new device's link offer waits for an approval.
+        rate_limits: how fast a connection or an account may go (spec §13.1).
     """
 
     def __init__(
@@ -262,6 +264,7 @@ class Relay:
         auth_timeout: float = 10.0,
         sweep_interval: float = 60.0,
         link_ttl: float = 600.0,
+        rate_limits: RateLimits | None = None,
     ) -> None:
         self.storage = storage
         self.router = router
@@ -273,6 +276,26 @@ class Relay:
         self._sessions: set[Session] = set()
         self._by_device: dict[DeviceAddress, Session] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self.rate_limits = rate_limits = rate_limits or RateLimits()
+        burst = rate_limits.burst
+        self.sends = Buckets(rate_limits.sends_per_second, burst(rate_limits.sends_per_second))
+        """Envelopes uploaded, per account."""
+        self.claims = Buckets(rate_limits.claims_per_second, burst(rate_limits.claims_per_second))
+        """One-time keys claimed, per account."""
+        self.blob_uploads = Buckets(
+            rate_limits.blob_bytes_per_second, burst(rate_limits.blob_bytes_per_second)
+        )
+        """Blob bytes uploaded, per account (charged by the blob store's HTTP handlers)."""
+        self._unauthenticated = 0
+
+    def full_of_unauthenticated(self) -> bool:
+        """True while ``max_unauthenticated`` connections wait to authenticate: a new one is
+        refused before its upgrade."""
+        return self._unauthenticated >= self.rate_limits.max_unauthenticated
+
+    def authenticated(self) -> None:
+        """A connection counted by :meth:`connect` as unauthenticated is no longer."""
+        self._unauthenticated -= 1
 
     async def start(self) -> None:
         """Start the sweeper of expired envelopes."""
@@ -287,9 +310,11 @@ class Relay:
         await asyncio.gather(*(s.shut_down() for s in list(self._sessions)))
 
     def connect(self, transport: Transport) -> Session:
-        """A new session for a connection that has just been accepted."""
+        """A new session for a connection that has just been accepted (counted as
+        unauthenticated until it authenticates or closes)."""
         session = Session(self, transport)
         self._sessions.add(session)
+        self._unauthenticated += 1
         return session
 
     def attach(self, session: Session, device: DeviceAddress) -> None:
@@ -347,6 +372,9 @@ class Relay:
                 continue
             if deleted:
                 _logger.info("deleted %d expired envelopes", deleted)
+            now = time.monotonic()
+            for buckets in (self.sends, self.claims, self.blob_uploads):
+                buckets.prune(now)
 
 
 class Session:
@@ -360,6 +388,12 @@ class Session:
         self._challenge = ConnectionChallenge()
         self.device: DeviceAddress | None = None
         """The authenticated device, None before authentication."""
+        self._counted_unauthenticated = True
+        """Counted in the relay's unauthenticated connections (until authenticated or closed)."""
+        rates = relay.rate_limits
+        self._frames = TokenBucket(
+            rates.frames_per_second, rates.burst(rates.frames_per_second), time.monotonic()
+        )
         self._closing = False
         self._auth_timer: asyncio.TimerHandle | None = None
         self._link: str | None = None
@@ -402,11 +436,16 @@ class Session:
 
         A ``send`` returns once its write is queued; its answer follows from the responder.
         """
+        wait = self._frames.take(1, time.monotonic())
         try:
             frame = decode_client_frame(data)
         except RemoteProtocolError as exc:
             await self._answered()
             await self._refuse(None, exc.code, str(exc))
+            return
+        if wait:
+            await self._answered()
+            await self._frames_limited(getattr(frame, "id", None), wait)
             return
         device = self.device
         if device is not None and (type(frame) is Send or type(frame) is SendMulti):
@@ -426,9 +465,20 @@ class Session:
 
     async def receive_binary(self) -> None:
         """Answer a binary message: frames are JSON text."""
+        wait = self._frames.take(1, time.monotonic())
+        if wait:
+            await self._frames_limited(None, wait)
+            return
         await self._refuse(
             None, ErrorCode.MALFORMED_FRAME, "frames must be JSON text messages, not binary"
         )
+
+    async def _frames_limited(self, request_id: int | None, wait: float) -> None:
+        rate = self._relay.rate_limits.frames_per_second
+        try:
+            refuse_if_limited(wait, f"more than {rate:g} frames a second on this connection")
+        except RequestRefused as refusal:
+            await self._answer_failure(request_id, "any", refusal)
 
     async def closed(self) -> None:
         """The connection is gone: stop delivery and forget the session.
@@ -438,6 +488,7 @@ class Session:
         counting envelopes it never received); its answers to this connection are no-ops.
         """
         self._closing = True
+        self._uncount_unauthenticated()
         if self._auth_timer is not None:
             self._auth_timer.cancel()
         if self._link is not None:
@@ -625,8 +676,14 @@ class Session:
                 f"the keys of device {device.device_id} are not self-signed",
             ) from None
 
+    def _uncount_unauthenticated(self) -> None:
+        if self._counted_unauthenticated:
+            self._counted_unauthenticated = False
+            self._relay.authenticated()
+
     async def _start(self, device: DeviceAddress, version: int) -> None:
         """Welcome the authenticated device and start delivering to it."""
+        self._uncount_unauthenticated()
         if self._auth_timer is not None:
             self._auth_timer.cancel()
         self._relay.attach(self, device)
@@ -668,7 +725,15 @@ class Session:
             case Ack():
                 await self._ack(frame, device)
             case ClaimKeys():
+                claims = self._relay.claims
+                now = time.monotonic()
+                rate = self._relay.rate_limits.claims_per_second
+                refuse_if_limited(
+                    claims.take(device.username, 1, now),
+                    f"this account claimed more than {rate:g} keys a second",
+                )
                 claimed = await self._storage.claim_keys(frame.username, frame.device_ids)
+                claims.charge(device.username, len(claimed) - 1, now)  # one token was taken
                 reply = ClaimedKeys(id=frame.id, username=frame.username, devices=claimed)
                 await self._transport.send(encode(reply))
             case GetDevices():
@@ -759,12 +824,14 @@ class Session:
             if isinstance(frame, Send):
                 envelope_ids = [envelope.envelope_id for envelope in frame.envelopes]
                 self._check_send(frame)
+                self._check_sends_rate(device, len(frame.envelopes))
                 outcome = self._storage.store_envelopes(
                     device, frame.envelopes, expires_at, limits.max_queue_per_device
                 )
             else:
                 envelope_ids = [frame.envelope.envelope_id]
                 self._check_send_multi(frame)
+                self._check_sends_rate(device, 1)
                 outcome = self._storage.store_multi(
                     device, frame.envelope, expires_at, limits.max_queue_per_device
                 )
@@ -828,6 +895,11 @@ class Session:
         """Wait until every queued send has been answered."""
         if self._responder is not None:
             await asyncio.wait((self._responder,))
+
+    def _check_sends_rate(self, device: DeviceAddress, envelopes: int) -> None:
+        wait = self._relay.sends.take(device.username, envelopes, time.monotonic())
+        rate = self._relay.rate_limits.sends_per_second
+        refuse_if_limited(wait, f"this account sent more than {rate:g} envelopes a second")
 
     def _check_send(self, frame: Send) -> None:
         limits = self._limits
@@ -1009,11 +1081,20 @@ class Session:
             _logger.error("request failed: %s", failure)
             await self._refuse(request_id, ErrorCode.INTERNAL, "internal server error")
         else:
-            await self._refuse(request_id, failure.code, str(failure))
+            retry = failure.retry_after_ms if isinstance(failure, RequestRefused) else None
+            await self._refuse(request_id, failure.code, str(failure), retry_after_ms=retry)
 
-    async def _refuse(self, request_id: int | None, code: ErrorCode, message: str) -> None:
+    async def _refuse(
+        self,
+        request_id: int | None,
+        code: ErrorCode,
+        message: str,
+        *,
+        retry_after_ms: int | None = None,
+    ) -> None:
         """Send an error frame; close the connection after a fatal one."""
-        await self._transport.send(encode(Error(id=request_id, code=code, message=message)))
+        error = Error(id=request_id, code=code, message=message, retry_after_ms=retry_after_ms)
+        await self._transport.send(encode(error))
         if code in FATAL_CODES:
             await self._close(CLOSE_POLICY_VIOLATION, code.value)
 

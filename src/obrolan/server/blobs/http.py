@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -34,6 +35,7 @@ from obrolan.server.address import DeviceAddress
 from obrolan.server.blobs.base import BlobStore, NewBlob
 from obrolan.server.blobs.filesystem import READ_BYTES
 from obrolan.server.config import ServerConfig
+from obrolan.server.rate_limit import Buckets, refuse_if_limited
 from obrolan.server.storage.base import Storage
 
 __all__ = ["UPLOAD_WINDOW_SECONDS", "add_routes"]
@@ -60,10 +62,13 @@ def _refusal(
     headers: dict[str, str] | None = None,
     *,
     status: int | None = None,
+    retry_after_ms: int | None = None,
 ) -> web.Response:
+    if retry_after_ms is not None:
+        headers = {**(headers or {}), "Retry-After": str(math.ceil(retry_after_ms / 1000))}
     return web.Response(
         status=status or wire.STATUS.get(code, 400),
-        body=wire.encode(wire.HttpError(code=code, message=message)),
+        body=wire.encode(wire.HttpError(code=code, message=message, retry_after_ms=retry_after_ms)),
         content_type="application/json",
         headers=headers,
     )
@@ -77,7 +82,7 @@ def _answering(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except RequestRefused as exc:
-            return _refusal(exc.code, exc.message)
+            return _refusal(exc.code, exc.message, retry_after_ms=exc.retry_after_ms)
         except Exception:
             _logger.exception("a blob request failed")
             return _refusal(ErrorCode.INTERNAL, "internal error")
@@ -106,10 +111,13 @@ async def _read_json(request: web.Request) -> bytes:
 class _BlobHandlers:
     """The handlers of one server's blob routes."""
 
-    def __init__(self, store: BlobStore, storage: Storage, config: ServerConfig) -> None:
+    def __init__(
+        self, store: BlobStore, storage: Storage, config: ServerConfig, uploads: Buckets
+    ) -> None:
         self._store = store
         self._storage = storage
         self._config = config
+        self._uploads = uploads
 
     async def _authenticate(self, request: web.Request) -> DeviceAddress:
         """The device that signed this request.
@@ -219,9 +227,10 @@ class _BlobHandlers:
         offset = request.query.get("offset", "")
         if not _DECIMAL.match(offset):
             raise RequestRefused(ErrorCode.MALFORMED_FRAME, "give ?offset= as a whole number")
+        self._admit_upload(owner.username)
         try:
             held = await self._store.append(
-                blob_id, owner, int(offset), request.content.iter_chunked(READ_BYTES)
+                blob_id, owner, int(offset), self._charged(owner.username, request.content)
             )
         except RequestRefused as exc:
             if exc.code is not ErrorCode.OFFSET_MISMATCH:
@@ -233,6 +242,22 @@ class _BlobHandlers:
             _logger.debug("an upload broke off")
             return _refusal(ErrorCode.MALFORMED_FRAME, "the upload broke off")
         return web.Response(status=204, headers={wire.HEADER_OFFSET: str(held)})
+
+    def _admit_upload(self, username: str) -> None:
+        """Refuse a ``PUT`` while the account's upload bucket is empty (spec §13.1).
+
+        Raises:
+            RequestRefused: ``rate_limited``, with the hint.
+        """
+        wait = self._uploads.take(username, 1, time.monotonic())
+        rate = self._config.rate_limits.blob_bytes_per_second
+        refuse_if_limited(wait, f"this account uploaded more than {rate:g} blob bytes a second")
+
+    async def _charged(self, username: str, body: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+        """The body in pieces, each charged to the account's upload bucket as it arrives."""
+        async for piece in body.iter_chunked(READ_BYTES):
+            self._uploads.charge(username, len(piece), time.monotonic())
+            yield piece
 
     async def download(self, request: web.Request) -> web.StreamResponse:
         reader = await self._authenticate(request)
@@ -291,13 +316,18 @@ class _BlobHandlers:
 
 
 def add_routes(
-    app: web.Application, blob_store: BlobStore, storage: Storage, config: ServerConfig
+    app: web.Application,
+    blob_store: BlobStore,
+    storage: Storage,
+    config: ServerConfig,
+    uploads: Buckets,
 ) -> None:
     """Serve the blob store under ``/v1/blobs`` and sweep it while ``app`` runs.
 
-    ``blob_store`` and ``storage`` must be started before the app serves requests.
+    ``blob_store`` and ``storage`` must be started before the app serves requests;
+    ``uploads`` are the accounts' buckets of blob bytes (the relay's, pruned by it).
     """
-    handlers = _BlobHandlers(blob_store, storage, config)
+    handlers = _BlobHandlers(blob_store, storage, config, uploads)
     one = f"{wire.BLOBS_PATH}/{{blob_id}}"
     app.router.add_post(wire.BLOBS_PATH, _answering(handlers.create))
     app.router.add_route("HEAD", one, _answering(handlers.offset))
