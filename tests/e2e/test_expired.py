@@ -96,6 +96,7 @@ async def test_receipts_off_makes_the_senders_messages_unconfirmed_not_undeliver
         await alice.sync()
         later = alice.history("bob")
         assert later[1].receipt == "delivered" and later[1].delivery is None
+        assert later[0].delivery == "unconfirmed"  # sent while bob's receipts were off
     finally:
         await alice.close()
         await bob.close()

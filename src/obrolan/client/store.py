@@ -271,6 +271,8 @@ _SCHEMA_V6 = [
     # messages, and whether the peer said it sends no receipts (and whether we told it
     # that we send none).
     "ALTER TABLE messages ADD COLUMN sent_ok_ms INTEGER",
+    # 1: sent while the peer said it sends no receipts (stays so when they come back on)
+    "ALTER TABLE messages ADD COLUMN peer_receipts_off INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE conversations ADD COLUMN peer_receipts_off INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE conversations ADD COLUMN told_receipts_off INTEGER NOT NULL DEFAULT 0",
 ]
@@ -548,22 +550,30 @@ class Store:
             "WHERE id = ?",
             (state.value, error, sent_ok_ms, rowid),
         )
+        if sent_ok_ms is not None:
+            self._db.execute(
+                "UPDATE messages SET peer_receipts_off = IFNULL((SELECT c.peer_receipts_off "
+                "FROM conversations c WHERE c.peer = messages.peer), 0) WHERE id = ?",
+                (rowid,),
+            )
 
     def set_peer_receipts(self, peer: str, status: str) -> list[int]:
         """The peer said it sends receipts (``on``, any receipt) or not (``off``).
 
-        Returns our messages to it whose delivery status this may change.
+        ``off`` also marks our messages to it that have no receipt yet: they stay
+        unconfirmed, not "not delivered", even once receipts are on again. Returns the
+        messages whose delivery status this changes.
         """
-        cursor = self._db.execute(
-            "UPDATE conversations SET peer_receipts_off = ? WHERE peer = ? "
-            "AND peer_receipts_off != ?",
-            (int(status == "off"), peer, int(status == "off")),
+        self._db.execute(
+            "UPDATE conversations SET peer_receipts_off = ? WHERE peer = ?",
+            (int(status == "off"), peer),
         )
-        if cursor.rowcount == 0:
+        if status != "off":
             return []
         return [int(r[0]) for r in self._db.execute(
-            "SELECT id FROM messages WHERE peer = ? AND outgoing = 1 AND state = 'sent' "
-            "AND receipt IS NULL", (peer,))]
+            "UPDATE messages SET peer_receipts_off = 1 WHERE peer = ? AND outgoing = 1 "
+            "AND state IN ('sent', 'queued') AND receipt IS NULL AND peer_receipts_off = 0 "
+            "RETURNING id", (peer,))]
 
     def told_receipts_off(self, peer: str, told: bool | None = None) -> bool:
         """Whether we told ``peer`` that this device sends no receipts (set it if ``told``)."""
@@ -954,8 +964,7 @@ class Store:
 _MESSAGE_COLUMNS = (
     "message_id, peer, sender, sender_device, outgoing, text, sent_at_ms, state, error, warning, "
     "reply_to, edited_at_ms, deleted, receipt, expires_at_ms, attachment, id, counter, position, "
-    "arrived_late, sent_ok_ms, "
-    "(SELECT c.peer_receipts_off FROM conversations c WHERE c.peer = messages.peer)"
+    "arrived_late, sent_ok_ms, peer_receipts_off"
 )
 
 
