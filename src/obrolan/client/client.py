@@ -53,6 +53,7 @@ from obrolan.client.enrolment import (
     enrol_by_recovery,
     enrol_by_registration,
 )
+from obrolan.client.expired import expired_notice, expired_to_tell
 from obrolan.client.group_store import is_group_peer
 from obrolan.client.groups import Groups
 from obrolan.client.history_transfer import INCOMING as INCOMING_HISTORY
@@ -837,6 +838,8 @@ class Client:
     def set_receipts(self, enabled: bool) -> None:
         with self._store.transaction():
             self._store.set_meta("receipts", "on" if enabled else "off")
+            if enabled:
+                self._store.forget_told_receipts_off()
 
     def requests(self) -> list[str]:
         """People whose first messages wait for this user to accept them."""
@@ -1117,6 +1120,7 @@ class Client:
         self._conn = conn
         self._last_error = None
         self._notify()
+        await self._tell_expired(conn, welcome.expired)
         await self._replenish_keys(conn, welcome.one_time_keys)
         for event in await self.groups.process_inbox():  # stashed before a crash
             self._events.put_nowait(event)
@@ -1140,6 +1144,24 @@ class Client:
             with contextlib.suppress(asyncio.CancelledError, ObrolanError):
                 await outbox
         raise conn.closed_reason or ServerUnreachable(self.address.url, "connection lost")
+
+    async def _tell_expired(self, conn: Connection, expired: int) -> None:
+        """Show how many envelopes expired unread on the server, then acknowledge them (§8).
+
+        The notice and the number acknowledged are stored in one transaction before the
+        ``ack``, so a lost ack shows no second notice for the same envelopes.
+        """
+        told_before = int(self._store.get_meta("expired_told") or 0)
+        new, acknowledge = expired_to_tell(told_before, expired)
+        with self._store.transaction():
+            ttl = conn.challenge.limits.envelope_ttl_seconds  # delivery_status needs it offline
+            self._store.set_meta("envelope_ttl_seconds", str(ttl))
+            if new:  # no sender is known: the notice goes to the user's own conversation
+                notice = self._conversations.notice(self.username, expired_notice(new))
+                self._events.put_nowait(Event("message", self.username, notice))
+            self._store.set_meta("expired_told", str(acknowledge))
+        if acknowledge:
+            await conn.send(frames.Ack(envelope_ids=[], expired=acknowledge))
 
     async def _replenish_keys(self, conn: Connection, on_server: int) -> None:
         """Top up one-time keys; a linked device also publishes its first fallback key."""
@@ -1498,6 +1520,13 @@ class Client:
             self._queue(body.sender, content.Receipt(
                 message_id=new_id(), sent_at_ms=now_ms(), targets=delivered, status="delivered"
             ))
+        elif delivered and not self._store.told_receipts_off(body.sender):
+            # Once per peer: without it, the peer's device would call its messages
+            # "not delivered" after the server's TTL (§15.11). It covers no message.
+            self._queue(body.sender, content.Receipt(
+                message_id=new_id(), sent_at_ms=now_ms(), targets=[], status="off"
+            ))
+            self._store.told_receipts_off(body.sender, True)
         return events
 
     def _decrypt(self, sealed: content.OlmCiphertext) -> tuple[OlmSession, bytes, bool]:

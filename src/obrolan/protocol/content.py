@@ -83,7 +83,7 @@ class OlmCiphertext(msgspec.Struct, frozen=True):
 BlobId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{16,64}\Z")]
 Emoji = Annotated[str, msgspec.Meta(max_length=32)]
 """One emoji (a short grapheme cluster); the empty string withdraws a reaction."""
-ReceiptStatus = Literal["delivered", "read"]
+ReceiptStatus = Literal["delivered", "read", "off"]
 TimerSeconds = Annotated[int, msgspec.Meta(ge=1, le=365 * 24 * 3600)]
 
 

@@ -347,10 +347,12 @@ class SendMulti(_Frame, frozen=True, tag="send_multi"):
     envelope: MultiEnvelope
 
 
-class Ack(_Frame, frozen=True, tag="ack"):
+class Ack(_Frame, frozen=True, tag="ack", omit_defaults=True):
     """The device has stored these envelopes; the server deletes them. No answer."""
 
     envelope_ids: list[EnvelopeId]
+    expired: Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)] = 0
+    """How many of the envelopes ``welcome.expired`` counted the device has told its user of."""
 
 
 ClientFrame = (
@@ -383,7 +385,7 @@ class Challenge(_Frame, frozen=True, tag="challenge"):
     limits: Limits
 
 
-class Welcome(_Frame, frozen=True, tag="welcome"):
+class Welcome(_Frame, frozen=True, tag="welcome", omit_defaults=True):
     """The connection is authenticated; queued envelopes follow, then ``drained``."""
 
     version: int
@@ -391,6 +393,8 @@ class Welcome(_Frame, frozen=True, tag="welcome"):
     device_id: DeviceId
     one_time_keys: int
     """How many unclaimed one-time keys the server holds for this device."""
+    expired: Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)] = 0
+    """Envelopes for this device deleted unread at their TTL, not yet acknowledged (``ack.expired``)."""
 
 
 class Error(_Frame, frozen=True, tag="error"):
