@@ -417,7 +417,8 @@ def decode_content(data: bytes) -> Content:
 
     Raises ``RemoteProtocolError`` if malformed.
     """
-    return decode_json(data, Content, "content")
+    value: Content = decode_json(data, Content, "content")
+    return value
 
 
 

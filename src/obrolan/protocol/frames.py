@@ -607,7 +607,8 @@ def decode_client_frame(data: bytes | str) -> ClientFrame:
         RemoteProtocolError: with code ``malformed_frame``, ``unknown_frame_type`` or
             ``invalid_username``, whatever was wrong with the bytes.
     """
-    return _decode_frame(_client_decoder, data, _CLIENT_TAGS)
+    frame: ClientFrame = _decode_frame(_client_decoder, data, _CLIENT_TAGS)
+    return frame
 
 
 def decode_server_frame(data: bytes | str) -> ServerFrame:
@@ -617,7 +618,8 @@ def decode_server_frame(data: bytes | str) -> ServerFrame:
         RemoteProtocolError: with code ``malformed_frame`` or ``unknown_frame_type``,
             whatever was wrong with the bytes.
     """
-    return _decode_frame(_server_decoder, data, _SERVER_TAGS)
+    frame: ServerFrame = _decode_frame(_server_decoder, data, _SERVER_TAGS)
+    return frame
 
 
 class UnreadableEnvelope(msgspec.Struct, frozen=True):
@@ -641,9 +643,10 @@ class _EnvelopeHead(msgspec.Struct, frozen=True):
 
 def _readable(value: Any, kind: Any) -> str | None:
     try:
-        return msgspec.convert(value, kind)
+        readable: str = msgspec.convert(value, kind)
     except msgspec.ValidationError:
         return None
+    return readable
 
 
 def salvage_deliver(data: bytes | str) -> tuple[Deliver, list[UnreadableEnvelope]] | None:
