@@ -81,7 +81,17 @@ class LocalProtocolError(ProtocolError):
 
 
 class RemoteProtocolError(ProtocolError):
-    """Raised when the peer sent something the protocol forbids."""
+    """Raised when the peer sent something the protocol forbids.
+
+    ``request_id`` is the ``id`` of the refused request when it could be read (the
+    server's error frame carries it, spec §6), else None.
+    """
+
+    def __init__(
+        self, message: str, code: ErrorCode | None = None, request_id: int | None = None
+    ) -> None:
+        super().__init__(message, code)
+        self.request_id = request_id
 
 
 class RequestRefused(ObrolanError):

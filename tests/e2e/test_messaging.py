@@ -168,3 +168,21 @@ async def test_withheld_envelope_shows_a_gap(
     assert texts == ["one", "three"]
     assert len(notices) == 1 and "may be missing" in notices[0]
     assert await bob.sync() == []  # the gap is shown once
+
+
+async def test_text_may_be_empty_only_with_an_attachment(
+    pair: tuple[Client, Client], tmp_path: Path
+) -> None:
+    """§15.6: a file needs no caption (text ""); a message with neither is refused at once."""
+    alice, bob = pair
+    with pytest.raises(ConfigError, match="empty"):
+        await alice.send("bob", "")
+    assert alice.history("bob") == []  # nothing queued
+    await bob.sync()  # bob's devices are published
+    photo = tmp_path / "photo.bin"
+    photo.write_bytes(b"not really a photo")
+    await alice.send_file("bob", photo)
+    await alice.flush(timeout=30)
+    (arrived,) = await bob.sync()
+    assert arrived.text == "" and arrived.attachment is not None
+    assert arrived.attachment["size"] == len(b"not really a photo")  # the file's, not the blob's

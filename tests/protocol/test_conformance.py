@@ -472,7 +472,8 @@ async def test_server_hands_out_fallback_key_then_null(connect: Connect) -> None
 
 
 async def test_server_refuses_frames_before_authentication(connect: Connect) -> None:
-    """Before authentication: not_authenticated with the frame's id, and codec errors with null."""
+    """Before authentication: a frame that decodes gets not_authenticated with its id; one
+    that does not gets the codec's error (§3.2, §4), with its id whenever readable (§6)."""
     conn = await connect()
     await conn.send({"type": "get_devices", "id": 9, "username": "somebody"})
     await conn.send({"type": "ack", "envelope_ids": []})
@@ -480,14 +481,41 @@ async def test_server_refuses_frames_before_authentication(connect: Connect) -> 
     await conn.ws.send_str("{not json")
     await conn.ws.send_str('{"type": "welcome", "id": 4}')
     await conn.ws.send_str('{"type": "get_devices", "id": 5, "username": "Not Valid"}')
-    answers = [await conn.receive() for _ in range(6)]
+    await conn.ws.send_str('{"type": "no_such_frame", "id": 6}')
+    await conn.ws.send_str('{"type": "no_such_frame"}')
+    answers = [await conn.receive() for _ in range(8)]
     assert [(a["type"], a["id"], a["code"]) for a in answers] == [
         ("error", 9, "not_authenticated"),
         ("error", None, "not_authenticated"),
         ("error", None, "malformed_frame"),
         ("error", None, "malformed_frame"),
+        ("error", 4, "unknown_frame_type"),
+        ("error", 5, "malformed_frame"),
+        ("error", 6, "unknown_frame_type"),
         ("error", None, "unknown_frame_type"),
+    ]
+
+
+async def test_server_answers_a_malformed_request_with_its_id(connect: Connect) -> None:
+    """§6: a request whose body is malformed is refused under its own id, so a client with
+    several requests in flight knows which one failed; an unreadable id gives null."""
+    _, conn = await registered(connect)
+    await conn.ws.send_str('{"type": "claim_keys", "id": 21, "username": 7}')
+    await conn.ws.send_str('{"type": "get_devices", "id": 22}')
+    await conn.ws.send_str('{"type": "send", "id": 23, "envelopes": "none"}')
+    await conn.ws.send_str('{"type": "get_devices", "id": -1, "username": "x"}')
+    await conn.ws.send_str('{"type": "get_devices", "id": true, "username": 1}')
+    await conn.ws.send_str('{"type": "ack", "id": 24, "envelope_ids": 3}')
+    await conn.ws.send_str('{"type": "no_such_frame", "id": 25}')
+    answers = [await conn.receive() for _ in range(7)]
+    assert [(a["type"], a["id"], a["code"]) for a in answers] == [
+        ("error", 21, "malformed_frame"),
+        ("error", 22, "malformed_frame"),
+        ("error", 23, "malformed_frame"),
         ("error", None, "malformed_frame"),
+        ("error", None, "malformed_frame"),
+        ("error", None, "malformed_frame"),  # an ack has no id
+        ("error", 25, "unknown_frame_type"),
     ]
 
 

@@ -58,7 +58,7 @@ DECODERS = {
     frames.DeviceList: msgspec.json.Decoder(frames.DeviceList).decode,
     groups.GroupUpdate: groups.decode_group_update,
     groups.GroupMessage: groups.decode_group_message,
-    groups.SignedGroupMessage: msgspec.json.Decoder(groups.SignedGroupMessage).decode,
+    groups.SignedGroupMessage: groups.decode_signed_group_message,
     groups.GroupCiphertext: groups.decode_group_ciphertext,
 }
 """How a receiver decodes each of them."""
@@ -395,7 +395,7 @@ def test_content_rejects_unknown_olm_message_type(message_type: object) -> None:
     """``OlmCiphertext.message_type`` is 0 (pre-key) or 1 (normal)."""
     olm = json.loads(sample("olm_ciphertext"))
     olm["message_type"] = message_type
-    with pytest.raises(msgspec.ValidationError):
+    with pytest.raises(RemoteProtocolError):
         content.decode_olm_ciphertext(json.dumps(olm).encode())
 
 
@@ -403,7 +403,7 @@ def test_content_rejects_unknown_content_kind() -> None:
     """A Plaintext whose content kind is not defined does not decode (the receiver drops it)."""
     plain = json.loads(sample("plaintext"))
     plain["content"]["kind"] = "sticker"
-    with pytest.raises(msgspec.ValidationError):
+    with pytest.raises(RemoteProtocolError):
         content.decode_plaintext(json.dumps(plain).encode())
 
 
@@ -489,7 +489,7 @@ def test_content_refuses_unknown_verification_cancel_reason() -> None:
     """``verify_cancel.reason`` is one of the documented reasons."""
     plain = json.loads(sample("plaintext_verify_cancel"))
     plain["content"]["reason"] = "bored"
-    with pytest.raises(msgspec.ValidationError):
+    with pytest.raises(RemoteProtocolError):
         content.decode_plaintext(json.dumps(plain).encode())
 
 
@@ -500,7 +500,7 @@ def test_content_bounds_history_passphrase(field: str, value: str) -> None:
     """A history archive's passphrase is 32 to 128 characters."""
     plain = json.loads(sample("plaintext_history"))
     plain["content"][field] = value
-    with pytest.raises(msgspec.ValidationError):
+    with pytest.raises(RemoteProtocolError):
         content.decode_plaintext(json.dumps(plain).encode())
 
 
@@ -509,7 +509,7 @@ def test_content_refuses_bad_txn(txn: str) -> None:
     """A verification's txn is 16 to 64 URL-safe base64 characters."""
     plain = json.loads(sample("plaintext_verify_start"))
     plain["content"]["txn"] = txn
-    with pytest.raises(msgspec.ValidationError):
+    with pytest.raises(RemoteProtocolError):
         content.decode_plaintext(json.dumps(plain).encode())
 
 
@@ -570,7 +570,7 @@ def test_codec_accepts_send_multi_without_recipients() -> None:
 def test_group_update_refuses_malformed_values(sample_name: str, change: dict[str, object]) -> None:
     """prev is 32 bytes or null, seq 0 or more, an action names a known op, a reason <= 500."""
     update = json.loads(sample(sample_name)) | change
-    with pytest.raises(msgspec.ValidationError):
+    with pytest.raises(RemoteProtocolError):
         groups.decode_group_update(json.dumps(update).encode())
 
 
@@ -589,9 +589,9 @@ def test_group_update_decodes_defaults_of_omitted_members() -> None:
 
 def test_group_ciphertext_is_not_an_olm_ciphertext_and_back() -> None:
     """Receivers tell the two envelope contents apart by their members (§15.4 step 2)."""
-    with pytest.raises(msgspec.ValidationError):
+    with pytest.raises(RemoteProtocolError):
         content.decode_olm_ciphertext(sample("group_ciphertext"))
-    with pytest.raises(msgspec.ValidationError):
+    with pytest.raises(RemoteProtocolError):
         groups.decode_group_ciphertext(sample("olm_ciphertext"))
 
 
@@ -599,5 +599,26 @@ def test_content_refuses_group_state_without_updates() -> None:
     """A group_state carries at least one update."""
     plain = json.loads(sample("plaintext_group_state"))
     plain["content"]["updates"] = []
-    with pytest.raises(msgspec.ValidationError):
+    with pytest.raises(RemoteProtocolError):
         content.decode_plaintext(json.dumps(plain).encode())
+
+
+def test_salvage_deliver_keeps_the_good_envelopes_of_a_frame_with_a_bad_one() -> None:
+    """One envelope that does not decode costs only itself; its id is kept to ack it."""
+    good = json.loads(sample("deliver"))["envelopes"][0]
+    bad_ciphertext = good | {"envelope_id": "B" * 22, "ciphertext": "not base64!"}
+    no_id = {"from_user": "mallory", "ciphertext": 5}
+    frame = {"type": "deliver", "envelopes": [good, bad_ciphertext, no_id, good]}
+    data = json.dumps(frame).encode()
+    with pytest.raises(RemoteProtocolError):
+        frames.decode_server_frame(data)
+    salvaged = frames.salvage_deliver(data)
+    assert salvaged is not None
+    deliver, unreadable = salvaged
+    assert [e.envelope_id for e in deliver.envelopes] == [good["envelope_id"]] * 2
+    assert [(u.envelope_id, u.from_user) for u in unreadable] == [
+        ("B" * 22, good["from_user"]),
+        (None, "mallory"),
+    ]
+    assert frames.salvage_deliver(b'{"type":"drained"}') is None
+    assert frames.salvage_deliver(b'{"type":"deliver","envelopes":3}') is None

@@ -87,6 +87,7 @@ async def test_admin_discloses_an_account_without_any_ciphertext(
         "last_active_day": today,
         "unclaimed_one_time_keys": 5,
         "fallback_key_held": True,
+        "expired_unread": 0,
     }
     assert [
         (q["envelope_id"], q["to_device"], q["from_user"], q["from_device"], q["size"])
@@ -162,15 +163,15 @@ async def test_admin_discloses_the_account_keys_a_recovery_replaced(
     again = await connect(server.ws_url)
     await again.recover(second, first.account.recovery)
     disclosed = await admin_json("disclose", "alice", "--data", str(server.data_dir))
-    assert disclosed["earlier_account_keys"] == [
-        lost.account.key.public, first.account.key.public
-    ]
+    assert disclosed["earlier_account_keys"] == [lost.account.key.public, first.account.key.public]
     assert disclosed["account_key"] == second.account.key.public
     await again.until_drained()
     devices = await again.request(GetDevices(id=1, username="alice"))
     assert isinstance(devices, Devices)
-    assert open_successions(devices.successions, "alice", second.account.key.public) == (
-        disclosed["earlier_account_keys"])  # two recoveries, a chain clients can check
+    assert (
+        open_successions(devices.successions, "alice", second.account.key.public)
+        == (disclosed["earlier_account_keys"])
+    )  # two recoveries, a chain clients can check
 
 
 async def test_admin_answers_unknown_accounts_and_missing_data_in_one_line(

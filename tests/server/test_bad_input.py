@@ -74,7 +74,27 @@ async def _unknown_type(
 ) -> tuple[RawClient, ErrorCode, int | None]:
     client = await _authenticated(server, connect, online)
     await client.send_text('{"type": "explode", "id": 3}')
-    return client, ErrorCode.UNKNOWN_FRAME_TYPE, None
+    return client, ErrorCode.UNKNOWN_FRAME_TYPE, 3  # its id is readable (spec §6)
+
+
+async def _unknown_type_before_auth(
+    server: ServerProcess, connect: Connect, online: Online
+) -> tuple[RawClient, ErrorCode, int | None]:
+    client = await _unauthenticated(server, connect, online)
+    await client.send_text('{"type": "explode", "id": 6}')
+    return client, ErrorCode.UNKNOWN_FRAME_TYPE, 6  # decoded first, in every state (§4)
+
+
+async def _malformed_with_id(
+    server: ServerProcess, connect: Connect, online: Online
+) -> tuple[RawClient, ErrorCode, int | None]:
+    client = await _authenticated(server, connect, online)
+    await client.send_text('{"type": "get_devices", "id": 12, "username": ["bob"]}')
+    return client, ErrorCode.MALFORMED_FRAME, 12
+
+
+DEPTH = 100_000
+"""Far deeper than msgspec's parser follows: it raises RecursionError."""
 
 
 async def _server_frame_type(
@@ -178,6 +198,27 @@ async def _oversize_envelope(
         pytest.param(_invalid_utf8, id="invalid-utf8"),
         pytest.param(_invalid_username, id="invalid-username"),
         pytest.param(_unknown_type, id="unknown-frame-type"),
+        pytest.param(_unknown_type_before_auth, id="unknown-frame-type-before-auth"),
+        pytest.param(_malformed_with_id, id="malformed-request-keeps-its-id"),
+        pytest.param(_text("[" * DEPTH + "]" * DEPTH), id="nested-array"),
+        pytest.param(
+            _text(
+                '{"type": "get_devices", "id": 2, "x": ' + "[" * DEPTH + "]" * DEPTH + "}",
+                authenticated=True,
+            ),
+            id="nested-unknown-field",
+        ),
+        pytest.param(
+            _text(
+                '{"type": "get_devices", "id": 2, "username": '
+                + '{"a":' * DEPTH
+                + "1"
+                + "}" * DEPTH
+                + "}",
+                authenticated=True,
+            ),
+            id="nested-object-field",
+        ),
         pytest.param(_server_frame_type, id="server-frame-from-client"),
         pytest.param(_binary, id="binary-message"),
         pytest.param(_before_auth, id="request-before-auth"),

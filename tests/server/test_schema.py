@@ -8,6 +8,7 @@ from pathlib import Path
 
 from obrolan.protocol.codes import ErrorCode
 from obrolan.protocol.frames import Envelope, Error, GetDevices
+from obrolan.server.storage.sqlite import SCHEMA_VERSION
 from tests.server.conftest import Connect, Online
 from tests.server.exchange import delivered, send
 from tests.support.raw_client import RawDevice, envelope_id, outbound
@@ -105,7 +106,7 @@ async def test_server_migrates_a_version_1_database_keeping_its_queue(
         assert isinstance(lookup, Error) and lookup.code is ErrorCode.UNKNOWN_USER
 
     with closing(sqlite3.connect(data / "obrolan.db")) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (5,)
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
         columns = [row[1] for row in db.execute("PRAGMA table_info(devices)")]
         assert "queued" not in columns
         assert db.execute(

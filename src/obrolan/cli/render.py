@@ -53,7 +53,7 @@ def format_message(message: Message) -> str:
         state = {
             MessageState.QUEUED: "queued",
             MessageState.FAILED: f"not sent: {one_line(message.error or '')}",
-        }.get(message.state, message.receipt or "sent")
+        }.get(message.state, message.receipt or _DELIVERY.get(message.delivery or "", "sent"))
         marks.append(state)
     line = f"{when} [{one_line(message.message_id[:SHORT_ID])}] {arrow}: {text}"
     if marks:
@@ -67,6 +67,13 @@ def format_message(message: Message) -> str:
     if message.warning:
         line += f"\n    ⚠ {block(message.warning)}"
     return line
+
+
+_DELIVERY = {
+    "not_delivered": "not delivered: no receipt within the server's time limit",
+    "unconfirmed": "unconfirmed: the recipient sends no receipts",
+}
+"""How a sent message without a receipt after the server's TTL is shown (delivery_status)."""
 
 
 def format_event(event: Event) -> str | None:

@@ -35,6 +35,7 @@ from sqlcipher3 import dbapi2
 from obrolan.crypto.chunked_aead import ChunkOpener, ChunkSealer
 from obrolan.crypto.keys import Argon2Params, derive_key, subkey
 from obrolan.errors import CryptoError, DecryptionError, StorageError
+from obrolan.protocol.decoding import DECODE_ERRORS
 
 __all__ = [
     "ARCHIVED_TABLES",
@@ -219,7 +220,7 @@ def read_archive(file: BinaryIO, path: Path, passphrase: str) -> Iterator[Record
         raise StorageError(f"{path} is damaged: its header is cut short or too long")
     try:
         header = msgspec.json.decode(body, type=_Header)
-    except msgspec.DecodeError as exc:
+    except DECODE_ERRORS as exc:  # a header that is not UTF-8 too: an archive is foreign bytes
         raise StorageError(f"{path} is damaged: its header is invalid ({exc})") from None
     try:
         master = derive_key(passphrase, header.kdf)
@@ -277,7 +278,7 @@ def _parse_chunk(plain: bytes, path: Path) -> list[Record]:
                 raise StorageError(f"{path} is damaged: a record is cut short")
             records.append(_record_decoder.decode(view[start : start + length]))
             offset = start + length
-    except msgspec.DecodeError as exc:
+    except DECODE_ERRORS as exc:
         raise StorageError(f"{path} is damaged: {exc}") from None
     if not records:
         raise StorageError(f"{path} is damaged: a part holds no records")

@@ -24,7 +24,6 @@ from types import TracebackType
 from typing import Self
 
 import aiohttp
-import msgspec
 
 from obrolan.client.attachment_sealing import (
     CHUNK_BYTES,
@@ -385,7 +384,7 @@ class BlobClient:
         try:
             body = await response.read()
             error = wire.decode_http_error(body)
-        except (aiohttp.ClientError, OSError, TimeoutError, msgspec.DecodeError):
+        except (aiohttp.ClientError, OSError, TimeoutError, RemoteProtocolError):
             # No JSON (a HEAD answer, or not the blob store): the status says enough.
             by_status = {401: ErrorCode.AUTH_FAILED, 404: ErrorCode.UNKNOWN_BLOB}
             code = by_status.get(response.status)

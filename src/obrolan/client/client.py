@@ -53,6 +53,7 @@ from obrolan.client.enrolment import (
     enrol_by_recovery,
     enrol_by_registration,
 )
+from obrolan.client.expired import expired_notice, expired_to_tell
 from obrolan.client.group_store import is_group_peer
 from obrolan.client.groups import Groups
 from obrolan.client.history_transfer import INCOMING as INCOMING_HISTORY
@@ -90,6 +91,7 @@ from obrolan.errors import (
     IdentityChanged,
     InvalidState,
     ObrolanError,
+    RemoteProtocolError,
     RequestRefused,
     ServerUnreachable,
     SignatureError,
@@ -99,6 +101,7 @@ from obrolan.failpoints import failpoint
 from obrolan.protocol import content, frames
 from obrolan.protocol import groups as groups_wire
 from obrolan.protocol.codes import ErrorCode
+from obrolan.protocol.decoding import decode_json
 from obrolan.protocol.frames import DeviceList, ListedDevice, SignedDeviceList
 from obrolan.protocol.limits import PROTOCOL_VERSION, Limits
 from obrolan.protocol.signing import auth_bytes
@@ -835,6 +838,8 @@ class Client:
     def set_receipts(self, enabled: bool) -> None:
         with self._store.transaction():
             self._store.set_meta("receipts", "on" if enabled else "off")
+            if enabled:
+                self._store.forget_told_receipts_off()
 
     def requests(self) -> list[str]:
         """People whose first messages wait for this user to accept them."""
@@ -1115,6 +1120,7 @@ class Client:
         self._conn = conn
         self._last_error = None
         self._notify()
+        await self._tell_expired(conn, welcome.expired)
         await self._replenish_keys(conn, welcome.one_time_keys)
         for event in await self.groups.process_inbox():  # stashed before a crash
             self._events.put_nowait(event)
@@ -1123,6 +1129,8 @@ class Client:
             while (push := await conn.pushes.get()) is not None:
                 if isinstance(push, frames.Deliver):
                     await self._receive(conn, push.envelopes)
+                elif isinstance(push, frames.UnreadableEnvelope):
+                    await self._refuse_envelope(conn, push)
                 else:
                     with self._store.transaction():
                         for event in self._conversations.gaps():
@@ -1136,6 +1144,24 @@ class Client:
             with contextlib.suppress(asyncio.CancelledError, ObrolanError):
                 await outbox
         raise conn.closed_reason or ServerUnreachable(self.address.url, "connection lost")
+
+    async def _tell_expired(self, conn: Connection, expired: int) -> None:
+        """Show how many envelopes expired unread on the server, then acknowledge them (§8).
+
+        The notice and the number acknowledged are stored in one transaction before the
+        ``ack``, so a lost ack shows no second notice for the same envelopes.
+        """
+        told_before = int(self._store.get_meta("expired_told") or 0)
+        new, acknowledge = expired_to_tell(told_before, expired)
+        with self._store.transaction():
+            ttl = conn.challenge.limits.envelope_ttl_seconds  # delivery_status needs it offline
+            self._store.set_meta("envelope_ttl_seconds", str(ttl))
+            if new:  # no sender is known: the notice goes to the user's own conversation
+                notice = self._conversations.notice(self.username, expired_notice(new))
+                self._events.put_nowait(Event("message", self.username, notice))
+            self._store.set_meta("expired_told", str(acknowledge))
+        if acknowledge:
+            await conn.send(frames.Ack(envelope_ids=[], expired=acknowledge))
 
     async def _replenish_keys(self, conn: Connection, on_server: int) -> None:
         """Top up one-time keys; a linked device also publishes its first fallback key."""
@@ -1187,7 +1213,7 @@ class Client:
             failpoint("outbox.after_encrypt")
         request: Callable[[int], msgspec.Struct]
         if entry.multi is not None:
-            multi = msgspec.json.decode(entry.multi, type=frames.MultiEnvelope)
+            multi = decode_json(entry.multi, frames.MultiEnvelope, "queued envelope")
             request = lambda i: frames.SendMulti(id=i, envelope=multi)
         else:
             request = lambda i: frames.Send(
@@ -1358,7 +1384,10 @@ class Client:
         acked = []
         for envelope in envelopes:
             if not self._store.is_processed(envelope.envelope_id):
-                events = await self._open_envelope(conn, envelope)
+                try:
+                    events = await self._open_envelope(conn, envelope)
+                except RemoteProtocolError as exc:  # one bad envelope never stops the inbox
+                    events = self._store_undecryptable(envelope, str(exc))
                 events += await self.groups.process_inbox()
                 self._after_changes(events)
                 for event in events:
@@ -1369,10 +1398,24 @@ class Client:
         for start in range(0, len(acked), limit):
             await conn.send(frames.Ack(envelope_ids=acked[start : start + limit]))
 
+    async def _refuse_envelope(self, conn: Connection, refused: frames.UnreadableEnvelope) -> None:
+        """An envelope of a ``deliver`` that does not decode: a notice, and ack it if we can."""
+        log.warning("refused an envelope from the server: %s", refused.reason)
+        if refused.envelope_id is None:
+            return  # nothing to ack it by: the server redelivers it, and it is refused again
+        if refused.from_user is not None and not self._store.is_processed(refused.envelope_id):
+            envelope = frames.Envelope(
+                envelope_id=refused.envelope_id, from_user=refused.from_user,
+                from_device="", ciphertext=b"",
+            )
+            for event in self._store_undecryptable(envelope, f"the envelope is malformed ({refused.reason})"):
+                self._events.put_nowait(event)
+        await conn.send(frames.Ack(envelope_ids=[refused.envelope_id]))
+
     async def _open_envelope(self, conn: Connection, envelope: frames.Envelope) -> list[Event]:
         try:
             sealed = content.decode_olm_ciphertext(envelope.ciphertext)
-        except msgspec.DecodeError:
+        except RemoteProtocolError:
             return self._open_group_envelope(envelope)
         sender = self._store.device_by_curve(sealed.sender_key)
         claimed = (envelope.from_user, envelope.from_device)
@@ -1386,9 +1429,15 @@ class Client:
         # From here to the commit: no await, so no other task touches these sessions.
         try:
             session, plaintext, new_session = self._decrypt(sealed)
-            body = content.decode_plaintext(plaintext)
-        except (CryptoError, msgspec.DecodeError) as exc:
+        except CryptoError as exc:
             return self._store_undecryptable(envelope, f"it could not be decrypted ({exc})")
+        try:
+            body = content.decode_plaintext(plaintext)
+        except RemoteProtocolError as exc:
+            # Decrypted, so the session moved on: keep it, refuse only this message.
+            with self._store.transaction():
+                self._save_session(sealed, session, new_session)
+            return self._store_undecryptable(envelope, str(exc))
         if (body.sender, body.sender_device, body.recipient, body.recipient_device) != (
             envelope.from_user,
             envelope.from_device,
@@ -1399,20 +1448,25 @@ class Client:
         failpoint("inbox.after_decrypt")
         with self._store.transaction():
             events = self._apply(body, verified=sender is not None)
-            self._store.save_session(
-                sealed.sender_key, session.session_id, session.pickle(self._vault.pickle_key)
-            )
-            if new_session:
-                self._store.set_meta("account", self._identity.pickle(self._vault.pickle_key))
+            self._save_session(sealed, session, new_session)
             self._store.mark_processed(envelope.envelope_id)
         failpoint("inbox.after_store")
         return events
+
+    def _save_session(
+        self, sealed: content.OlmCiphertext, session: OlmSession, new_session: bool
+    ) -> None:
+        self._store.save_session(
+            sealed.sender_key, session.session_id, session.pickle(self._vault.pickle_key)
+        )
+        if new_session:
+            self._store.set_meta("account", self._identity.pickle(self._vault.pickle_key))
 
     def _open_group_envelope(self, envelope: frames.Envelope) -> list[Event]:
         """A Megolm message of a group (one ciphertext for every member device)."""
         try:
             sealed = groups_wire.decode_group_ciphertext(envelope.ciphertext)
-        except msgspec.DecodeError:
+        except RemoteProtocolError:
             return self._store_undecryptable(envelope, "the envelope is malformed")
         with self._store.transaction():
             events = self.groups.receive_message(envelope, sealed)
@@ -1466,6 +1520,13 @@ class Client:
             self._queue(body.sender, content.Receipt(
                 message_id=new_id(), sent_at_ms=now_ms(), targets=delivered, status="delivered"
             ))
+        elif delivered and not self._store.told_receipts_off(body.sender):
+            # Once per peer: without it, the peer's device would call its messages
+            # "not delivered" after the server's TTL (§15.11). It covers no message.
+            self._queue(body.sender, content.Receipt(
+                message_id=new_id(), sent_at_ms=now_ms(), targets=[], status="off"
+            ))
+            self._store.told_receipts_off(body.sender, True)
         return events
 
     def _decrypt(self, sealed: content.OlmCiphertext) -> tuple[OlmSession, bytes, bool]:

@@ -90,7 +90,7 @@ class ServerAddress:
         return cls(url=f"{scheme}://{netloc}", ws_url=f"{ws_scheme}://{netloc}/v1/ws", ssl=tls)
 
 
-PushFrame = frames.Deliver | frames.Drained | frames.LinkAnswer
+PushFrame = frames.Deliver | frames.Drained | frames.LinkAnswer | frames.UnreadableEnvelope
 ObrolanErrorLike = ServerUnreachable | RequestRefused | DeviceReplaced | DeviceRemoved
 
 
@@ -278,7 +278,16 @@ class Connection:
             async for message in self._ws:
                 if message.type != aiohttp.WSMsgType.TEXT:
                     break
-                frame = frames.decode_server_frame(message.data)
+                try:
+                    frame = frames.decode_server_frame(message.data)
+                except RemoteProtocolError:
+                    salvaged = frames.salvage_deliver(message.data)
+                    if salvaged is None:
+                        raise
+                    # One bad envelope: keep the connection and the good ones.
+                    frame, unreadable = salvaged
+                    for refused in unreadable:
+                        self.pushes.put_nowait(refused)
                 self._dispatch(frame)
         except RemoteProtocolError as exc:
             self.closed_reason = ServerUnreachable(self.address.url, f"bad frame from server: {exc}")

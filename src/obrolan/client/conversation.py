@@ -71,7 +71,11 @@ class Conversations:
         if isinstance(body, content.Typing):
             return [Event("typing", peer, active=body.active)]
         if isinstance(body, content.Receipt):
-            rows = self._store.set_receipt(peer, body.targets, body.status)
+            if body.status == "off":  # the peer sends no receipts from now on (§15.11)
+                rows = self._store.set_peer_receipts(peer, "off")
+            else:
+                rows = self._store.set_peer_receipts(peer, "on")
+                rows = sorted({*rows, *self._store.set_receipt(peer, body.targets, body.status)})
             return [Event("update", peer, self._store.message(r)) for r in rows]
         if isinstance(body, content.Timer):
             return [self._timer_changed(peer, peer, body.message_id, body.seconds)]
@@ -185,6 +189,8 @@ class Conversations:
         attachment: content.Attachment | None, my_device: str,
     ) -> tuple[int, content.Text]:
         """Store our new message; returns its row and the content to send."""
+        if not text and attachment is None:  # §15.6: only a file may go without text
+            raise ConfigError("a message cannot be empty: write some text or attach a file")
         conversation = self._store.open_conversation(peer, accepted=True)
         if not conversation.accepted:
             self._store.set_conversation(peer, accepted=True)  # replying accepts a request

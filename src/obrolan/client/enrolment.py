@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from obrolan.client import contact_sync
 from obrolan.client.connection import Connection, ServerAddress
 from obrolan.client.conversation import JOINED_LATE
@@ -43,7 +41,13 @@ from obrolan.crypto.account import (
     seal_name,
 )
 from obrolan.crypto.device import DeviceIdentity
-from obrolan.errors import ConfigError, CryptoError, DecryptionError, ProfileError, SignatureError
+from obrolan.errors import (
+    ConfigError,
+    CryptoError,
+    ProfileError,
+    RemoteProtocolError,
+    SignatureError,
+)
 from obrolan.protocol import content, frames
 from obrolan.protocol.limits import PROTOCOL_VERSION
 from obrolan.protocol.signing import auth_bytes
@@ -324,7 +328,7 @@ def _open_answer(
         session, plaintext = identity.inbound_session(sealed.sender_key, sealed)
         secrets = content.decode_link_secrets(plaintext)
         account = AccountKey(secrets.account_secret)
-    except (msgspec.DecodeError, DecryptionError, CryptoError) as exc:
+    except (RemoteProtocolError, CryptoError) as exc:
         raise SignatureError(f"the approval could not be read: {exc}") from None
     if secrets.username != username:
         raise SignatureError(f"the approval is for {secrets.username}, not {username}")

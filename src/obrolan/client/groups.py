@@ -43,7 +43,13 @@ from obrolan.crypto.group_state import (
 )
 from obrolan.crypto.megolm import InboundGroupSession, OutboundGroupSession
 from obrolan.crypto.signatures import verify
-from obrolan.errors import CryptoError, ObrolanError, ServerUnreachable, SignatureError
+from obrolan.errors import (
+    CryptoError,
+    ObrolanError,
+    RemoteProtocolError,
+    ServerUnreachable,
+    SignatureError,
+)
 from obrolan.protocol import content, groups
 from obrolan.protocol.frames import DeviceKeys, Envelope, MultiEnvelope, Recipient
 from obrolan.protocol.limits import Limits
@@ -420,7 +426,7 @@ class Groups:
         signed = None if found is None else self._rows.signed_of(found[0])
         if signed is None:
             raise GroupError("that message cannot be reported (it is not a signed group message)")
-        reported = msgspec.json.decode(signed, type=groups.SignedGroupMessage)
+        reported = groups.decode_signed_group_message(signed)
         admins = [a for a in view.admins if a != self.me]
         with self._store.transaction():
             for admin in admins:
@@ -444,15 +450,20 @@ class Groups:
         self._stashed = False
         events: list[Event] = []
         for entry_id, sender, device, raw in self._rows.inbox():
+            unreadable: str | None = None
             try:
                 body = content.decode_content(raw)
                 events += await self._process(sender, device, body)
             except ServerUnreachable:
                 self._stashed = True  # kept: applied once the server can be asked again
                 raise
-            except (ObrolanError, msgspec.DecodeError) as exc:
+            except ObrolanError as exc:
                 log.warning("a group event from %s/%s was dropped: %s", sender, device, exc)
+                if isinstance(exc, RemoteProtocolError):  # malformed: say so, as for any message
+                    unreadable = str(exc)
             with self._store.transaction():
+                if unreadable is not None:
+                    events.append(self._unreadable_event(sender, unreadable))
                 self._rows.done_inbox(entry_id)
         return events
 
@@ -642,7 +653,7 @@ class Groups:
             return []
         try:
             message = groups.decode_group_message(report.reported.message)
-        except msgspec.DecodeError:
+        except RemoteProtocolError:
             return []
         await self._host.verified_devices(message.sender)
         device_key = self._host.device_key(message.sender, message.sender_device)
@@ -676,14 +687,16 @@ class Groups:
         try:
             session = InboundGroupSession.from_pickle(pickle, self._pickle_key)
             plaintext, _ = session.decrypt(ciphertext.body)
-            signed = msgspec.json.decode(plaintext, type=groups.SignedGroupMessage)
+            signed = groups.decode_signed_group_message(plaintext)
             message = groups.decode_group_message(signed.message)
             device_key = self._host.device_key(sender, device)
             if device_key is None:
                 raise SignatureError(f"{sender}/{device} is not in {sender}'s signed list")
             verify(device_key, group_message_bytes(signed.message), signed.signature)
-        except (CryptoError, msgspec.DecodeError) as exc:
+        except CryptoError as exc:
             return self._unreadable(envelope, f"it could not be decrypted ({exc})")
+        except RemoteProtocolError as exc:
+            return self._unreadable(envelope, str(exc))
         if (message.group_id, message.sender, message.sender_device) != (group_id, sender, device):
             return self._unreadable(envelope, "it names another group or sender")
         view = self._current(group_id)
@@ -711,11 +724,14 @@ class Groups:
 
     def _unreadable(self, envelope: Envelope, reason: str) -> list[Event]:
         log.warning("dropped a group message from %s: %s", envelope.from_user, reason)
+        return [self._unreadable_event(envelope.from_user, reason, "group message")]
+
+    def _unreadable_event(self, sender: str, reason: str, what: str = "group event") -> Event:
+        """A notice in the sender's conversation (inside the caller's transaction)."""
         notice = self._conversations.notice(
-            envelope.from_user,
-            f"a group message from {envelope.from_user} could not be read: {reason}",
+            sender, f"a {what} from {sender} could not be read: {reason}"
         )
-        return [Event("message", envelope.from_user, notice)]
+        return Event("message", sender, notice)
 
 
 def _signing_key(keys: list[str], signed: groups.SignedGroupUpdate) -> int | None:

@@ -64,6 +64,9 @@ class Message:
     arrived_late: bool = False
     """A later message from the same sending device had already arrived (the server
     delayed or reordered it); it is shown where its sender put it, not at the end."""
+    delivery: str | None = None
+    """Ours, sent and without a receipt after the server's TTL: "not_delivered", or
+    "unconfirmed" when the peer sends no receipts (:mod:`obrolan.client.delivery_status`)."""
 
     @property
     def edited(self) -> bool:
@@ -97,6 +100,7 @@ class Message:
             "attachment": self.attachment,
             "counter": self.counter,
             "arrived_late": self.arrived_late,
+            "delivery": self.delivery,
             "sort_key": list(self.sort_key),
         }
 

@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 from sqlcipher3 import dbapi2
 
+from obrolan.client.delivery_status import delivery_status
 from obrolan.client.models import Contact, Message, MessageState
 from obrolan.client.ordering import WINDOW, place
 from obrolan.client.vault import Vault
@@ -33,7 +34,7 @@ __all__ = [
     "place_message",
 ]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 def _statements(script: str) -> list[str]:
     """Split a script of plain statements (no triggers) on ``;``."""
@@ -265,8 +266,19 @@ _SCHEMA_V5 = [
     ),
 ]
 
+_SCHEMA_V6 = [
+    # Delivery status (client/delivery_status.py): when the server accepted each of our
+    # messages, and whether the peer said it sends no receipts (and whether we told it
+    # that we send none).
+    "ALTER TABLE messages ADD COLUMN sent_ok_ms INTEGER",
+    # 1: sent while the peer said it sends no receipts (stays so when they come back on)
+    "ALTER TABLE messages ADD COLUMN peer_receipts_off INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE conversations ADD COLUMN peer_receipts_off INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE conversations ADD COLUMN told_receipts_off INTEGER NOT NULL DEFAULT 0",
+]
+
 _MIGRATIONS: dict[int, list[str]] = {
-    1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4, 5: _SCHEMA_V5
+    1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4, 5: _SCHEMA_V5, 6: _SCHEMA_V6
 }
 """The statements that bring the schema from version N-1 to N."""
 
@@ -532,9 +544,51 @@ class Store:
         return int(cursor.lastrowid)
 
     def set_state(self, rowid: int, state: MessageState, error: str | None = None) -> None:
+        sent_ok_ms = now_ms() if state is MessageState.SENT else None
         self._db.execute(
-            "UPDATE messages SET state = ?, error = ? WHERE id = ?", (state.value, error, rowid)
+            "UPDATE messages SET state = ?, error = ?, sent_ok_ms = IFNULL(sent_ok_ms, ?) "
+            "WHERE id = ?",
+            (state.value, error, sent_ok_ms, rowid),
         )
+        if sent_ok_ms is not None:
+            self._db.execute(
+                "UPDATE messages SET peer_receipts_off = IFNULL((SELECT c.peer_receipts_off "
+                "FROM conversations c WHERE c.peer = messages.peer), 0) WHERE id = ?",
+                (rowid,),
+            )
+
+    def set_peer_receipts(self, peer: str, status: str) -> list[int]:
+        """The peer said it sends receipts (``on``, any receipt) or not (``off``).
+
+        ``off`` also marks our messages to it that have no receipt yet: they stay
+        unconfirmed, not "not delivered", even once receipts are on again. Returns the
+        messages whose delivery status this changes.
+        """
+        self._db.execute(
+            "UPDATE conversations SET peer_receipts_off = ? WHERE peer = ?",
+            (int(status == "off"), peer),
+        )
+        if status != "off":
+            return []
+        return [int(r[0]) for r in self._db.execute(
+            "UPDATE messages SET peer_receipts_off = 1 WHERE peer = ? AND outgoing = 1 "
+            "AND state IN ('sent', 'queued') AND receipt IS NULL AND peer_receipts_off = 0 "
+            "RETURNING id", (peer,))]
+
+    def told_receipts_off(self, peer: str, told: bool | None = None) -> bool:
+        """Whether we told ``peer`` that this device sends no receipts (set it if ``told``)."""
+        if told is not None:
+            self._db.execute(
+                "UPDATE conversations SET told_receipts_off = ? WHERE peer = ?", (int(told), peer)
+            )
+        row = self._db.execute(
+            "SELECT told_receipts_off FROM conversations WHERE peer = ?", (peer,)
+        ).fetchone()
+        return bool(row and row[0])
+
+    def forget_told_receipts_off(self) -> None:
+        """Receipts are on again: the next "off" is told afresh to everyone."""
+        self._db.execute("UPDATE conversations SET told_receipts_off = 0")
 
     def message(self, rowid: int) -> Message:
         return self._row_to_message(
@@ -591,7 +645,22 @@ class Store:
             arrival=rowid,
             position=int(row[18]),  # type: ignore[call-overload]
             arrived_late=bool(row[19]),
+            delivery=delivery_status(
+                outgoing=bool(row[4]),
+                group=str(row[1]).startswith("#"),  # group_store.group_peer
+                state=str(row[7]),
+                receipt=None if row[13] is None else str(row[13]),
+                sent_at_ms=None if row[20] is None else int(row[20]),  # type: ignore[call-overload]
+                ttl_seconds=self.envelope_ttl(),
+                peer_receipts_off=bool(row[21]),
+                now_ms=now_ms(),
+            ),
         )
+
+    def envelope_ttl(self) -> int | None:
+        """The server's announced ``envelope_ttl_seconds``, as last seen (None: never)."""
+        value = self.get_meta("envelope_ttl_seconds")
+        return None if value is None else int(value)
 
     # --- outbox -------------------------------------------------------------------------
 
@@ -895,7 +964,7 @@ class Store:
 _MESSAGE_COLUMNS = (
     "message_id, peer, sender, sender_device, outgoing, text, sent_at_ms, state, error, warning, "
     "reply_to, edited_at_ms, deleted, receipt, expires_at_ms, attachment, id, counter, position, "
-    "arrived_late"
+    "arrived_late, sent_ok_ms, peer_receipts_off"
 )
 
 

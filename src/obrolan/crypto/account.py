@@ -36,8 +36,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from obrolan.crypto.signatures import verify, verify_device_keys, verify_one_time_key
-from obrolan.errors import CryptoError, DecryptionError, SignatureError
+from obrolan.errors import CryptoError, DecryptionError, RemoteProtocolError, SignatureError
 from obrolan.protocol import content
+from obrolan.protocol.decoding import decode_json
 from obrolan.protocol.frames import (
     DeviceKeys,
     DeviceList,
@@ -61,7 +62,6 @@ __all__ = [
 
 _BASE32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 _NONCE_BYTES = 12
-_decode_list = msgspec.json.Decoder(DeviceList).decode
 _encode = msgspec.json.Encoder().encode
 
 
@@ -154,8 +154,8 @@ def open_device_list(signed: SignedDeviceList, username: str, account_key: str |
             key, its signature does not verify, or a device's keys do not.
     """
     try:
-        device_list = _decode_list(signed.device_list)
-    except msgspec.DecodeError as exc:
+        device_list = decode_json(signed.device_list, DeviceList, "device list")
+    except RemoteProtocolError as exc:
         raise SignatureError(f"the device list is malformed: {exc}") from None
     if device_list.username != username:
         raise SignatureError(f"the device list is for {device_list.username}, not {username}")
@@ -308,7 +308,7 @@ class LinkCode:
                 sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], self.link_id.encode()
             )
             offer = content.decode_link_offer(plain)
-        except (InvalidTag, ValueError, msgspec.DecodeError):
+        except (InvalidTag, ValueError, RemoteProtocolError):
             raise DecryptionError(
                 "the link code is wrong: check it on the new device's screen"
             ) from None

@@ -45,7 +45,7 @@ import msgspec
 
 from obrolan.crypto.account import AccountKey
 from obrolan.crypto.signatures import verify
-from obrolan.errors import CryptoError, SignatureError
+from obrolan.errors import CryptoError, RemoteProtocolError, SignatureError
 from obrolan.protocol.groups import (
     Add,
     ApproveJoin,
@@ -219,7 +219,7 @@ def peek(signed: SignedGroupUpdate) -> GroupUpdate:
     """
     try:
         return decode_group_update(signed.update)
-    except msgspec.DecodeError as exc:
+    except RemoteProtocolError as exc:
         raise UpdateRejected(f"the group update is malformed: {exc}") from None
 
 

@@ -17,6 +17,7 @@ import msgspec
 
 from obrolan.protocol.codes import ErrorCode
 from obrolan.protocol.content import BlobId
+from obrolan.protocol.decoding import decode_json
 from obrolan.protocol.frames import DeviceId, Username
 
 __all__ = [
@@ -137,9 +138,6 @@ def blob_request_bytes(method: str, path: str, time: int, username: str, device_
 
 
 _encoder = msgspec.json.Encoder()
-_create_decoder = msgspec.json.Decoder(CreateBlob)
-_created_decoder = msgspec.json.Decoder(BlobCreated)
-_error_decoder = msgspec.json.Decoder(HttpError)
 
 
 def encode(value: msgspec.Struct) -> bytes:
@@ -148,15 +146,15 @@ def encode(value: msgspec.Struct) -> bytes:
 
 
 def decode_create_blob(data: bytes) -> CreateBlob:
-    """Parse a ``POST /v1/blobs`` body; raises ``msgspec.DecodeError`` if malformed."""
-    return _create_decoder.decode(data)
+    """Parse a ``POST /v1/blobs`` body; raises ``RemoteProtocolError`` if malformed."""
+    return decode_json(data, CreateBlob, "blob request")
 
 
 def decode_blob_created(data: bytes) -> BlobCreated:
-    """Parse the answer to ``POST /v1/blobs``; raises ``msgspec.DecodeError`` if malformed."""
-    return _created_decoder.decode(data)
+    """Parse the answer to ``POST /v1/blobs``; raises ``RemoteProtocolError`` if malformed."""
+    return decode_json(data, BlobCreated, "blob answer")
 
 
 def decode_http_error(data: bytes) -> HttpError:
-    """Parse a refusal's body; raises ``msgspec.DecodeError`` if malformed."""
-    return _error_decoder.decode(data)
+    """Parse a refusal's body; raises ``RemoteProtocolError`` if malformed."""
+    return decode_json(data, HttpError, "blob refusal")

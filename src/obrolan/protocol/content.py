@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from obrolan.protocol.decoding import decode_json
 from obrolan.protocol.frames import (
     DeviceId,
     DeviceKeys,
@@ -82,7 +83,7 @@ class OlmCiphertext(msgspec.Struct, frozen=True):
 BlobId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{16,64}\Z")]
 Emoji = Annotated[str, msgspec.Meta(max_length=32)]
 """One emoji (a short grapheme cluster); the empty string withdraws a reaction."""
-ReceiptStatus = Literal["delivered", "read"]
+ReceiptStatus = Literal["delivered", "read", "off"]
 TimerSeconds = Annotated[int, msgspec.Meta(ge=1, le=365 * 24 * 3600)]
 
 
@@ -394,9 +395,6 @@ class LinkSecrets(msgspec.Struct, frozen=True):
 
 
 _encoder = msgspec.json.Encoder()
-_olm_decoder = msgspec.json.Decoder(OlmCiphertext)
-_plain_decoder = msgspec.json.Decoder(Plaintext)
-_content_decoder: msgspec.json.Decoder[Content] = msgspec.json.Decoder(Content)
 
 
 def encode(value: msgspec.Struct) -> bytes:
@@ -405,29 +403,31 @@ def encode(value: msgspec.Struct) -> bytes:
 
 
 def decode_olm_ciphertext(data: bytes) -> OlmCiphertext:
-    """Parse an envelope's ciphertext; raises ``msgspec.DecodeError`` if malformed."""
-    return _olm_decoder.decode(data)
+    """Parse an envelope's ciphertext; raises ``RemoteProtocolError`` if malformed."""
+    return decode_json(data, OlmCiphertext, "Olm ciphertext")
 
 
 def decode_plaintext(data: bytes) -> Plaintext:
-    """Parse a decrypted body; raises ``msgspec.DecodeError`` if malformed."""
-    return _plain_decoder.decode(data)
+    """Parse a decrypted body; raises ``RemoteProtocolError`` if malformed."""
+    return decode_json(data, Plaintext, "plaintext")
 
 
 def decode_content(data: bytes) -> Content:
-    """Parse a content value on its own (the client's outbox keeps it this way)."""
-    return _content_decoder.decode(data)
+    """Parse a content value on its own (the client's outbox keeps it this way).
+
+    Raises ``RemoteProtocolError`` if malformed.
+    """
+    value: Content = decode_json(data, Content, "content")
+    return value
 
 
-_offer_decoder = msgspec.json.Decoder(NewDeviceOffer)
-_secrets_decoder = msgspec.json.Decoder(LinkSecrets)
 
 
 def decode_link_offer(data: bytes) -> NewDeviceOffer:
-    """Parse an unsealed link offer; raises ``msgspec.DecodeError`` if malformed."""
-    return _offer_decoder.decode(data)
+    """Parse an unsealed link offer; raises ``RemoteProtocolError`` if malformed."""
+    return decode_json(data, NewDeviceOffer, "link offer")
 
 
 def decode_link_secrets(data: bytes) -> LinkSecrets:
-    """Parse the decrypted link answer; raises ``msgspec.DecodeError`` if malformed."""
-    return _secrets_decoder.decode(data)
+    """Parse the decrypted link answer; raises ``RemoteProtocolError`` if malformed."""
+    return decode_json(data, LinkSecrets, "link answer")

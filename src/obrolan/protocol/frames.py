@@ -11,12 +11,13 @@ form); public keys and signatures are ``str`` in vodozemac's unpadded base64.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 
 from obrolan.errors import RemoteProtocolError
 from obrolan.protocol.codes import ErrorCode
+from obrolan.protocol.decoding import DECODE_ERRORS, decode_json
 from obrolan.protocol.limits import Limits
 
 __all__ = [
@@ -62,12 +63,14 @@ __all__ = [
     "ServerFrame",
     "SetRecovery",
     "SignedDeviceList",
+    "UnreadableEnvelope",
     "UploadKeys",
     "Welcome",
     "decode_client_frame",
     "decode_server_frame",
     "encode",
     "frame_types",
+    "salvage_deliver",
 ]
 
 Username = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_.-]{2,31}\Z")]
@@ -344,10 +347,12 @@ class SendMulti(_Frame, frozen=True, tag="send_multi"):
     envelope: MultiEnvelope
 
 
-class Ack(_Frame, frozen=True, tag="ack"):
+class Ack(_Frame, frozen=True, tag="ack", omit_defaults=True):
     """The device has stored these envelopes; the server deletes them. No answer."""
 
     envelope_ids: list[EnvelopeId]
+    expired: Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)] = 0
+    """How many of the envelopes ``welcome.expired`` counted the device has told its user of."""
 
 
 ClientFrame = (
@@ -380,7 +385,7 @@ class Challenge(_Frame, frozen=True, tag="challenge"):
     limits: Limits
 
 
-class Welcome(_Frame, frozen=True, tag="welcome"):
+class Welcome(_Frame, frozen=True, tag="welcome", omit_defaults=True):
     """The connection is authenticated; queued envelopes follow, then ``drained``."""
 
     version: int
@@ -388,6 +393,8 @@ class Welcome(_Frame, frozen=True, tag="welcome"):
     device_id: DeviceId
     one_time_keys: int
     """How many unclaimed one-time keys the server holds for this device."""
+    expired: Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)] = 0
+    """Envelopes for this device deleted unread at their TTL, not yet acknowledged (``ack.expired``)."""
 
 
 class Error(_Frame, frozen=True, tag="error"):
@@ -528,6 +535,10 @@ _encoder = msgspec.json.Encoder()
 _client_decoder: msgspec.json.Decoder[ClientFrame] = msgspec.json.Decoder(ClientFrame)
 _server_decoder: msgspec.json.Decoder[ServerFrame] = msgspec.json.Decoder(ServerFrame)
 _CLIENT_TAGS = frozenset(t.__struct_config__.tag for t in ClientFrame.__args__)
+_FIELDS_BY_TAG = {
+    t.__struct_config__.tag: frozenset(t.__struct_fields__)
+    for t in (*ClientFrame.__args__, *ServerFrame.__args__)
+}
 _SERVER_TAGS = frozenset(t.__struct_config__.tag for t in ServerFrame.__args__)
 
 
@@ -541,46 +552,130 @@ def _refine(
 ) -> RemoteProtocolError:
     # Only on the error path: tell an unknown type apart from a malformed frame.
     try:
-        raw = msgspec.json.decode(data)
-    except msgspec.DecodeError:
+        raw = decode_json(data, Any, "frame")
+    except RemoteProtocolError:
         return RemoteProtocolError("frame is not valid JSON", ErrorCode.MALFORMED_FRAME)
-    if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
+    if not isinstance(raw, dict):
         return RemoteProtocolError("frame must be an object with a string 'type'")
-    if raw["type"] not in tags:
+    kind = raw.get("type")
+    request_id = _request_id(raw.get("id"), kind, tags)
+    if not isinstance(kind, str):
         return RemoteProtocolError(
-            f"unknown frame type {raw['type']!r}", ErrorCode.UNKNOWN_FRAME_TYPE
+            "frame must be an object with a string 'type'", request_id=request_id
         )
-    if raw["type"] in ("register", "recover") and str(exc).endswith("at `$.username`"):
+    if kind not in tags:
+        return RemoteProtocolError(
+            f"unknown frame type {kind!r}", ErrorCode.UNKNOWN_FRAME_TYPE, request_id
+        )
+    if kind in ("register", "recover") and str(exc).endswith("at `$.username`"):
         return RemoteProtocolError(f"invalid username: {exc}", ErrorCode.INVALID_USERNAME)
-    return RemoteProtocolError(f"malformed {raw['type']} frame: {exc}")
+    return RemoteProtocolError(f"malformed {kind} frame: {exc}", request_id=request_id)
+
+
+def _request_id(value: Any, kind: Any, tags: frozenset[str]) -> int | None:
+    # Spec §6: an error carries the request's id whenever it can be read, that is the
+    # object's `id` is a RequestId, unless its (known) type is one that has no id.
+    if kind in tags and "id" not in _FIELDS_BY_TAG[kind]:
+        return None
+    if type(value) is not int:  # bool is an int subclass, and no id
+        return None
+    try:
+        return msgspec.convert(value, RequestId)
+    except msgspec.ValidationError:
+        return None
+
+
+def _decode_frame(
+    decoder: msgspec.json.Decoder[Any], data: bytes | str, tags: frozenset[str]
+) -> Any:
+    try:
+        return decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise _refine(data, exc, tags) from None
+    except UnicodeDecodeError:  # msgspec's answer to bytes that are not UTF-8
+        raise RemoteProtocolError("frame is not valid UTF-8") from None
+    except RecursionError:  # msgspec's answer to deep nesting
+        raise RemoteProtocolError("frame is nested too deeply") from None
+    except DECODE_ERRORS as exc:
+        raise RemoteProtocolError(f"malformed frame: {exc}") from None
 
 
 def decode_client_frame(data: bytes | str) -> ClientFrame:
     """Parse a frame a client sent.
 
     Raises:
-        RemoteProtocolError: with code ``malformed_frame`` or ``unknown_frame_type``.
+        RemoteProtocolError: with code ``malformed_frame``, ``unknown_frame_type`` or
+            ``invalid_username``, whatever was wrong with the bytes.
     """
-    try:
-        return _client_decoder.decode(data)
-    except msgspec.DecodeError as exc:
-        raise _refine(data, exc, _CLIENT_TAGS) from None
-    except UnicodeDecodeError:  # msgspec's answer to bytes that are not UTF-8
-        raise RemoteProtocolError("frame is not valid UTF-8") from None
+    frame: ClientFrame = _decode_frame(_client_decoder, data, _CLIENT_TAGS)
+    return frame
 
 
 def decode_server_frame(data: bytes | str) -> ServerFrame:
     """Parse a frame the server sent.
 
     Raises:
-        RemoteProtocolError: with code ``malformed_frame`` or ``unknown_frame_type``.
+        RemoteProtocolError: with code ``malformed_frame`` or ``unknown_frame_type``,
+            whatever was wrong with the bytes.
+    """
+    frame: ServerFrame = _decode_frame(_server_decoder, data, _SERVER_TAGS)
+    return frame
+
+
+class UnreadableEnvelope(msgspec.Struct, frozen=True):
+    """An envelope of a ``deliver`` frame that does not decode (not a wire type)."""
+
+    envelope_id: str | None
+    """Its ``envelope_id`` when that alone is readable (so it can be acked), else None."""
+    from_user: str | None
+    """Its ``from_user`` when readable (whose conversation gets the notice), else None."""
+    reason: str
+
+
+class _LooseDeliver(msgspec.Struct, frozen=True):
+    envelopes: list[msgspec.Raw]
+
+
+class _EnvelopeHead(msgspec.Struct, frozen=True):
+    envelope_id: Any = None
+    from_user: Any = None
+
+
+def _readable(value: Any, kind: Any) -> str | None:
+    try:
+        readable: str = msgspec.convert(value, kind)
+    except msgspec.ValidationError:
+        return None
+    return readable
+
+
+def salvage_deliver(data: bytes | str) -> tuple[Deliver, list[UnreadableEnvelope]] | None:
+    """Split a ``deliver`` frame that did not decode whole into its good envelopes and
+    the bad ones, so that one bad envelope does not cost the others (spec §10 ``deliver``).
+
+    Returns None when ``data`` is not a ``deliver`` frame whose envelope list is readable.
     """
     try:
-        return _server_decoder.decode(data)
-    except msgspec.DecodeError as exc:
-        raise _refine(data, exc, _SERVER_TAGS) from None
-    except UnicodeDecodeError:  # msgspec's answer to bytes that are not UTF-8
-        raise RemoteProtocolError("frame is not valid UTF-8") from None
+        header = decode_json(data, dict[str, Any], "frame")
+        if header.get("type") != "deliver":
+            return None
+        loose = decode_json(data, _LooseDeliver, "deliver frame")
+    except RemoteProtocolError:
+        return None
+    good: list[Envelope] = []
+    bad: list[UnreadableEnvelope] = []
+    for raw in loose.envelopes:
+        try:
+            good.append(decode_json(raw, Envelope, "envelope"))
+        except RemoteProtocolError as exc:
+            try:
+                head = decode_json(raw, _EnvelopeHead)
+            except RemoteProtocolError:
+                head = _EnvelopeHead()
+            envelope_id = _readable(head.envelope_id, EnvelopeId)
+            sender = _readable(head.from_user, Username)
+            bad.append(UnreadableEnvelope(envelope_id, sender, str(exc)))
+    return Deliver(envelopes=good), bad
 
 
 def frame_types() -> dict[str, type[msgspec.Struct]]:

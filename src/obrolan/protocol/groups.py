@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from obrolan.protocol.decoding import decode_json
 from obrolan.protocol.frames import DeviceId, Signature, Username
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "decode_group_ciphertext",
     "decode_group_message",
     "decode_group_update",
+    "decode_signed_group_message",
 ]
 
 GroupId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{16,64}\Z")]
@@ -233,21 +235,23 @@ class GroupCiphertext(msgspec.Struct, frozen=True):
     """The Megolm message, as vodozemac's ``MegolmMessage.to_bytes()`` gives it."""
 
 
-_update_decoder = msgspec.json.Decoder(GroupUpdate)
-_message_decoder = msgspec.json.Decoder(GroupMessage)
-_ciphertext_decoder = msgspec.json.Decoder(GroupCiphertext)
 
 
 def decode_group_update(data: bytes) -> GroupUpdate:
-    """Parse ``SignedGroupUpdate.update``; raises ``msgspec.DecodeError`` if malformed."""
-    return _update_decoder.decode(data)
+    """Parse ``SignedGroupUpdate.update``; raises ``RemoteProtocolError`` if malformed."""
+    return decode_json(data, GroupUpdate, "group update")
 
 
 def decode_group_message(data: bytes) -> GroupMessage:
-    """Parse ``SignedGroupMessage.message``; raises ``msgspec.DecodeError`` if malformed."""
-    return _message_decoder.decode(data)
+    """Parse ``SignedGroupMessage.message``; raises ``RemoteProtocolError`` if malformed."""
+    return decode_json(data, GroupMessage, "group message")
+
+
+def decode_signed_group_message(data: bytes) -> SignedGroupMessage:
+    """Parse a Megolm plaintext (or a reported one); raises ``RemoteProtocolError``."""
+    return decode_json(data, SignedGroupMessage, "signed group message")
 
 
 def decode_group_ciphertext(data: bytes) -> GroupCiphertext:
-    """Parse an envelope's group ciphertext; raises ``msgspec.DecodeError`` if malformed."""
-    return _ciphertext_decoder.decode(data)
+    """Parse an envelope's group ciphertext; raises ``RemoteProtocolError`` if malformed."""
+    return decode_json(data, GroupCiphertext, "group ciphertext")

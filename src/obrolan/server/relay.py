@@ -441,7 +441,7 @@ class Session:
             frame = decode_client_frame(data)
         except RemoteProtocolError as exc:
             await self._answered()
-            await self._refuse(None, exc.code, str(exc))
+            await self._refuse(exc.request_id, exc.code, str(exc))
             return
         if wait:
             await self._answered()
@@ -691,12 +691,16 @@ class Session:
         # Subscribe before reading the backlog's end: a wake-up can come early, never be lost.
         self._relay.router.subscribe(device, self._wake_up)
         one_time_keys = await self._storage.count_one_time_keys(device)
+        # Envelopes past their TTL are deleted and counted now, not at the next sweep:
+        # the device hears of them in this welcome, and none of them is delivered.
+        expired = await self._storage.take_expired(device, int(time.time()))
         backlog_end = await self._storage.last_seq(device)
         welcome = Welcome(
             version=version,
             username=device.username,
             device_id=device.device_id,
             one_time_keys=one_time_keys,
+            expired=expired,
         )
         await self._transport.send(encode(welcome))
         if not self._closing:
@@ -952,6 +956,8 @@ class Session:
         if self._parked_for_room and len(self._unacked) != in_flight:
             self._wake_up()  # the window has room again
         await self._storage.ack(device, ids)
+        if frame.expired:
+            await self._storage.expired_told(device, frame.expired)
 
     async def _upload_keys(self, frame: UploadKeys, device: DeviceAddress) -> None:
         keys = await self._storage.device_keys(device)

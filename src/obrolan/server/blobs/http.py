@@ -27,7 +27,7 @@ import msgspec
 from aiohttp import web
 
 from obrolan.crypto.signatures import verify
-from obrolan.errors import RequestRefused, SignatureError
+from obrolan.errors import RemoteProtocolError, RequestRefused, SignatureError
 from obrolan.protocol import blobs as wire
 from obrolan.protocol.codes import ErrorCode
 from obrolan.protocol.frames import DeviceId, Username
@@ -175,8 +175,8 @@ class _BlobHandlers:
         owner = await self._authenticate(request)
         try:
             announced = wire.decode_create_blob(await _read_json(request))
-        except msgspec.DecodeError as exc:
-            raise RequestRefused(ErrorCode.MALFORMED_FRAME, f"malformed blob: {exc}") from None
+        except RemoteProtocolError as exc:
+            raise RequestRefused(ErrorCode.MALFORMED_FRAME, str(exc)) from None
         limit = self._config.max_blob_bytes
         if announced.size < 1:
             raise RequestRefused(ErrorCode.MALFORMED_FRAME, "a blob has at least one byte")

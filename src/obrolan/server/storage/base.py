@@ -376,7 +376,18 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def sweep_expired(self, now: int) -> int:
-        """Delete every envelope with ``expires_at <= now``; returns how many."""
+        """Delete every envelope with ``expires_at <= now``; returns how many.
+
+        Each deleted envelope is counted for its device (see :meth:`take_expired`).
+        """
+
+    @abc.abstractmethod
+    async def take_expired(self, device: DeviceAddress, now: int) -> int:
+        """Delete the device's envelopes past their TTL; how many expired unread, not yet told."""
+
+    @abc.abstractmethod
+    async def expired_told(self, device: DeviceAddress, count: int) -> None:
+        """The device told its user of ``count`` expired envelopes: lower its count by that."""
 
     # --- operator ----------------------------------------------------------------------
 
@@ -388,7 +399,8 @@ class Storage(abc.ABC):
         created before device lists), ``list_version``, ``recovery_key_held``,
         ``devices`` (each: ``device_id``,
         ``ed25519``, ``curve25519``, ``signature``, ``created_day``,
-        ``last_active_day``, ``unclaimed_one_time_keys``, ``fallback_key_held``),
+        ``last_active_day``, ``unclaimed_one_time_keys``, ``fallback_key_held``,
+        ``expired_unread``: envelopes deleted unread at their TTL, until the device says it told its user),
         ``queued_for_account`` (envelopes waiting for its devices: ``envelope_id``,
         ``to_device``, ``from_user``, ``from_device``, ``size``, ``expires_day``),
         ``queued_from_account`` (envelopes it sent that still wait: ``envelope_id``,

@@ -263,6 +263,18 @@ _SCHEMA_V5 = (
 )
 
 
+_SCHEMA_V6 = (
+    # How many envelopes of a device expired unread, kept only until the device says
+    # it told its user (ack.expired): a count, nothing about who sent them.
+    """
+    CREATE TABLE expired_unread (
+        device INTEGER PRIMARY KEY REFERENCES devices (id) ON DELETE CASCADE,
+        count INTEGER NOT NULL CHECK (count > 0)
+    )
+    """,
+)
+
+
 def _run_all(statements: Sequence[str], conn: sqlite3.Connection) -> None:
     for statement in statements:
         conn.execute(statement)
@@ -270,7 +282,7 @@ def _run_all(statements: Sequence[str], conn: sqlite3.Connection) -> None:
 
 _MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = tuple(
     partial(_run_all, statements)
-    for statements in (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, _SCHEMA_V5)
+    for statements in (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, _SCHEMA_V5, _SCHEMA_V6)
 )
 """``_MIGRATIONS[n]`` brings a database from schema version n to n + 1."""
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -917,14 +929,43 @@ class _WriterDb:
         if deleted:
             self._queued[rowid] -= deleted
 
-    def sweep(self, now: int) -> int:
-        """Delete every envelope with ``expires_at <= now``; returns how many."""
-        rows = self.conn.execute(
-            "DELETE FROM mailbox WHERE expires_at <= ? RETURNING device", (now,)
-        ).fetchall()
+    def sweep(self, now: int, device: DeviceAddress | None = None) -> int:
+        """Delete every envelope (of ``device``, or all) with ``expires_at <= now``.
+
+        Each is counted in ``expired_unread`` for its device; returns how many.
+        """
+        if device is None:
+            rows = self.conn.execute(
+                "DELETE FROM mailbox WHERE expires_at <= ? RETURNING device", (now,)
+            ).fetchall()
+        else:
+            rowid = self.find_rowid(device)
+            if rowid is None:
+                return 0
+            rows = self.conn.execute(
+                "DELETE FROM mailbox WHERE device = ? AND expires_at <= ? RETURNING device",
+                (rowid, now),
+            ).fetchall()
         for rowid, count in collections.Counter(row[0] for row in rows).items():
             self._queued[rowid] -= count
+            self.conn.execute(
+                "INSERT INTO expired_unread (device, count) VALUES (?, ?)"
+                " ON CONFLICT (device) DO UPDATE SET count = count + excluded.count",
+                (rowid, count),
+            )
         return len(rows)
+
+    def expired_told(self, device: DeviceAddress, count: int) -> None:
+        """The device told its user of ``count`` expired envelopes: forget that many."""
+        rowid = self.find_rowid(device)
+        if rowid is None or count <= 0:
+            return
+        self.conn.execute(
+            "DELETE FROM expired_unread WHERE device = ? AND count <= ?", (rowid, count)
+        )
+        self.conn.execute(
+            "UPDATE expired_unread SET count = count - ? WHERE device = ?", (count, rowid)
+        )
 
 
 # --- directory writes (each in a savepoint) -----------------------------------------------
@@ -1444,8 +1485,9 @@ class SqliteStorage(Storage):
             .execute(
                 "SELECT m.seq, m.envelope_id, m.from_user, m.from_device, IFNULL(m.ciphertext,"
                 " (SELECT c.data FROM ciphertexts c WHERE c.id = m.ciphertext_id))"
-                " FROM mailbox m WHERE m.device = ? AND m.seq > ? ORDER BY m.seq LIMIT ?",
-                (rowid, after_seq, limit),
+                " FROM mailbox m WHERE m.device = ? AND m.seq > ? AND m.expires_at > ?"
+                " ORDER BY m.seq LIMIT ?",
+                (rowid, after_seq, int(time.time()), limit),
             )
             .fetchall()
         )
@@ -1474,6 +1516,21 @@ class SqliteStorage(Storage):
     async def sweep_expired(self, now: int) -> int:
         return await self._write(_WriterDb.sweep, now)
 
+    async def take_expired(self, device: DeviceAddress, now: int) -> int:
+        await self._write(_WriterDb.sweep, now, device)
+        rowid = self._rowid(device)
+        if rowid is None:
+            return 0
+        row = (
+            self._read()
+            .execute("SELECT count FROM expired_unread WHERE device = ?", (rowid,))
+            .fetchone()
+        )
+        return 0 if row is None else int(row[0])
+
+    async def expired_told(self, device: DeviceAddress, count: int) -> None:
+        await self._write(_WriterDb.expired_told, device, count)
+
     # --- operator
 
     async def disclose(self, username: str) -> dict[str, Any]:
@@ -1495,6 +1552,7 @@ class SqliteStorage(Storage):
                 "last_active_day": last_active_day,
                 "unclaimed_one_time_keys": one_time_keys,
                 "fallback_key_held": bool(fallback),
+                "expired_unread": expired,
             }
             for (
                 device_id,
@@ -1505,11 +1563,13 @@ class SqliteStorage(Storage):
                 last_active_day,
                 one_time_keys,
                 fallback,
+                expired,
             ) in db.execute(
                 "SELECT d.device_id, d.ed25519, d.curve25519, d.signature, d.created_day,"
                 " d.last_active_day,"
                 " (SELECT COUNT(*) FROM one_time_keys k WHERE k.device = d.id),"
-                " EXISTS (SELECT 1 FROM fallback_keys f WHERE f.device = d.id)"
+                " EXISTS (SELECT 1 FROM fallback_keys f WHERE f.device = d.id),"
+                " IFNULL((SELECT e.count FROM expired_unread e WHERE e.device = d.id), 0)"
                 " FROM devices d WHERE d.username = ? ORDER BY d.device_id",
                 (username,),
             )
