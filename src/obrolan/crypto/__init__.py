@@ -9,6 +9,8 @@
 - :mod:`~obrolan.crypto.sas` — SAS verification: 7 emoji two devices compare, then MACs.
 - :mod:`~obrolan.crypto.megolm` — Megolm group sessions: encrypt once, every member reads.
 - :mod:`~obrolan.crypto.group_state` — a group's state from its chain of signed updates.
+- :mod:`~obrolan.crypto.chunked_aead` — a stream sealed in AES-256-GCM chunks that cannot be
+  reordered, dropped or cut (attachments and archives).
 
 Failures surface as :class:`~obrolan.errors.CryptoError` and its subclasses
 (:class:`~obrolan.errors.DecryptionError`, :class:`~obrolan.errors.SignatureError`);
