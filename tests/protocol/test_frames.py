@@ -17,6 +17,7 @@ import pytest
 from obrolan.errors import RemoteProtocolError
 from obrolan.protocol import content, frames, groups
 from obrolan.protocol.codes import ErrorCode
+from obrolan.protocol.deliver_salvage import salvage_deliver
 from obrolan.protocol.limits import SUPPORTED_VERSIONS, Limits
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -612,7 +613,7 @@ def test_salvage_deliver_keeps_the_good_envelopes_of_a_frame_with_a_bad_one() ->
     data = json.dumps(frame).encode()
     with pytest.raises(RemoteProtocolError):
         frames.decode_server_frame(data)
-    salvaged = frames.salvage_deliver(data)
+    salvaged = salvage_deliver(data)
     assert salvaged is not None
     deliver, unreadable = salvaged
     assert [e.envelope_id for e in deliver.envelopes] == [good["envelope_id"]] * 2
@@ -620,5 +621,5 @@ def test_salvage_deliver_keeps_the_good_envelopes_of_a_frame_with_a_bad_one() ->
         ("B" * 22, good["from_user"]),
         (None, "mallory"),
     ]
-    assert frames.salvage_deliver(b'{"type":"drained"}') is None
-    assert frames.salvage_deliver(b'{"type":"deliver","envelopes":3}') is None
+    assert salvage_deliver(b'{"type":"drained"}') is None
+    assert salvage_deliver(b'{"type":"deliver","envelopes":3}') is None

@@ -22,6 +22,7 @@ import pytest
 from obrolan.errors import ObrolanError
 from obrolan.protocol import blobs, content, frames, groups
 from obrolan.protocol.decoding import decode_json
+from obrolan.protocol.deliver_salvage import salvage_deliver
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 SEED = 20261203
@@ -31,7 +32,7 @@ CASES_PER_SAMPLE = 48
 DECODERS: dict[str, Callable[[bytes], object]] = {
     "client_frame": frames.decode_client_frame,
     "server_frame": frames.decode_server_frame,
-    "salvage_deliver": frames.salvage_deliver,
+    "salvage_deliver": salvage_deliver,
     "olm_ciphertext": content.decode_olm_ciphertext,
     "plaintext": content.decode_plaintext,
     "content": content.decode_content,
@@ -170,5 +171,5 @@ def test_decoder_raises_only_obrolan_errors_on_hostile_bytes(decoder: str, data:
 
 def _salvaged(data: bytes) -> None:
     # salvage_deliver answers None for what is not a deliver frame: that is its refusal.
-    if frames.salvage_deliver(data) is None:
+    if salvage_deliver(data) is None:
         raise ObrolanError("not a deliver frame")

@@ -102,6 +102,7 @@ from obrolan.protocol import content, frames
 from obrolan.protocol import groups as groups_wire
 from obrolan.protocol.codes import ErrorCode
 from obrolan.protocol.decoding import decode_json
+from obrolan.protocol.deliver_salvage import UnreadableEnvelope
 from obrolan.protocol.frames import DeviceList, ListedDevice, SignedDeviceList
 from obrolan.protocol.limits import PROTOCOL_VERSION, Limits
 from obrolan.protocol.signing import auth_bytes
@@ -1129,7 +1130,7 @@ class Client:
             while (push := await conn.pushes.get()) is not None:
                 if isinstance(push, frames.Deliver):
                     await self._receive(conn, push.envelopes)
-                elif isinstance(push, frames.UnreadableEnvelope):
+                elif isinstance(push, UnreadableEnvelope):
                     await self._refuse_envelope(conn, push)
                 else:
                     with self._store.transaction():
@@ -1398,7 +1399,7 @@ class Client:
         for start in range(0, len(acked), limit):
             await conn.send(frames.Ack(envelope_ids=acked[start : start + limit]))
 
-    async def _refuse_envelope(self, conn: Connection, refused: frames.UnreadableEnvelope) -> None:
+    async def _refuse_envelope(self, conn: Connection, refused: UnreadableEnvelope) -> None:
         """An envelope of a ``deliver`` that does not decode: a notice, and ack it if we can."""
         log.warning("refused an envelope from the server: %s", refused.reason)
         if refused.envelope_id is None:

@@ -29,6 +29,7 @@ from obrolan.errors import (
 )
 from obrolan.protocol import frames
 from obrolan.protocol.codes import FATAL_CODES, ErrorCode
+from obrolan.protocol.deliver_salvage import UnreadableEnvelope, salvage_deliver
 
 __all__ = ["Connection", "ServerAddress", "close_session"]
 
@@ -90,7 +91,7 @@ class ServerAddress:
         return cls(url=f"{scheme}://{netloc}", ws_url=f"{ws_scheme}://{netloc}/v1/ws", ssl=tls)
 
 
-PushFrame = frames.Deliver | frames.Drained | frames.LinkAnswer | frames.UnreadableEnvelope
+PushFrame = frames.Deliver | frames.Drained | frames.LinkAnswer | UnreadableEnvelope
 ObrolanErrorLike = ServerUnreachable | RequestRefused | DeviceReplaced | DeviceRemoved
 
 
@@ -281,7 +282,7 @@ class Connection:
                 try:
                     frame = frames.decode_server_frame(message.data)
                 except RemoteProtocolError:
-                    salvaged = frames.salvage_deliver(message.data)
+                    salvaged = salvage_deliver(message.data)
                     if salvaged is None:
                         raise
                     # One bad envelope: keep the connection and the good ones.

@@ -15,7 +15,7 @@ import msgspec
 
 from obrolan.errors import RemoteProtocolError
 
-__all__ = ["DECODE_ERRORS", "decode_json"]
+__all__ = ["DECODE_ERRORS", "decode_failure", "decode_json"]
 
 T = TypeVar("T")
 
@@ -49,9 +49,14 @@ def decode_json(data: bytes | str, type: Any = Any, what: str = "") -> Any:
         decoder = _decoders.setdefault(type, msgspec.json.Decoder(type))
     try:
         return decoder.decode(data)
-    except RecursionError:
-        raise RemoteProtocolError(f"malformed {what or 'JSON'}: nested too deeply") from None
-    except UnicodeDecodeError:
-        raise RemoteProtocolError(f"malformed {what or 'JSON'}: not valid UTF-8") from None
     except DECODE_ERRORS as exc:
-        raise RemoteProtocolError(f"malformed {what or 'JSON'}: {exc}") from None
+        raise decode_failure(exc, what or "JSON") from None
+
+
+def decode_failure(exc: BaseException, what: str) -> RemoteProtocolError:
+    """The error for one of :data:`DECODE_ERRORS` raised while parsing ``what``."""
+    if isinstance(exc, RecursionError):
+        return RemoteProtocolError(f"malformed {what}: nested too deeply")
+    if isinstance(exc, UnicodeDecodeError):
+        return RemoteProtocolError(f"malformed {what}: not valid UTF-8")
+    return RemoteProtocolError(f"malformed {what}: {exc}")

@@ -15,9 +15,9 @@ from typing import Annotated, Any
 
 import msgspec
 
-from obrolan.errors import RemoteProtocolError
 from obrolan.protocol.codes import ErrorCode
-from obrolan.protocol.decoding import DECODE_ERRORS, decode_json
+from obrolan.protocol.decoding import DECODE_ERRORS, decode_failure
+from obrolan.protocol.frame_errors import refine
 from obrolan.protocol.limits import Limits
 
 __all__ = [
@@ -63,14 +63,12 @@ __all__ = [
     "ServerFrame",
     "SetRecovery",
     "SignedDeviceList",
-    "UnreadableEnvelope",
     "UploadKeys",
     "Welcome",
     "decode_client_frame",
     "decode_server_frame",
     "encode",
     "frame_types",
-    "salvage_deliver",
 ]
 
 Username = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_.-]{2,31}\Z")]
@@ -547,57 +545,15 @@ def encode(frame: msgspec.Struct) -> bytes:
     return _encoder.encode(frame)
 
 
-def _refine(
-    data: bytes | str, exc: msgspec.DecodeError, tags: frozenset[str]
-) -> RemoteProtocolError:
-    # Only on the error path: tell an unknown type apart from a malformed frame.
-    try:
-        raw = decode_json(data, Any, "frame")
-    except RemoteProtocolError:
-        return RemoteProtocolError("frame is not valid JSON", ErrorCode.MALFORMED_FRAME)
-    if not isinstance(raw, dict):
-        return RemoteProtocolError("frame must be an object with a string 'type'")
-    kind = raw.get("type")
-    request_id = _request_id(raw.get("id"), kind, tags)
-    if not isinstance(kind, str):
-        return RemoteProtocolError(
-            "frame must be an object with a string 'type'", request_id=request_id
-        )
-    if kind not in tags:
-        return RemoteProtocolError(
-            f"unknown frame type {kind!r}", ErrorCode.UNKNOWN_FRAME_TYPE, request_id
-        )
-    if kind in ("register", "recover") and str(exc).endswith("at `$.username`"):
-        return RemoteProtocolError(f"invalid username: {exc}", ErrorCode.INVALID_USERNAME)
-    return RemoteProtocolError(f"malformed {kind} frame: {exc}", request_id=request_id)
-
-
-def _request_id(value: Any, kind: Any, tags: frozenset[str]) -> int | None:
-    # Spec §6: an error carries the request's id whenever it can be read, that is the
-    # object's `id` is a RequestId, unless its (known) type is one that has no id.
-    if kind in tags and "id" not in _FIELDS_BY_TAG[kind]:
-        return None
-    if type(value) is not int:  # bool is an int subclass, and no id
-        return None
-    try:
-        return msgspec.convert(value, RequestId)
-    except msgspec.ValidationError:
-        return None
-
-
 def _decode_frame(
     decoder: msgspec.json.Decoder[Any], data: bytes | str, tags: frozenset[str]
 ) -> Any:
     try:
         return decoder.decode(data)
     except msgspec.DecodeError as exc:
-        raise _refine(data, exc, tags) from None
-    except UnicodeDecodeError:  # msgspec's answer to bytes that are not UTF-8
-        raise RemoteProtocolError("frame is not valid UTF-8") from None
-    except RecursionError:  # msgspec's answer to deep nesting
-        raise RemoteProtocolError("frame is nested too deeply") from None
+        raise refine(data, exc, tags, _FIELDS_BY_TAG) from None
     except DECODE_ERRORS as exc:
-        raise RemoteProtocolError(f"malformed frame: {exc}") from None
+        raise decode_failure(exc, "frame") from None
 
 
 def decode_client_frame(data: bytes | str) -> ClientFrame:
@@ -620,62 +576,6 @@ def decode_server_frame(data: bytes | str) -> ServerFrame:
     """
     frame: ServerFrame = _decode_frame(_server_decoder, data, _SERVER_TAGS)
     return frame
-
-
-class UnreadableEnvelope(msgspec.Struct, frozen=True):
-    """An envelope of a ``deliver`` frame that does not decode (not a wire type)."""
-
-    envelope_id: str | None
-    """Its ``envelope_id`` when that alone is readable (so it can be acked), else None."""
-    from_user: str | None
-    """Its ``from_user`` when readable (whose conversation gets the notice), else None."""
-    reason: str
-
-
-class _LooseDeliver(msgspec.Struct, frozen=True):
-    envelopes: list[msgspec.Raw]
-
-
-class _EnvelopeHead(msgspec.Struct, frozen=True):
-    envelope_id: Any = None
-    from_user: Any = None
-
-
-def _readable(value: Any, kind: Any) -> str | None:
-    try:
-        readable: str = msgspec.convert(value, kind)
-    except msgspec.ValidationError:
-        return None
-    return readable
-
-
-def salvage_deliver(data: bytes | str) -> tuple[Deliver, list[UnreadableEnvelope]] | None:
-    """Split a ``deliver`` frame that did not decode whole into its good envelopes and
-    the bad ones, so that one bad envelope does not cost the others (spec §10 ``deliver``).
-
-    Returns None when ``data`` is not a ``deliver`` frame whose envelope list is readable.
-    """
-    try:
-        header = decode_json(data, dict[str, Any], "frame")
-        if header.get("type") != "deliver":
-            return None
-        loose = decode_json(data, _LooseDeliver, "deliver frame")
-    except RemoteProtocolError:
-        return None
-    good: list[Envelope] = []
-    bad: list[UnreadableEnvelope] = []
-    for raw in loose.envelopes:
-        try:
-            good.append(decode_json(raw, Envelope, "envelope"))
-        except RemoteProtocolError as exc:
-            try:
-                head = decode_json(raw, _EnvelopeHead)
-            except RemoteProtocolError:
-                head = _EnvelopeHead()
-            envelope_id = _readable(head.envelope_id, EnvelopeId)
-            sender = _readable(head.from_user, Username)
-            bad.append(UnreadableEnvelope(envelope_id, sender, str(exc)))
-    return Deliver(envelopes=good), bad
 
 
 def frame_types() -> dict[str, type[msgspec.Struct]]:
