@@ -115,7 +115,7 @@ def build_app(relay: Relay) -> web.Application:
         return web.Response(body=info_body, content_type="application/json")
 
     async def websocket(request: web.Request) -> web.StreamResponse:
-        if relay.full_of_unauthenticated():
+        if relay.limiter.full_of_unauthenticated():
             return web.Response(
                 status=503,
                 body=_BUSY,
@@ -190,7 +190,7 @@ async def serve(config: ServerConfig, on_ready: Callable[[str], None]) -> None:
         loop.add_signal_handler(signum, stop.set)
     await storage.start()
     app = build_app(relay)
-    add_blob_routes(app, blob_store, storage, config, relay.blob_uploads)
+    add_blob_routes(app, blob_store, storage, config, relay.limiter.blob_uploads)
     deadline = RequestDeadline(config.request_timeout)
     app.middlewares.append(deadline.middleware)
     runner = web.AppRunner(

@@ -22,7 +22,7 @@ import math
 from obrolan.errors import RequestRefused
 from obrolan.protocol.codes import ErrorCode
 
-__all__ = ["Buckets", "RateLimits", "TokenBucket", "refuse_if_limited", "retry_after_ms"]
+__all__ = ["Buckets", "Limiter", "RateLimits", "TokenBucket", "refuse_if_limited", "retry_after_ms"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -139,3 +139,64 @@ class Buckets:
 
     def __len__(self) -> int:
         return len(self._buckets)
+
+
+class Limiter:
+    """The limits one relay enforces: a bucket per connection for frames, per account
+    for envelopes sent, keys claimed and blob bytes, and the count of connections
+    waiting to authenticate. Kept in memory, by connection or username, never by address.
+    """
+
+    def __init__(self, limits: RateLimits) -> None:
+        self.limits = limits
+        self._sends = Buckets(limits.sends_per_second, limits.burst(limits.sends_per_second))
+        self._claims = Buckets(limits.claims_per_second, limits.burst(limits.claims_per_second))
+        self.blob_uploads = Buckets(
+            limits.blob_bytes_per_second, limits.burst(limits.blob_bytes_per_second)
+        )
+        """Blob bytes uploaded, per account (charged by the blob store's HTTP handlers)."""
+        self._unauthenticated = 0
+
+    def frame_bucket(self, now: float) -> TokenBucket:
+        """A new connection's bucket of frames."""
+        rate = self.limits.frames_per_second
+        return TokenBucket(rate, self.limits.burst(rate), now)
+
+    def check_frames(self, wait: float) -> None:
+        """Refuse a frame its connection's bucket asked to ``wait`` for (0: go ahead)."""
+        rate = self.limits.frames_per_second
+        refuse_if_limited(wait, f"more than {rate:g} frames a second on this connection")
+
+    def check_sends(self, username: str, envelopes: int, now: float) -> None:
+        """Take ``envelopes`` from the account's bucket of sends, or refuse."""
+        rate = self.limits.sends_per_second
+        wait = self._sends.take(username, envelopes, now)
+        refuse_if_limited(wait, f"this account sent more than {rate:g} envelopes a second")
+
+    def check_claim(self, username: str, now: float) -> None:
+        """Take one key from the account's bucket of claims, or refuse; the rest of what
+        the claim got is charged after it (:meth:`charge_claims`)."""
+        rate = self.limits.claims_per_second
+        wait = self._claims.take(username, 1, now)
+        refuse_if_limited(wait, f"this account claimed more than {rate:g} keys a second")
+
+    def charge_claims(self, username: str, claimed: int, now: float) -> None:
+        """Charge a claim that got ``claimed`` keys (one was taken by :meth:`check_claim`)."""
+        self._claims.charge(username, claimed - 1, now)
+
+    def opened(self) -> None:
+        """A connection was accepted: it waits to authenticate."""
+        self._unauthenticated += 1
+
+    def stopped_waiting(self) -> None:
+        """A connection counted by :meth:`opened` authenticated or closed."""
+        self._unauthenticated -= 1
+
+    def full_of_unauthenticated(self) -> bool:
+        """True while ``max_unauthenticated`` connections wait: a new one is refused."""
+        return self._unauthenticated >= self.limits.max_unauthenticated
+
+    def prune(self, now: float) -> None:
+        """Forget the accounts whose buckets are full again."""
+        for buckets in (self._sends, self._claims, self.blob_uploads):
+            buckets.prune(now)

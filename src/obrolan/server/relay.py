@@ -46,7 +46,6 @@ import time
 from collections.abc import Coroutine
 from typing import Any, NamedTuple, Protocol
 
-from obrolan.crypto.account import open_device_list
 from obrolan.crypto.signatures import verify, verify_device_keys, verify_one_time_key
 from obrolan.errors import ObrolanError, RemoteProtocolError, RequestRefused, SignatureError
 from obrolan.failpoints import failpoint
@@ -85,7 +84,6 @@ from obrolan.protocol.frames import (
     SendMulti,
     Sent,
     SetRecovery,
-    SignedDeviceList,
     UploadKeys,
     Welcome,
     decode_client_frame,
@@ -93,14 +91,14 @@ from obrolan.protocol.frames import (
 )
 from obrolan.protocol.limits import SUPPORTED_VERSIONS, Limits
 from obrolan.protocol.signing import recovery_key_bytes
+from obrolan.server.account_checks import bad_list, first_list, open_list, signed_recovery_key
 from obrolan.server.address import DeviceAddress
 from obrolan.server.auth import ConnectionChallenge, check_version
 from obrolan.server.blobs.base import BlobStore
 from obrolan.server.linking import Links
-from obrolan.server.rate_limit import Buckets, RateLimits, TokenBucket, refuse_if_limited
+from obrolan.server.rate_limit import Limiter, RateLimits
 from obrolan.server.routing.base import Router
 from obrolan.server.storage.base import (
-    PublishedList,
     RecoveryKey,
     Storage,
     StoredEnvelopes,
@@ -166,57 +164,6 @@ def _json_size(envelope: Envelope) -> int:
     return (len(envelope.ciphertext) + 2) // 3 * 4 + _ENVELOPE_JSON_OVERHEAD
 
 
-def _bad_list(message: str) -> RequestRefused:
-    return RequestRefused(ErrorCode.BAD_DEVICE_LIST, message)
-
-
-def _open_list(signed: SignedDeviceList, username: str, account_key: str | None) -> PublishedList:
-    """Verify a device list (see :func:`obrolan.crypto.account.open_device_list`).
-
-    Raises:
-        RequestRefused: ``bad_device_list``.
-    """
-    try:
-        opened = open_device_list(signed, username, account_key)
-    except SignatureError as exc:
-        raise _bad_list(str(exc)) from None
-    return PublishedList(
-        signed, opened.account_key, opened.version, [d.keys for d in opened.devices]
-    )
-
-
-def _signed_recovery_key(
-    username: str, account_key: str, recovery_key: str, signature: str
-) -> RecoveryKey:
-    """The recovery key of a new account key, which must have signed it.
-
-    Raises:
-        RequestRefused: ``bad_signature``.
-    """
-    try:
-        verify(account_key, recovery_key_bytes(username, recovery_key), signature)
-    except SignatureError:
-        raise RequestRefused(
-            ErrorCode.BAD_SIGNATURE, "the recovery key is not signed by the account key"
-        ) from None
-    return RecoveryKey(recovery_key, signature)
-
-
-def _first_list(signed: SignedDeviceList, username: str, device: DeviceKeys) -> PublishedList:
-    """Verify the list of a new account key (``register``, ``recover``): version 1,
-    holding exactly ``device``.
-
-    Raises:
-        RequestRefused: ``bad_device_list``.
-    """
-    published = _open_list(signed, username, None)
-    if published.version != 1:
-        raise _bad_list(f"a new account key's first list is version 1, not {published.version}")
-    if published.devices != [device]:
-        raise _bad_list(f"a new account key's first list holds exactly device {device.device_id}")
-    return published
-
-
 def _sent(request_id: int, envelope_ids: list[str], result: StoreResult) -> Sent:
     if not result.skipped:
         return Sent(
@@ -276,26 +223,7 @@ class Relay:
         self._sessions: set[Session] = set()
         self._by_device: dict[DeviceAddress, Session] = {}
         self._sweeper: asyncio.Task[None] | None = None
-        self.rate_limits = rate_limits = rate_limits or RateLimits()
-        burst = rate_limits.burst
-        self.sends = Buckets(rate_limits.sends_per_second, burst(rate_limits.sends_per_second))
-        """Envelopes uploaded, per account."""
-        self.claims = Buckets(rate_limits.claims_per_second, burst(rate_limits.claims_per_second))
-        """One-time keys claimed, per account."""
-        self.blob_uploads = Buckets(
-            rate_limits.blob_bytes_per_second, burst(rate_limits.blob_bytes_per_second)
-        )
-        """Blob bytes uploaded, per account (charged by the blob store's HTTP handlers)."""
-        self._unauthenticated = 0
-
-    def full_of_unauthenticated(self) -> bool:
-        """True while ``max_unauthenticated`` connections wait to authenticate: a new one is
-        refused before its upgrade."""
-        return self._unauthenticated >= self.rate_limits.max_unauthenticated
-
-    def authenticated(self) -> None:
-        """A connection counted by :meth:`connect` as unauthenticated is no longer."""
-        self._unauthenticated -= 1
+        self.limiter = Limiter(rate_limits or RateLimits())
 
     async def start(self) -> None:
         """Start the sweeper of expired envelopes."""
@@ -314,7 +242,7 @@ class Relay:
         unauthenticated until it authenticates or closes)."""
         session = Session(self, transport)
         self._sessions.add(session)
-        self._unauthenticated += 1
+        self.limiter.opened()
         return session
 
     def attach(self, session: Session, device: DeviceAddress) -> None:
@@ -372,9 +300,7 @@ class Relay:
                 continue
             if deleted:
                 _logger.info("deleted %d expired envelopes", deleted)
-            now = time.monotonic()
-            for buckets in (self.sends, self.claims, self.blob_uploads):
-                buckets.prune(now)
+            self.limiter.prune(time.monotonic())
 
 
 class Session:
@@ -390,10 +316,7 @@ class Session:
         """The authenticated device, None before authentication."""
         self._counted_unauthenticated = True
         """Counted in the relay's unauthenticated connections (until authenticated or closed)."""
-        rates = relay.rate_limits
-        self._frames = TokenBucket(
-            rates.frames_per_second, rates.burst(rates.frames_per_second), time.monotonic()
-        )
+        self._frames = relay.limiter.frame_bucket(time.monotonic())
         self._closing = False
         self._auth_timer: asyncio.TimerHandle | None = None
         self._link: str | None = None
@@ -474,9 +397,8 @@ class Session:
         )
 
     async def _frames_limited(self, request_id: int | None, wait: float) -> None:
-        rate = self._relay.rate_limits.frames_per_second
         try:
-            refuse_if_limited(wait, f"more than {rate:g} frames a second on this connection")
+            self._relay.limiter.check_frames(wait)
         except RequestRefused as refusal:
             await self._answer_failure(request_id, "any", refusal)
 
@@ -575,8 +497,8 @@ class Session:
         self._challenge.verify(frame.username, device.device_id, device.ed25519, frame.signature)
         self._check_device(frame.username, device)
         self._check_keys(device.ed25519, frame.one_time_keys, frame.fallback_key)
-        published = _first_list(frame.device_list, frame.username, device)
-        recovery = _signed_recovery_key(
+        published = first_list(frame.device_list, frame.username, device)
+        recovery = signed_recovery_key(
             frame.username,
             published.account_key,
             frame.recovery_key,
@@ -613,8 +535,8 @@ class Session:
         self._challenge.verify(username, device.device_id, device.ed25519, frame.signature)
         self._check_device(username, device)
         self._check_keys(device.ed25519, frame.one_time_keys, frame.fallback_key)
-        published = _first_list(frame.device_list, username, device)
-        recovery = _signed_recovery_key(
+        published = first_list(frame.device_list, username, device)
+        recovery = signed_recovery_key(
             username, published.account_key, frame.recovery_key, frame.recovery_key_signature
         )
         account = await self._storage.account(username)
@@ -679,7 +601,7 @@ class Session:
     def _uncount_unauthenticated(self) -> None:
         if self._counted_unauthenticated:
             self._counted_unauthenticated = False
-            self._relay.authenticated()
+            self._relay.limiter.stopped_waiting()
 
     async def _start(self, device: DeviceAddress, version: int) -> None:
         """Welcome the authenticated device and start delivering to it."""
@@ -725,15 +647,10 @@ class Session:
             case Ack():
                 await self._ack(frame, device)
             case ClaimKeys():
-                claims = self._relay.claims
                 now = time.monotonic()
-                rate = self._relay.rate_limits.claims_per_second
-                refuse_if_limited(
-                    claims.take(device.username, 1, now),
-                    f"this account claimed more than {rate:g} keys a second",
-                )
+                self._relay.limiter.check_claim(device.username, now)
                 claimed = await self._storage.claim_keys(frame.username, frame.device_ids)
-                claims.charge(device.username, len(claimed) - 1, now)  # one token was taken
+                self._relay.limiter.charge_claims(device.username, len(claimed), now)
                 reply = ClaimedKeys(id=frame.id, username=frame.username, devices=claimed)
                 await self._transport.send(encode(reply))
             case GetDevices():
@@ -776,15 +693,15 @@ class Session:
         username = device.username
         account = await self._storage.account(username)
         if account is None or account.account_key is None:
-            raise _bad_list(f"account {username} has no account key (created before device lists)")
-        published = _open_list(frame.device_list, username, account.account_key)
+            raise bad_list(f"account {username} has no account key (created before device lists)")
+        published = open_list(frame.device_list, username, account.account_key)
         if published.version <= account.list_version:
-            raise _bad_list(
+            raise bad_list(
                 f"list version {published.version} is not above the stored version "
                 f"{account.list_version}"
             )
         if not published.devices:
-            raise _bad_list("a device list holds at least one device")
+            raise bad_list("a device list holds at least one device")
         limit = self._limits.max_devices_per_account
         if len(published.devices) > limit:
             raise RequestRefused(
@@ -824,14 +741,14 @@ class Session:
             if isinstance(frame, Send):
                 envelope_ids = [envelope.envelope_id for envelope in frame.envelopes]
                 self._check_send(frame)
-                self._check_sends_rate(device, len(frame.envelopes))
+                self._relay.limiter.check_sends(device.username, len(frame.envelopes), time.monotonic())
                 outcome = self._storage.store_envelopes(
                     device, frame.envelopes, expires_at, limits.max_queue_per_device
                 )
             else:
                 envelope_ids = [frame.envelope.envelope_id]
                 self._check_send_multi(frame)
-                self._check_sends_rate(device, 1)
+                self._relay.limiter.check_sends(device.username, 1, time.monotonic())
                 outcome = self._storage.store_multi(
                     device, frame.envelope, expires_at, limits.max_queue_per_device
                 )
@@ -895,11 +812,6 @@ class Session:
         """Wait until every queued send has been answered."""
         if self._responder is not None:
             await asyncio.wait((self._responder,))
-
-    def _check_sends_rate(self, device: DeviceAddress, envelopes: int) -> None:
-        wait = self._relay.sends.take(device.username, envelopes, time.monotonic())
-        rate = self._relay.rate_limits.sends_per_second
-        refuse_if_limited(wait, f"this account sent more than {rate:g} envelopes a second")
 
     def _check_send(self, frame: Send) -> None:
         limits = self._limits
