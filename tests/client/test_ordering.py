@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from obrolan.client import store as store_module
+from obrolan.client import store_schema
 from obrolan.client.conversation import Conversations
 from obrolan.client.ids import new_id
 from obrolan.client.models import MessageState
@@ -184,7 +184,7 @@ def test_store_migrates_a_schema_4_profile_keeping_its_arrival_order(tmp_path: P
     db = vault.connection
     with vault.transaction():
         for version in range(1, 5):
-            for statement in store_module._MIGRATIONS[version]:
+            for statement in store_schema.MIGRATIONS[version]:
                 db.execute(statement)
         db.execute("PRAGMA user_version = 4")
         for counter in (1, 3):
@@ -195,7 +195,7 @@ def test_store_migrates_a_schema_4_profile_keeping_its_arrival_order(tmp_path: P
                 (new_id(), f"bob {counter}", counter),
             )
     store = Store(vault)
-    assert db.execute("PRAGMA user_version").fetchone() == (store_module.SCHEMA_VERSION,)
+    assert db.execute("PRAGMA user_version").fetchone() == (store_schema.SCHEMA_VERSION,)
     rules = Conversations(store, "alice", tmp_path / "old" / "attachments")
     _arrive(store, rules, "phone", 2, "bob 2")
     assert [(m.text, m.arrived_late) for m in store.history("bob")] == [

@@ -46,7 +46,8 @@ from obrolan.client.durable_files import (
     place_new,
     sync_folder,
 )
-from obrolan.client.store import SCHEMA_VERSION, Store, now_ms
+from obrolan.client.store import Store, now_ms
+from obrolan.client.store_schema import SCHEMA_VERSION
 from obrolan.client.vault import Vault
 from obrolan.errors import ConfigError, InvalidState, StorageError
 

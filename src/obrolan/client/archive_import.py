@@ -38,7 +38,8 @@ from obrolan.client.archive_format import (
     table_columns,
 )
 from obrolan.client.durable_files import create_private, flush_to_disk, place_new, sync_folder
-from obrolan.client.store import SCHEMA_VERSION, Store, now_ms, place_message
+from obrolan.client.store import Store, now_ms, place_message
+from obrolan.client.store_schema import SCHEMA_VERSION
 from obrolan.client.vault import Vault
 from obrolan.errors import StorageError
 

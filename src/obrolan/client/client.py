@@ -1155,8 +1155,7 @@ class Client:
         told_before = int(self._store.get_meta("expired_told") or 0)
         new, acknowledge = expired_to_tell(told_before, expired)
         with self._store.transaction():
-            ttl = conn.challenge.limits.envelope_ttl_seconds  # delivery_status needs it offline
-            self._store.set_meta("envelope_ttl_seconds", str(ttl))
+            self._store.set_envelope_ttl(conn.challenge.limits.envelope_ttl_seconds)
             if new:  # no sender is known: the notice goes to the user's own conversation
                 notice = self._conversations.notice(self.username, expired_notice(new))
                 self._events.put_nowait(Event("message", self.username, notice))
