@@ -43,7 +43,7 @@ async def send_hostile_plaintext(sender: Client, to: str) -> None:
     envelopes = []
     with sender._store.transaction():
         for device in await _devices(sender, to):
-            session = sender._session_with(device.curve25519)
+            session = sender._sessions.latest_with(device.curve25519)
             assert session is not None, "send one good message first: it makes the session"
             plaintext = content.Plaintext(
                 sender=sender.username,
@@ -55,9 +55,7 @@ async def send_hostile_plaintext(sender: Client, to: str) -> None:
             )
             raw = content.encode(plaintext).replace(MARK.encode(), BAD)
             sealed = session.encrypt(raw, sender._identity.curve25519)
-            sender._store.save_session(
-                device.curve25519, session.session_id, session.pickle(sender._vault.pickle_key)
-            )
+            sender._sessions.save(device.curve25519, session)
             envelopes.append(
                 frames.OutboundEnvelope(
                     envelope_id=new_id(),

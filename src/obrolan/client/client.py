@@ -53,12 +53,12 @@ from obrolan.client.enrolment import (
     enrol_by_recovery,
     enrol_by_registration,
 )
-from obrolan.client.expired import expired_notice, expired_to_tell
 from obrolan.client.group_store import is_group_peer
 from obrolan.client.groups import Groups
 from obrolan.client.history_transfer import INCOMING as INCOMING_HISTORY
 from obrolan.client.history_transfer import HistoryTransfers
 from obrolan.client.ids import check_username, new_id
+from obrolan.client.inbox_notices import InboxNotices
 from obrolan.client.models import (
     Approval,
     Contact,
@@ -68,6 +68,7 @@ from obrolan.client.models import (
     MessageState,
     Whoami,
 )
+from obrolan.client.olm_sessions import OlmSessions
 from obrolan.client.store import OutboxEntry, Store, now_ms
 from obrolan.client.vault import Vault, open_vault
 from obrolan.crypto.account import (
@@ -79,13 +80,11 @@ from obrolan.crypto.account import (
     seal_name,
 )
 from obrolan.crypto.device import DeviceIdentity
-from obrolan.crypto.olm import OlmSession
 from obrolan.crypto.safety import safety_number
 from obrolan.crypto.signatures import verify_one_time_key
 from obrolan.errors import (
     ConfigError,
     CryptoError,
-    DecryptionError,
     DeviceRemoved,
     DeviceReplaced,
     IdentityChanged,
@@ -132,6 +131,7 @@ class Client:
         self._vault = vault
         self._store = store
         self._identity = identity
+        self._sessions = OlmSessions(store, identity, vault.pickle_key)
         self.username = _required(store.get_meta("username"))
         self.device_id = _required(store.get_meta("device_id"))
         self.address = ServerAddress.parse(
@@ -157,6 +157,7 @@ class Client:
         )
         self._events: asyncio.Queue[Event | None] = asyncio.Queue()
         """What happened, after it was stored; None wakes a reader after a fatal error."""
+        self._notices = InboxNotices(store, self._conversations, self.username, self._events.put_nowait)
         self.groups = Groups(
             store, self, self._account, vault.pickle_key, self._conversations,
             self._events.put_nowait,
@@ -455,9 +456,7 @@ class Client:
         session = self._identity.outbound_session(offer.device.curve25519, offer.one_time_key.key)
         sealed = session.encrypt(content.encode(secrets), self._identity.curve25519)
         with self._store.transaction():
-            self._store.save_session(
-                offer.device.curve25519, session.session_id, session.pickle(self._vault.pickle_key)
-            )
+            self._sessions.save(offer.device.curve25519, session)
         await conn.request(
             lambda i: frames.LinkApprove(
                 id=i, link_id=code.link_id, answer=content.encode(sealed)
@@ -1121,7 +1120,8 @@ class Client:
         self._conn = conn
         self._last_error = None
         self._notify()
-        await self._tell_expired(conn, welcome.expired)
+        self._store.set_envelope_ttl(conn.challenge.limits.envelope_ttl_seconds)
+        await self._notices.tell_expired(conn, welcome.expired)
         await self._replenish_keys(conn, welcome.one_time_keys)
         for event in await self.groups.process_inbox():  # stashed before a crash
             self._events.put_nowait(event)
@@ -1131,7 +1131,7 @@ class Client:
                 if isinstance(push, frames.Deliver):
                     await self._receive(conn, push.envelopes)
                 elif isinstance(push, UnreadableEnvelope):
-                    await self._refuse_envelope(conn, push)
+                    await self._notices.refuse_envelope(conn, push)
                 else:
                     with self._store.transaction():
                         for event in self._conversations.gaps():
@@ -1145,23 +1145,6 @@ class Client:
             with contextlib.suppress(asyncio.CancelledError, ObrolanError):
                 await outbox
         raise conn.closed_reason or ServerUnreachable(self.address.url, "connection lost")
-
-    async def _tell_expired(self, conn: Connection, expired: int) -> None:
-        """Show how many envelopes expired unread on the server, then acknowledge them (§8).
-
-        The notice and the number acknowledged are stored in one transaction before the
-        ``ack``, so a lost ack shows no second notice for the same envelopes.
-        """
-        told_before = int(self._store.get_meta("expired_told") or 0)
-        new, acknowledge = expired_to_tell(told_before, expired)
-        with self._store.transaction():
-            self._store.set_envelope_ttl(conn.challenge.limits.envelope_ttl_seconds)
-            if new:  # no sender is known: the notice goes to the user's own conversation
-                notice = self._conversations.notice(self.username, expired_notice(new))
-                self._events.put_nowait(Event("message", self.username, notice))
-            self._store.set_meta("expired_told", str(acknowledge))
-        if acknowledge:
-            await conn.send(frames.Ack(envelope_ids=[], expired=acknowledge))
 
     async def _replenish_keys(self, conn: Connection, on_server: int) -> None:
         """Top up one-time keys; a linked device also publishes its first fallback key."""
@@ -1256,7 +1239,7 @@ class Client:
         one_time_keys: dict[tuple[str, str], frames.OneTimeKey] = {}
         for username in {u for u, _ in targets}:
             without_session = [
-                d for u, d in targets if u == username and not self._store.sessions_for(d.curve25519)
+                d for u, d in targets if u == username and not self._sessions.has_any_with(d.curve25519)
             ]
             if without_session:
                 one_time_keys.update(await self._claim(conn, username, without_session))
@@ -1264,7 +1247,7 @@ class Client:
         envelopes = []
         with self._store.transaction():
             for username, device in targets:
-                session = self._session_with(device.curve25519)
+                session = self._sessions.latest_with(device.curve25519)
                 if session is None:
                     key = one_time_keys.get((username, device.device_id))
                     if key is None:
@@ -1282,9 +1265,7 @@ class Client:
                     sent_to=entry.recipient if own_copy else None,
                 )
                 sealed = session.encrypt(content.encode(plaintext), self._identity.curve25519)
-                self._store.save_session(
-                    device.curve25519, session.session_id, session.pickle(self._vault.pickle_key)
-                )
+                self._sessions.save(device.curve25519, session)
                 envelopes.append((new_id(), username, device.device_id, content.encode(sealed)))
             self._store.save_envelopes(entry.id, envelopes)
         return envelopes
@@ -1345,11 +1326,6 @@ class Client:
             keys[(username, device.device_id)] = item.one_time_key
         return keys
 
-    def _session_with(self, curve25519: str) -> OlmSession | None:
-        for _, pickle in self._store.sessions_for(curve25519)[:1]:
-            return OlmSession.from_pickle(pickle, self._vault.pickle_key)
-        return None
-
     async def _fetch_devices(
         self, conn: Connection, username: str, *, fresh: bool = False
     ) -> DeviceView:
@@ -1387,7 +1363,7 @@ class Client:
                 try:
                     events = await self._open_envelope(conn, envelope)
                 except RemoteProtocolError as exc:  # one bad envelope never stops the inbox
-                    events = self._store_undecryptable(envelope, str(exc))
+                    events = self._notices.undecryptable(envelope, str(exc))
                 events += await self.groups.process_inbox()
                 self._after_changes(events)
                 for event in events:
@@ -1397,20 +1373,6 @@ class Client:
         limit = conn.challenge.limits.max_acks_per_frame
         for start in range(0, len(acked), limit):
             await conn.send(frames.Ack(envelope_ids=acked[start : start + limit]))
-
-    async def _refuse_envelope(self, conn: Connection, refused: UnreadableEnvelope) -> None:
-        """An envelope of a ``deliver`` that does not decode: a notice, and ack it if we can."""
-        log.warning("refused an envelope from the server: %s", refused.reason)
-        if refused.envelope_id is None:
-            return  # nothing to ack it by: the server redelivers it, and it is refused again
-        if refused.from_user is not None and not self._store.is_processed(refused.envelope_id):
-            envelope = frames.Envelope(
-                envelope_id=refused.envelope_id, from_user=refused.from_user,
-                from_device="", ciphertext=b"",
-            )
-            for event in self._store_undecryptable(envelope, f"the envelope is malformed ({refused.reason})"):
-                self._events.put_nowait(event)
-        await conn.send(frames.Ack(envelope_ids=[refused.envelope_id]))
 
     async def _open_envelope(self, conn: Connection, envelope: frames.Envelope) -> list[Event]:
         try:
@@ -1425,49 +1387,40 @@ class Client:
                 await self._fetch_devices(conn, envelope.from_user, fresh=True)
             sender = self._store.device_by_curve(sealed.sender_key)
         if sender is not None and sender[:2] != claimed:
-            return self._store_undecryptable(envelope, "the sender's key does not match its device")
+            return self._notices.undecryptable(envelope, "the sender's key does not match its device")
         # From here to the commit: no await, so no other task touches these sessions.
         try:
-            session, plaintext, new_session = self._decrypt(sealed)
+            session, plaintext, new_session = self._sessions.open(sealed)
         except CryptoError as exc:
-            return self._store_undecryptable(envelope, f"it could not be decrypted ({exc})")
+            return self._notices.undecryptable(envelope, f"it could not be decrypted ({exc})")
         try:
             body = content.decode_plaintext(plaintext)
         except RemoteProtocolError as exc:
             # Decrypted, so the session moved on: keep it, refuse only this message.
             with self._store.transaction():
-                self._save_session(sealed, session, new_session)
-            return self._store_undecryptable(envelope, str(exc))
+                self._sessions.save(sealed.sender_key, session, new_inbound=new_session)
+            return self._notices.undecryptable(envelope, str(exc))
         if (body.sender, body.sender_device, body.recipient, body.recipient_device) != (
             envelope.from_user,
             envelope.from_device,
             self.username,
             self.device_id,
         ):
-            return self._store_undecryptable(envelope, "it was addressed to someone else")
+            return self._notices.undecryptable(envelope, "it was addressed to someone else")
         failpoint("inbox.after_decrypt")
         with self._store.transaction():
             events = self._apply(body, verified=sender is not None)
-            self._save_session(sealed, session, new_session)
+            self._sessions.save(sealed.sender_key, session, new_inbound=new_session)
             self._store.mark_processed(envelope.envelope_id)
         failpoint("inbox.after_store")
         return events
-
-    def _save_session(
-        self, sealed: content.OlmCiphertext, session: OlmSession, new_session: bool
-    ) -> None:
-        self._store.save_session(
-            sealed.sender_key, session.session_id, session.pickle(self._vault.pickle_key)
-        )
-        if new_session:
-            self._store.set_meta("account", self._identity.pickle(self._vault.pickle_key))
 
     def _open_group_envelope(self, envelope: frames.Envelope) -> list[Event]:
         """A Megolm message of a group (one ciphertext for every member device)."""
         try:
             sealed = groups_wire.decode_group_ciphertext(envelope.ciphertext)
         except RemoteProtocolError:
-            return self._store_undecryptable(envelope, "the envelope is malformed")
+            return self._notices.undecryptable(envelope, "the envelope is malformed")
         with self._store.transaction():
             events = self.groups.receive_message(envelope, sealed)
             self._store.mark_processed(envelope.envelope_id)
@@ -1528,41 +1481,6 @@ class Client:
             ))
             self._store.told_receipts_off(body.sender, True)
         return events
-
-    def _decrypt(self, sealed: content.OlmCiphertext) -> tuple[OlmSession, bytes, bool]:
-        pre_key = sealed.message_type == content.OLM_PRE_KEY
-        for _, pickle in self._store.sessions_for(sealed.sender_key):
-            session = OlmSession.from_pickle(pickle, self._vault.pickle_key)
-            if pre_key:
-                if session.matches(sealed):
-                    # Its session exists: a failure is a replay, never a reason for a new session.
-                    return session, session.decrypt(sealed), False
-                continue
-            with contextlib.suppress(DecryptionError):
-                return session, session.decrypt(sealed), False
-        if not pre_key:
-            raise DecryptionError("no session decrypts this message")
-        session, plaintext = self._identity.inbound_session(sealed.sender_key, sealed)
-        return session, plaintext, True
-
-    def _store_undecryptable(self, envelope: frames.Envelope, reason: str) -> list[Event]:
-        log.warning("dropped a message from %s: %s", envelope.from_user, reason)
-        with self._store.transaction():
-            rowid = self._store.add_message(
-                message_id=envelope.envelope_id,
-                peer=envelope.from_user,
-                sender=envelope.from_user,
-                sender_device=envelope.from_device,
-                outgoing=False,
-                text=f"a message from {envelope.from_user} could not be read: {reason}",
-                sent_at_ms=now_ms(),
-                state=MessageState.NOTICE,
-            )
-            self._store.mark_processed(envelope.envelope_id)
-        if rowid is None:
-            return []
-        return [Event("message", envelope.from_user, self._store.message(rowid))]
-
 
 class _Opened:
     """``async with Client.open(...)``: load, optionally connect, always close."""
