@@ -25,6 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 import msgspec
 
 from obrolan.client.conversation import Conversations
+from obrolan.client.group_reports import GroupReports
 from obrolan.client.group_store import GroupStore, Report, group_peer
 from obrolan.client.ids import new_id
 from obrolan.client.models import Event, Message, MessageState
@@ -118,6 +119,7 @@ class Groups:
                  conversations: Conversations, emit: Callable[[Event], None]) -> None:
         self._store = store
         self._rows = GroupStore(store.connection)
+        self._reports = GroupReports(store, self._rows, host, conversations)
         self._host = host
         self._account = account
         self._pickle_key = pickle_key
@@ -426,15 +428,7 @@ class Groups:
         signed = None if found is None else self._rows.signed_of(found[0])
         if signed is None:
             raise GroupError("that message cannot be reported (it is not a signed group message)")
-        reported = groups.decode_signed_group_message(signed)
-        admins = [a for a in view.admins if a != self.me]
-        with self._store.transaction():
-            for admin in admins:
-                self._host.queue_olm(admin, content.GroupReport(
-                    message_id=new_id(), sent_at_ms=now_ms(), group_id=group_id,
-                    reported=reported, reason=reason,
-                ), None)
-        return len(admins)
+        return self._reports.send(view, signed, reason)
 
     # --- receiving ----------------------------------------------------------------------
 
@@ -477,7 +471,7 @@ class Groups:
         if isinstance(body, content.GroupJoinRequest):
             return await self._receive_join_request(sender, body)
         if isinstance(body, content.GroupReport):
-            return await self._receive_report(sender, body)
+            return await self._reports.receive(self._current(body.group_id), sender, body)
         return []
 
     async def _receive_state(
@@ -646,36 +640,6 @@ class Groups:
                 f"{sender} asks to join: `obrolan group approve {request.group_id[:8]} {sender}`",
             )
         return [Event("message", group_peer(request.group_id), notice)]
-
-    async def _receive_report(self, reporter: str, report: content.GroupReport) -> list[Event]:
-        view = self._current(report.group_id)
-        if view is None or not view.is_admin(self.me) or reporter not in view.members:
-            return []
-        try:
-            message = groups.decode_group_message(report.reported.message)
-        except RemoteProtocolError:
-            return []
-        await self._host.verified_devices(message.sender)
-        device_key = self._host.device_key(message.sender, message.sender_device)
-        verified = False
-        if device_key is not None and message.group_id == report.group_id:
-            try:
-                verify(device_key, group_message_bytes(report.reported.message),
-                       report.reported.signature)
-                verified = True
-            except SignatureError:
-                pass
-        with self._store.transaction():
-            self._rows.add_report(Report(
-                report.group_id, reporter, message.sender, message.message_id, message.text,
-                report.reason, verified, now_ms(),
-            ))
-            proof = "signature verified" if verified else "⚠ the sender's signature does NOT verify"
-            notice = self._conversations.notice(
-                group_peer(report.group_id),
-                f"{reporter} reported a message of {message.sender} ({proof}): {report.reason}",
-            )
-        return [Event("message", group_peer(report.group_id), notice)]
 
     def receive_message(self, envelope: Envelope, ciphertext: groups.GroupCiphertext) -> list[Event]:
         """Decrypt, check and store a group message (inside the inbox transaction)."""
