@@ -45,8 +45,28 @@ __all__ = ["main"]
 
 MAX_MESSAGES = 500_000
 BATCH = 20_000
-WORDS = ("see", "you", "tomorrow", "lunch", "at", "the", "usual", "place", "sounds", "good",
-         "did", "read", "chapter", "two", "yet", "haha", "ok", "sure", "thanks", "later")
+WORDS = (
+    "see",
+    "you",
+    "tomorrow",
+    "lunch",
+    "at",
+    "the",
+    "usual",
+    "place",
+    "sounds",
+    "good",
+    "did",
+    "read",
+    "chapter",
+    "two",
+    "yet",
+    "haha",
+    "ok",
+    "sure",
+    "thanks",
+    "later",
+)
 
 
 def _fill(client: Client, total: int, seed: int) -> None:
@@ -60,9 +80,18 @@ def _fill(client: Client, total: int, seed: int) -> None:
             peer = f"contact{n % 5}"
             outgoing = n % 2 == 0
             text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 20)))
-            rows.append((new_id(), peer, "laptop" if outgoing else peer, "d", int(outgoing),
-                         text, start + n * 1000, (MessageState.SENT if outgoing
-                                                  else MessageState.RECEIVED).value))
+            rows.append(
+                (
+                    new_id(),
+                    peer,
+                    "laptop" if outgoing else peer,
+                    "d",
+                    int(outgoing),
+                    text,
+                    start + n * 1000,
+                    (MessageState.SENT if outgoing else MessageState.RECEIVED).value,
+                )
+            )
         with client._store.transaction():
             db.executemany(
                 "INSERT INTO messages (message_id, peer, sender, sender_device, outgoing, text, "
@@ -99,15 +128,22 @@ async def _one(url: str, folder: Path, size: int) -> list[str]:
     finally:
         await laptop.close()
     return [
-        f"{size:,}", f"{sent - started:.2f}", f"{done - arrived:.2f}", f"{archive / 1e6:.1f}",
-        f"{size / (done - started):,.0f}", f"{peak_rss / 1024:.0f}",
+        f"{size:,}",
+        f"{sent - started:.2f}",
+        f"{done - arrived:.2f}",
+        f"{archive / 1e6:.1f}",
+        f"{size / (done - started):,.0f}",
+        f"{peak_rss / 1024:.0f}",
     ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="1000,10000,100000",
-                        help="messages per run, comma-separated (default %(default)s)")
+    parser.add_argument(
+        "--sizes",
+        default="1000,10000,100000",
+        help="messages per run, comma-separated (default %(default)s)",
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     if any(not 1 <= s <= MAX_MESSAGES for s in sizes):
@@ -120,8 +156,16 @@ def main() -> None:
         port = free_port()
         server = ServerProcess(
             "obrolan",
-            [sys.executable, "-m", "obrolan.server", "serve", "--port", str(port),
-             "--data", str(folder / "server")],
+            [
+                sys.executable,
+                "-m",
+                "obrolan.server",
+                "serve",
+                "--port",
+                str(port),
+                "--data",
+                str(folder / "server"),
+            ],
             folder,
         )
         try:
@@ -131,8 +175,14 @@ def main() -> None:
             server.stop()
             shutil.rmtree(folder, ignore_errors=True)
     print_table(
-        ["messages", "send s", "receive s", "archive MB", "msgs/s end to end",
-         "peak RSS so far MiB"],
+        [
+            "messages",
+            "send s",
+            "receive s",
+            "archive MB",
+            "msgs/s end to end",
+            "peak RSS so far MiB",
+        ],
         rows,
     )
 

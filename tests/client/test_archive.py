@@ -46,11 +46,16 @@ def target(tmp_path: Path) -> Iterator[Vault]:
         yield vault
 
 
-def _message(store: Store, peer: str, text: str, *, outgoing: bool,
-             state: MessageState | None = None) -> int:
+def _message(
+    store: Store, peer: str, text: str, *, outgoing: bool, state: MessageState | None = None
+) -> int:
     rowid = store.add_message(
-        message_id=new_id(), peer=peer, sender="alice" if outgoing else peer,
-        sender_device="dev-a" if outgoing else "dev-p", outgoing=outgoing, text=text,
+        message_id=new_id(),
+        peer=peer,
+        sender="alice" if outgoing else peer,
+        sender_device="dev-a" if outgoing else "dev-p",
+        outgoing=outgoing,
+        text=text,
         sent_at_ms=next(_clock),
         state=state or (MessageState.SENT if outgoing else MessageState.RECEIVED),
     )
@@ -63,8 +68,13 @@ def _attach(vault: Vault, rowid: int, content: bytes) -> str:
     folder = vault.path / "attachments"
     folder.mkdir(mode=0o700, exist_ok=True)
     (folder / blob_id).write_bytes(content)
-    meta = {"blob_id": blob_id, "name": "photo.jpg", "mime": "image/jpeg",
-            "size": len(content), "key": "a2V5"}
+    meta = {
+        "blob_id": blob_id,
+        "name": "photo.jpg",
+        "mime": "image/jpeg",
+        "size": len(content),
+        "key": "a2V5",
+    }
     vault.connection.execute(
         "UPDATE messages SET attachment = ? WHERE id = ?", (json.dumps(meta), rowid)
     )
@@ -79,34 +89,52 @@ def _fill(vault: Vault) -> None:
         store.set_meta("username", "alice")
         store.set_meta("device_id", "source-device")
         store.set_meta("account", "source-device-secret-pickle")
-        db.execute("INSERT INTO contacts (username, identity_key, first_seen_ms, changed_key) "
-                   "VALUES ('bob', 'bob-key', 1, NULL), ('carol', 'carol-key', 2, 'carol-new')")
-        db.execute("INSERT INTO conversations (peer, accepted, blocked, timer_seconds, "
-                   "next_counter) VALUES ('bob', 1, 0, NULL, 40), ('carol', 0, 1, 3600, 7)")
-        db.execute("INSERT INTO counters (peer, sender, device, highest_seen) "
-                   "VALUES ('bob', 'bob', 'bob-phone', 41), ('carol', 'carol', 'c1', 9)")
-        db.execute("INSERT INTO sessions (curve25519, session_id, pickle, last_used_ms) "
-                   "VALUES ('bob-curve', 's1', 'olm-session-secret', 1)")
+        db.execute(
+            "INSERT INTO contacts (username, identity_key, first_seen_ms, changed_key) "
+            "VALUES ('bob', 'bob-key', 1, NULL), ('carol', 'carol-key', 2, 'carol-new')"
+        )
+        db.execute(
+            "INSERT INTO conversations (peer, accepted, blocked, timer_seconds, "
+            "next_counter) VALUES ('bob', 1, 0, NULL, 40), ('carol', 0, 1, 3600, 7)"
+        )
+        db.execute(
+            "INSERT INTO counters (peer, sender, device, highest_seen) "
+            "VALUES ('bob', 'bob', 'bob-phone', 41), ('carol', 'carol', 'c1', 9)"
+        )
+        db.execute(
+            "INSERT INTO sessions (curve25519, session_id, pickle, last_used_ms) "
+            "VALUES ('bob-curve', 's1', 'olm-session-secret', 1)"
+        )
         db.execute("INSERT INTO processed (envelope_id, at_ms) VALUES ('env-1', 1)")
         hello = _message(store, "bob", "hello bob, lunch tomorrow?", outgoing=True)
         reply = _message(store, "bob", "yes! the usual place 🍜", outgoing=False)
-        db.execute("INSERT INTO edits (message_rowid, text, edited_at_ms) VALUES "
-                   "(?, 'yes', 10), (?, 'yes!', 11)", (reply, reply))
-        db.execute("UPDATE messages SET text = 'yes! the usual place 🍜', edited_at_ms = 11, "
-                   "receipt = 'read', counter = 3, reply_to = ? WHERE id = ?",
-                   (store.message(hello).message_id, reply))
-        db.execute("INSERT INTO reactions (message_rowid, reactor, emoji) VALUES "
-                   "(?, 'bob', '👍'), (?, 'alice', '❤️')", (hello, reply))
+        db.execute(
+            "INSERT INTO edits (message_rowid, text, edited_at_ms) VALUES "
+            "(?, 'yes', 10), (?, 'yes!', 11)",
+            (reply, reply),
+        )
+        db.execute(
+            "UPDATE messages SET text = 'yes! the usual place 🍜', edited_at_ms = 11, "
+            "receipt = 'read', counter = 3, reply_to = ? WHERE id = ?",
+            (store.message(hello).message_id, reply),
+        )
+        db.execute(
+            "INSERT INTO reactions (message_rowid, reactor, emoji) VALUES "
+            "(?, 'bob', '👍'), (?, 'alice', '❤️')",
+            (hello, reply),
+        )
         _message(store, "bob", "", outgoing=False, state=MessageState.FAILED)
         gone = _message(store, "carol", "this was deleted for everyone", outgoing=False)
         db.execute("UPDATE messages SET text = '', deleted = 1 WHERE id = ?", (gone,))
-        _message(store, "carol", "not sent: carol blocked", outgoing=True,
-                 state=MessageState.FAILED)
+        _message(
+            store, "carol", "not sent: carol blocked", outgoing=True, state=MessageState.FAILED
+        )
         photo = _message(store, "carol", "the photo", outgoing=False)
         _attach(vault, photo, b"\x00encrypted-at-rest\xff" * 100)
         later = _message(store, "carol", "disappears in an hour", outgoing=False)
-        db.execute("UPDATE messages SET expires_at_ms = ? WHERE id = ?",
-                   (now_ms() + 3_600_000, later))
+        db.execute(
+            "UPDATE messages SET expires_at_ms = ? WHERE id = ?", (now_ms() + 3_600_000, later)
+        )
         expired = _message(store, "carol", "expired but not yet swept", outgoing=False)
         db.execute("UPDATE messages SET expires_at_ms = ? WHERE id = ?", (now_ms() - 1, expired))
         _message(store, "bob", "queued, never sent", outgoing=True, state=MessageState.QUEUED)
@@ -124,9 +152,11 @@ def _history(vault: Vault) -> dict[str, list[tuple[object, ...]]]:
             "SELECT peer, accepted, blocked, timer_seconds FROM conversations ORDER BY peer"
         ).fetchall(),
         "messages": [
-            row[1:] for row in db.execute(
+            row[1:]
+            for row in db.execute(
                 f"SELECT {columns} FROM messages WHERE expires_at_ms IS NULL "
-                "OR expires_at_ms > ? ORDER BY id", (now_ms(),)
+                "OR expires_at_ms > ? ORDER BY id",
+                (now_ms(),),
             )
         ],
         "edits": db.execute(
@@ -192,9 +222,7 @@ def test_archive_round_trip_gives_identical_history(
     )
     assert _history(target) == _history(source)
     assert _files(target) == _files(source) != {}
-    assert [h.text for h in search(target.connection, "usual place")] == [
-        "yes! the usual place 🍜"
-    ]
+    assert [h.text for h in search(target.connection, "usual place")] == ["yes! the usual place 🍜"]
 
 
 def test_archive_never_carries_the_device(source: Vault, target: Vault, tmp_path: Path) -> None:
@@ -238,16 +266,27 @@ def test_archive_import_keeps_what_the_profile_already_has(
     ).fetchone()
     store = Store(target)
     with store.transaction():
-        store.add_message(message_id=message_id, peer="bob", sender=sender, sender_device="d",
-                          outgoing=False, text="", sent_at_ms=1, state=MessageState.RECEIVED)
+        store.add_message(
+            message_id=message_id,
+            peer="bob",
+            sender=sender,
+            sender_device="d",
+            outgoing=False,
+            text="",
+            sent_at_ms=1,
+            state=MessageState.RECEIVED,
+        )
         target.connection.execute("UPDATE messages SET deleted = 1")
-        target.connection.execute("INSERT INTO contacts VALUES ('bob', 'pinned-here', 5, NULL, 0, 0)")
+        target.connection.execute(
+            "INSERT INTO contacts VALUES ('bob', 'pinned-here', 5, NULL, 0, 0)"
+        )
         target.connection.execute("INSERT INTO conversations (peer, blocked) VALUES ('bob', 1)")
     imported = import_history(target, out, PASSPHRASE, None)
     assert (imported.messages, imported.messages_present, imported.edits) == (7, 1, 0)
     db = target.connection
-    assert db.execute("SELECT text, deleted FROM messages WHERE message_id = ?",
-                      (message_id,)).fetchone() == ("", 1)
+    assert db.execute(
+        "SELECT text, deleted FROM messages WHERE message_id = ?", (message_id,)
+    ).fetchone() == ("", 1)
     assert db.execute("SELECT identity_key FROM contacts WHERE username = 'bob'").fetchone() == (
         "pinned-here",
     )
@@ -354,9 +393,13 @@ def test_archive_altered_byte_imports_nothing(
     offsets = _chunk_offsets(big_archive)
     header_end = offsets[0]
     positions = {
-        "magic": 3, "header": header_end - 20, "first chunk flags": offsets[0],
-        "first chunk length": offsets[0] + 4, "first chunk": offsets[0] + 100,
-        "middle chunk": offsets[1] + 5000, "last tag byte": len(big_archive) - 1,
+        "magic": 3,
+        "header": header_end - 20,
+        "first chunk flags": offsets[0],
+        "first chunk length": offsets[0] + 4,
+        "first chunk": offsets[0] + 100,
+        "middle chunk": offsets[1] + 5000,
+        "last tag byte": len(big_archive) - 1,
     }
     for position in positions.values():
         altered = bytearray(big_archive)
@@ -378,7 +421,7 @@ def test_archive_reordered_spliced_or_extended_imports_nothing(
     other_path = tmp_path / "other.obrolan"
     export_history(source, other_path, PASSPHRASE, None)
     other = other_path.read_bytes()
-    spliced = head + chunks[0] + other[_chunk_offsets(other)[1]:]
+    spliced = head + chunks[0] + other[_chunk_offsets(other)[1] :]
     for altered in (swapped, spliced, big_archive + b"\x00", big_archive + big_archive[-50:]):
         with pytest.raises(DecryptionError):
             _import_bytes(target, tmp_path, altered)
@@ -412,7 +455,9 @@ def test_archive_import_marks_a_message_still_queued_at_export_not_sent(
     import_history(target, out, PASSPHRASE, None)
     (message,) = Store(target).history("bob")
     assert (message.text, message.state, message.error) == (
-        "written offline", MessageState.FAILED, NOT_SENT_BEFORE_EXPORT
+        "written offline",
+        MessageState.FAILED,
+        NOT_SENT_BEFORE_EXPORT,
     )
 
 
@@ -427,9 +472,15 @@ def test_archive_import_keeps_the_conversation_order_of_late_arrivals(
             store.set_meta("username", "alice")
             for counter in (3, 1, 2):
                 store.add_message(
-                    message_id=new_id(), peer="bob", sender="bob", sender_device="phone",
-                    outgoing=False, text=f"phone {counter}", sent_at_ms=next(_clock),
-                    state=MessageState.RECEIVED, counter=counter,
+                    message_id=new_id(),
+                    peer="bob",
+                    sender="bob",
+                    sender_device="phone",
+                    outgoing=False,
+                    text=f"phone {counter}",
+                    sent_at_ms=next(_clock),
+                    state=MessageState.RECEIVED,
+                    counter=counter,
                 )
         out = tmp_path / "reordered.obrolan"
         export_history(vault, out, PASSPHRASE, None)
@@ -437,14 +488,24 @@ def test_archive_import_keeps_the_conversation_order_of_late_arrivals(
     with store.transaction():
         for counter in (1, 2, 3):
             store.add_message(
-                message_id=new_id(), peer="bob", sender="bob", sender_device="tablet",
-                outgoing=False, text=f"tablet {counter}", sent_at_ms=next(_clock),
-                state=MessageState.RECEIVED, counter=counter,
+                message_id=new_id(),
+                peer="bob",
+                sender="bob",
+                sender_device="tablet",
+                outgoing=False,
+                text=f"tablet {counter}",
+                sent_at_ms=next(_clock),
+                state=MessageState.RECEIVED,
+                counter=counter,
             )
     import_history(target, out, PASSPHRASE, None)
     assert [(m.text, m.arrived_late) for m in store.history("bob")] == [
-        ("tablet 1", False), ("tablet 2", False), ("tablet 3", False),
-        ("phone 1", True), ("phone 2", True), ("phone 3", False),
+        ("tablet 1", False),
+        ("tablet 2", False),
+        ("tablet 3", False),
+        ("phone 1", True),
+        ("phone 2", True),
+        ("phone 3", False),
     ]
 
 
@@ -454,13 +515,23 @@ def test_archive_written_before_the_chunked_aead_module_still_imports(target: Va
     golden = Path(__file__).parents[1] / "data" / "archive_v1.obrolan"
     imported = import_history(target, golden, "golden passphrase", None)
     assert imported.as_json() == {
-        "owner": "alice", "messages": 2, "messages_present": 0, "messages_expired": 0,
-        "edits": 1, "reactions": 1, "contacts": 1, "conversations": 1, "files": 1,
+        "owner": "alice",
+        "messages": 2,
+        "messages_present": 0,
+        "messages_expired": 0,
+        "edits": 1,
+        "reactions": 1,
+        "contacts": 1,
+        "conversations": 1,
+        "files": 1,
         "files_present": 0,
     }
     db = target.connection
-    assert db.execute("SELECT message_id, sender, text FROM messages ORDER BY sent_at_ms").fetchall() == [
-        ("m-hello", "alice", "hello bob"), ("m-reply", "bob", "hi alice 🍜"),
+    assert db.execute(
+        "SELECT message_id, sender, text FROM messages ORDER BY sent_at_ms"
+    ).fetchall() == [
+        ("m-hello", "alice", "hello bob"),
+        ("m-reply", "bob", "hi alice 🍜"),
     ]
     assert db.execute("SELECT text FROM edits").fetchall() == [("hi",)]
     assert db.execute("SELECT reactor, emoji FROM reactions").fetchall() == [("bob", "👍")]

@@ -34,8 +34,12 @@ def bob(tmp_path: Path) -> Iterator[tuple[Store, Conversations]]:
 
 def _from(sender: str, body: content.Content, counter: int | None = None) -> content.Plaintext:
     return content.Plaintext(
-        sender=sender, sender_device="d1", recipient="bob", recipient_device="d2",
-        content=body, counter=counter,
+        sender=sender,
+        sender_device="d1",
+        recipient="bob",
+        recipient_device="d2",
+        content=body,
+        counter=counter,
     )
 
 
@@ -78,9 +82,7 @@ def test_conversation_honours_delete_only_within_the_window(
     for body in (old, recent):
         _receive(store, rules, _from("alice", body))
     for target in (old, recent):
-        delete = content.Delete(
-            message_id=new_id(), sent_at_ms=now_ms(), target=target.message_id
-        )
+        delete = content.Delete(message_id=new_id(), sent_at_ms=now_ms(), target=target.message_id)
         _receive(store, rules, _from("alice", delete))
     assert [(m.text, m.deleted) for m in store.history("alice")] == [
         ("old", False),
@@ -157,16 +159,21 @@ async def test_client_forgets_processed_ids_older_than_twice_the_ttl(tmp_path: P
     vault = create_vault(tmp_path / "p", None)
     store = Store(vault)
     with store.transaction():
-        for key, value in (("username", "bob"), ("device_id", "d2"),
-                           ("server_url", "http://127.0.0.1:1")):
+        for key, value in (
+            ("username", "bob"),
+            ("device_id", "d2"),
+            ("server_url", "http://127.0.0.1:1"),
+        ):
             store.set_meta(key, value)
         store.set_meta("account", DeviceIdentity.create().pickle(vault.pickle_key))
         store.set_meta("account_secret", base64.b64encode(bytes(32)).decode())
         store.set_meta("data_key", base64.b64encode(bytes(32)).decode())
         vault.connection.executemany(
             "INSERT INTO processed (envelope_id, at_ms) VALUES (?, ?)",
-            [("old-envelope-id-000001", now_ms() - PROCESSED_KEEP_MS - 1000),
-             ("new-envelope-id-000001", now_ms())],
+            [
+                ("old-envelope-id-000001", now_ms() - PROCESSED_KEEP_MS - 1000),
+                ("new-envelope-id-000001", now_ms()),
+            ],
         )
     vault.close()
     client = await Client.load(tmp_path / "p", None)
@@ -183,8 +190,12 @@ def test_counters_are_per_sending_device(bob: tuple[Store, Conversations]) -> No
     for device in ("laptop", "phone"):
         for counter in (1, 2):
             plaintext = content.Plaintext(
-                sender="alice", sender_device=device, recipient="bob", recipient_device="d2",
-                content=_text(f"{device} {counter}"), counter=counter,
+                sender="alice",
+                sender_device=device,
+                recipient="bob",
+                recipient_device="d2",
+                content=_text(f"{device} {counter}"),
+                counter=counter,
             )
             _receive(store, rules, plaintext)
     with store.transaction():
@@ -198,8 +209,13 @@ def test_a_sent_transcript_from_our_other_device_is_our_message(
     """A copy of what bob's other device sent to carol shows as bob's own, sent message."""
     store, rules = bob
     copy = content.Plaintext(
-        sender="bob", sender_device="bob-phone", recipient="bob", recipient_device="d2",
-        content=_text("sent from my phone"), counter=1, sent_to="carol",
+        sender="bob",
+        sender_device="bob-phone",
+        recipient="bob",
+        recipient_device="d2",
+        content=_text("sent from my phone"),
+        counter=1,
+        sent_to="carol",
     )
     _receive(store, rules, copy)
     (message,) = store.history("carol")

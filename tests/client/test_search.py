@@ -26,13 +26,19 @@ def vault(tmp_path: Path) -> Iterator[Vault]:
         yield opened
 
 
-def _add(vault: Vault, peer: str, text: str, *, outgoing: bool = False,
-         state: MessageState | None = None) -> int:
+def _add(
+    vault: Vault, peer: str, text: str, *, outgoing: bool = False, state: MessageState | None = None
+) -> int:
     store = Store(vault)
     with store.transaction():
         rowid = store.add_message(
-            message_id=new_id(), peer=peer, sender="me" if outgoing else peer,
-            sender_device="dev1", outgoing=outgoing, text=text, sent_at_ms=next(_clock),
+            message_id=new_id(),
+            peer=peer,
+            sender="me" if outgoing else peer,
+            sender_device="dev1",
+            outgoing=outgoing,
+            text=text,
+            sent_at_ms=next(_clock),
             state=state or (MessageState.SENT if outgoing else MessageState.RECEIVED),
         )
     assert rowid is not None
@@ -90,7 +96,8 @@ def test_search_with_user_keeps_one_conversation(vault: Vault) -> None:
     _add(vault, "carol", "did you get concert tickets?")
     _add(vault, "carol", "my concert is on friday", outgoing=True)
     assert sorted(_texts(vault, "concert", with_user="carol")) == [
-        "did you get concert tickets?", "my concert is on friday",
+        "did you get concert tickets?",
+        "my concert is on friday",
     ]
     assert _texts(vault, "concert", with_user="bob") == ["the concert tickets are booked"]
     assert _texts(vault, "concert", with_user="dave") == []
@@ -155,9 +162,33 @@ def test_search_odd_input_is_text_not_syntax(vault: Vault) -> None:
     _add(vault, "bob", "日本語のテキスト and ünïcödé")
     _add(vault, "bob", 'she said "hi" (twice) * col:value')
     odd = [
-        '"', '""', "'", "NEAR(a b)", "a AND b", "OR", "NOT x", "*", "x*", "(", ")", "^x",
-        "text:x", "{text}: x", "-x", "+", "\x00", "hi\x00there", "🎉", "🎉 party", "\\",
-        "'; DROP TABLE messages; --", 'a"b', "\u0301", "\ufeff", "x" * 500, "NEAR/2",
+        '"',
+        '""',
+        "'",
+        "NEAR(a b)",
+        "a AND b",
+        "OR",
+        "NOT x",
+        "*",
+        "x*",
+        "(",
+        ")",
+        "^x",
+        "text:x",
+        "{text}: x",
+        "-x",
+        "+",
+        "\x00",
+        "hi\x00there",
+        "🎉",
+        "🎉 party",
+        "\\",
+        "'; DROP TABLE messages; --",
+        'a"b',
+        "\u0301",
+        "\ufeff",
+        "x" * 500,
+        "NEAR/2",
     ]
     for query in odd:
         assert isinstance(search(vault.connection, query), list), query

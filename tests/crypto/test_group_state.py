@@ -279,8 +279,9 @@ def test_group_id_names_its_creator_so_nobody_else_can_start_it() -> None:
     squatter = Chain()
     with pytest.raises(UpdateRejected, match="the group id was not made by mallory"):
         squatter.create("mallory", Create(title="Team", members=["bob"]))
-    random_id = msgspec.structs.replace(new_group(GROUP, "alice", Create(title="T"), T0),
-                                        group_id="P3fXXjmF7szIwqGEmHDSqQ")
+    random_id = msgspec.structs.replace(
+        new_group(GROUP, "alice", Create(title="T"), T0), group_id="P3fXXjmF7szIwqGEmHDSqQ"
+    )
     with pytest.raises(UpdateRejected, match="the group id was not made by alice"):
         squatter.apply(sign_update(squatter.keys["alice"], random_id))
     assert squatter.view is None

@@ -38,8 +38,12 @@ class Cli:
     server_url: str
 
     def __call__(
-        self, *args: str, failpoints: str = "", passphrase: str | None = None,
-        timeout: float = CLI_TIMEOUT, env_extra: dict[str, str] | None = None,
+        self,
+        *args: str,
+        failpoints: str = "",
+        passphrase: str | None = None,
+        timeout: float = CLI_TIMEOUT,
+        env_extra: dict[str, str] | None = None,
     ) -> CliResult:
         env = {k: v for k, v in os.environ.items() if not k.startswith("OBROLAN_")}
         env.update(env_extra or {})
@@ -49,7 +53,11 @@ class Cli:
             env["OBROLAN_PASSPHRASE"] = passphrase
         done = subprocess.run(
             [sys.executable, "-m", "obrolan", *args],
-            env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
             check=False,
         )
         assert "Traceback" not in done.stderr, done.stderr
@@ -57,8 +65,15 @@ class Cli:
 
     def register(self, username: str, profile: Path, *, accept: tuple[str, ...] = ()) -> CliResult:
         """Register ``username``; ``accept`` names people whose messages are not requests."""
-        result = self("register", username, "--server", self.server_url, "--profile", str(profile),
-                      "--no-passphrase")
+        result = self(
+            "register",
+            username,
+            "--server",
+            self.server_url,
+            "--profile",
+            str(profile),
+            "--no-passphrase",
+        )
         assert result.returncode == 0, result.stderr
         for peer in accept:
             accepted = self("requests", "accept", peer, "--profile", str(profile))

@@ -24,7 +24,11 @@ def _with_archive_passphrase(passphrase: str, *args: str) -> CliResult:
     env[ARCHIVE_PASSPHRASE_ENV] = passphrase
     done = subprocess.run(
         [sys.executable, "-m", "obrolan", *args],
-        env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT, stdin=subprocess.DEVNULL,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        stdin=subprocess.DEVNULL,
         check=False,
     )
     assert "Traceback" not in done.stderr, done.stderr
@@ -97,8 +101,15 @@ async def test_archive_cli_export_then_import_gives_identical_history(
     await bob.close()
     source, restored = profiles("alice"), profiles("alice-restored")
     elsewhere = server_factory(name="server2")
-    made = cli("register", "alice", "--server", elsewhere.url, "--profile", str(restored),
-               "--no-passphrase")
+    made = cli(
+        "register",
+        "alice",
+        "--server",
+        elsewhere.url,
+        "--profile",
+        str(restored),
+        "--no-passphrase",
+    )
     assert made.returncode == 0, made.stderr
     # Showing history marks bob's messages read: show it once before the export.
     assert cli("history", "bob", "--profile", str(source)).returncode == 0
@@ -127,14 +138,22 @@ async def test_archive_cli_export_then_import_gives_identical_history(
     assert again.json() == history.json()
     stored = Path("attachments") / blob_id
     assert (restored / stored).read_bytes() == (source / stored).read_bytes()
-    opened = cli("download", file_message, "--out", str(tmp_path / "menu-again.txt"),
-                 "--profile", str(restored))
+    opened = cli(
+        "download",
+        file_message,
+        "--out",
+        str(tmp_path / "menu-again.txt"),
+        "--profile",
+        str(restored),
+    )
     assert opened.returncode == 0, opened.stderr
     assert (tmp_path / "menu-again.txt").read_bytes() == menu.read_bytes()
 
-    repeated = _json(_with_archive_passphrase(
-        ARCHIVE_PASSPHRASE, "import", str(archive), "--profile", str(restored), "--json"
-    ))
+    repeated = _json(
+        _with_archive_passphrase(
+            ARCHIVE_PASSPHRASE, "import", str(archive), "--profile", str(restored), "--json"
+        )
+    )
     assert (repeated["messages"], repeated["messages_present"]) == (0, 5)
     assert cli("history", "bob", "--json", "--profile", str(restored)).json() == history.json()
 
@@ -176,12 +195,20 @@ def test_archive_cli_search_with_wrong_passphrase_shows_nothing(
 ) -> None:
     """A store opened with the wrong passphrase says so and prints no result."""
     dave = profiles("dave")
-    made = cli("register", "dave", "--server", cli.server_url, "--profile", str(dave),
-               passphrase="right passphrase")
+    made = cli(
+        "register",
+        "dave",
+        "--server",
+        cli.server_url,
+        "--profile",
+        str(dave),
+        passphrase="right passphrase",
+    )
     assert made.returncode == 0, made.stderr
     cli.register("erin", profiles("erin"))
-    sent = cli("send", "erin", "the secret plans", "--profile", str(dave),
-               passphrase="right passphrase")
+    sent = cli(
+        "send", "erin", "the secret plans", "--profile", str(dave), passphrase="right passphrase"
+    )
     assert sent.returncode == 0, sent.stderr
     wrong = cli("search", "secret", "--profile", str(dave), passphrase="wrong passphrase")
     _one_line_error(wrong, "wrong passphrase")
@@ -201,7 +228,8 @@ def test_archive_cli_refuses_clearly(
     p = ("--profile", str(alice))
     _one_line_error(
         _with_archive_passphrase(ARCHIVE_PASSPHRASE, "export", "--out", str(archive), *p),
-        "already exists", "--force",
+        "already exists",
+        "--force",
     )
     assert archive.read_text() == "my notes"
     _one_line_error(
@@ -212,8 +240,7 @@ def test_archive_cli_refuses_clearly(
         _with_archive_passphrase("short", "export", "--out", str(archive), "--force", *p),
         "at least 8",
     )
-    _one_line_error(cli("export", "--out", str(tmp_path / "x.obrolan"), *p),
-                    ARCHIVE_PASSPHRASE_ENV)
+    _one_line_error(cli("export", "--out", str(tmp_path / "x.obrolan"), *p), ARCHIVE_PASSPHRASE_ENV)
     forced = _with_archive_passphrase(
         ARCHIVE_PASSPHRASE, "export", "--out", str(archive), "--force", *p
     )

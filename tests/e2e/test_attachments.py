@@ -108,7 +108,11 @@ async def worker(*args: str, failpoints: str = "") -> subprocess.CompletedProces
     return await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "tests.support.attachment_worker", *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=WORKER_GUARD_SECONDS,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=WORKER_GUARD_SECONDS,
         check=False,
     )
 
@@ -146,9 +150,11 @@ async def test_client_sends_a_20_mib_file_that_arrives_identical_and_leaves_the_
     assert original.read_bytes()[: 64 * 1024] not in on_server  # only ciphertext is there
 
     # It travels inside an end-to-end message: the record survives its encoding.
-    carried = content.decode_content(content.encode(content.Text(
-        message_id="m" * 22, sent_at_ms=1, text="", attachment=attachment
-    )))
+    carried = content.decode_content(
+        content.encode(
+            content.Text(message_id="m" * 22, sent_at_ms=1, text="", attachment=attachment)
+        )
+    )
     assert isinstance(carried, content.Text) and carried.attachment == attachment
     stored = await fetch(bob, attachment)
     assert stored == bob.profile_dir / "attachments" / attachment.blob_id
@@ -168,8 +174,9 @@ async def test_client_memory_stays_flat_from_2_to_20_mib(
     for size in (2 * MIB, 20 * MIB):
         original = random_file(tmp_path / f"{size}.bin", size)
         out = tmp_path / f"{size}.out"
-        done = await worker("round-trip", str(alice.profile_dir), str(bob.profile_dir),
-                            str(original), str(out))
+        done = await worker(
+            "round-trip", str(alice.profile_dir), str(bob.profile_dir), str(original), str(out)
+        )
         assert done.returncode == 0, done.stderr
         assert digest(out) == digest(original)
         peaks[size] = json.loads(done.stdout)["max_rss_kib"] * 1024
@@ -182,8 +189,15 @@ async def test_client_resumes_an_upload_killed_half_way(
     """After a SIGKILL mid-upload, the next upload sends only what the server lacks."""
     alice, bob = alice_bob
     original = random_file(tmp_path / "big.bin", 6 * MIB)
-    killed = await worker("upload", str(alice.profile_dir), str(original), "bob", bob.device_id,
-                          str(tmp_path / "unused.json"), failpoints="attachments.after_batch")
+    killed = await worker(
+        "upload",
+        str(alice.profile_dir),
+        str(original),
+        "bob",
+        bob.device_id,
+        str(tmp_path / "unused.json"),
+        failpoints="attachments.after_batch",
+    )
     assert killed.returncode == -9, killed.stderr
     (record,) = (alice.profile_dir / "uploads").glob("*.json")
     pending = msgspec.json.decode(record.read_bytes(), type=PendingUpload)
@@ -212,8 +226,12 @@ async def test_client_resumes_a_download_killed_half_way(
     original = random_file(tmp_path / "big.bin", 3 * MIB)
     attachment = await send(alice, bob, original)
     (tmp_path / "attachment.json").write_bytes(content.encode(attachment))
-    killed = await worker("download", str(bob.profile_dir), str(tmp_path / "attachment.json"),
-                          failpoints="attachments.after_piece")
+    killed = await worker(
+        "download",
+        str(bob.profile_dir),
+        str(tmp_path / "attachment.json"),
+        failpoints="attachments.after_piece",
+    )
     assert killed.returncode == -9, killed.stderr
     partial = bob.profile_dir / "attachments" / f"{attachment.blob_id}.part"
     had = partial.stat().st_size

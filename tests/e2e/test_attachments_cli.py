@@ -31,7 +31,9 @@ def test_cli_file_is_fetched_at_once_when_small_and_decrypts_identically(
     alice, bob = two
     original = tmp_path / "notes.bin"
     original.write_bytes(os.urandom(300_000))
-    sent = cli("send", "bob", "here are the notes", "--file", str(original), "--profile", str(alice))
+    sent = cli(
+        "send", "bob", "here are the notes", "--file", str(original), "--profile", str(alice)
+    )
     assert sent.returncode == 0, sent.stderr
     assert len(_blobs_on_server(server)) == 1
 
@@ -69,7 +71,9 @@ def test_cli_large_file_waits_for_download_and_a_delete_releases_it(
     assert gone["deleted"] is True and gone["attachment"] is None
 
 
-def test_cli_send_missing_file_fails_clearly(cli: Cli, two: tuple[Path, Path], tmp_path: Path) -> None:
+def test_cli_send_missing_file_fails_clearly(
+    cli: Cli, two: tuple[Path, Path], tmp_path: Path
+) -> None:
     """A file that is not there is one line, and nothing is queued."""
     alice, _ = two
     result = cli("send", "bob", "--file", str(tmp_path / "nope.bin"), "--profile", str(alice))

@@ -31,7 +31,8 @@ async def test_clients_exchange_messages_both_ways(pair: tuple[Client, Client]) 
 
 
 async def test_offline_recipient_gets_message_on_connect_and_mailbox_empties(
-    server, pair: tuple[Client, Client]  # type: ignore[no-untyped-def]
+    server,
+    pair: tuple[Client, Client],  # type: ignore[no-untyped-def]
 ) -> None:
     """A message to an offline device waits on the server, arrives on connect, then is deleted."""
     alice, bob = pair
@@ -59,7 +60,8 @@ async def test_live_delivery_streams_to_a_listening_client(pair: tuple[Client, C
 
 
 async def test_server_never_sees_plaintext_and_keeps_no_ciphertext_after_ack(
-    server, pair: tuple[Client, Client]  # type: ignore[no-untyped-def]
+    server,
+    pair: tuple[Client, Client],  # type: ignore[no-untyped-def]
 ) -> None:
     """100 marked messages: no marker on the server or in the devices' raw files; no ciphertext
     left on the server after acks."""
@@ -99,7 +101,9 @@ async def test_server_never_sees_plaintext_and_keeps_no_ciphertext_after_ack(
 
 
 async def test_disclose_after_chatting_holds_no_ciphertext_plaintext_or_contacts(
-    server, pair: tuple[Client, Client], cli: Cli  # type: ignore[no-untyped-def]
+    server,
+    pair: tuple[Client, Client],
+    cli: Cli,  # type: ignore[no-untyped-def]
 ) -> None:
     """`admin disclose` prints the account's keys and days, and nothing of the conversation."""
     alice, bob = pair

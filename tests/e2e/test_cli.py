@@ -27,7 +27,9 @@ def _one_line_error(result, *needles: str) -> None:  # type: ignore[no-untyped-d
         assert needle in lines[0], lines[0]
 
 
-def test_cli_tour_register_send_sync_history_contacts_whoami(cli: Cli, two: tuple[Path, Path]) -> None:
+def test_cli_tour_register_send_sync_history_contacts_whoami(
+    cli: Cli, two: tuple[Path, Path]
+) -> None:
     """The README's tour works end to end through the real command."""
     alice, bob = two
     sent = cli("send", "bob", "hello from the tour", "--profile", str(alice))
@@ -56,17 +58,28 @@ def test_cli_safety_numbers_match_on_both_sides(cli: Cli, two: tuple[Path, Path]
 def test_cli_send_to_unknown_user_fails_clearly(cli: Cli, two: tuple[Path, Path]) -> None:
     """Sending to a username nobody has is one line: unknown user."""
     alice, _ = two
-    _one_line_error(cli("send", "nobody", "hello?", "--profile", str(alice)), "unknown user: nobody")
+    _one_line_error(
+        cli("send", "nobody", "hello?", "--profile", str(alice)), "unknown user: nobody"
+    )
     history = cli("history", "nobody", "--json", "--profile", str(alice)).json()
     assert [m["state"] for m in history] == ["failed"]
 
 
 def test_cli_register_taken_username_fails_and_leaves_no_profile(
-    cli: Cli, two: tuple[Path, Path], profiles  # type: ignore[no-untyped-def]
+    cli: Cli,
+    two: tuple[Path, Path],
+    profiles,  # type: ignore[no-untyped-def]
 ) -> None:
     """A taken username is refused, and no half-made profile is left behind."""
-    result = cli("register", "alice", "--server", cli.server_url, "--profile", str(profiles("alice2")),
-                 "--no-passphrase")
+    result = cli(
+        "register",
+        "alice",
+        "--server",
+        cli.server_url,
+        "--profile",
+        str(profiles("alice2")),
+        "--no-passphrase",
+    )
     _one_line_error(result, "taken")
     assert not profiles("alice2").exists()
 
@@ -76,8 +89,15 @@ def test_cli_unreachable_server_fails_clearly(cli: Cli, profiles) -> None:  # ty
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    result = cli("register", "carol", "--server", f"http://127.0.0.1:{port}",
-                 "--profile", str(profiles("carol")), "--no-passphrase")
+    result = cli(
+        "register",
+        "carol",
+        "--server",
+        f"http://127.0.0.1:{port}",
+        "--profile",
+        str(profiles("carol")),
+        "--no-passphrase",
+    )
     _one_line_error(result, "cannot reach")
     assert not profiles("carol").exists()
 
@@ -85,8 +105,15 @@ def test_cli_unreachable_server_fails_clearly(cli: Cli, profiles) -> None:  # ty
 def test_cli_wrong_passphrase_fails_and_shows_nothing(cli: Cli, profiles) -> None:  # type: ignore[no-untyped-def]
     """A profile opened with the wrong passphrase says so and prints no history."""
     dave = profiles("dave")
-    made = cli("register", "dave", "--server", cli.server_url, "--profile", str(dave),
-               passphrase="right passphrase")
+    made = cli(
+        "register",
+        "dave",
+        "--server",
+        cli.server_url,
+        "--profile",
+        str(dave),
+        passphrase="right passphrase",
+    )
     assert made.returncode == 0, made.stderr
     assert cli("whoami", "--profile", str(dave), passphrase="right passphrase").returncode == 0
     result = cli("history", "alice", "--profile", str(dave), passphrase="wrong passphrase")
@@ -107,8 +134,15 @@ def test_cli_missing_profile_says_register_first(cli: Cli, profiles) -> None:  #
 
 def test_cli_refuses_plain_http_to_a_remote_host(cli: Cli, profiles) -> None:  # type: ignore[no-untyped-def]
     """Plain http to a non-loopback host is refused unless --insecure is given."""
-    result = cli("register", "frank", "--server", "http://chat.example.org",
-                 "--profile", str(profiles("frank")), "--no-passphrase")
+    result = cli(
+        "register",
+        "frank",
+        "--server",
+        "http://chat.example.org",
+        "--profile",
+        str(profiles("frank")),
+        "--no-passphrase",
+    )
     _one_line_error(result, "refusing plain http", "--insecure")
 
 
@@ -116,13 +150,23 @@ def test_cli_bad_arguments_exit_with_usage(cli: Cli) -> None:
     """Unknown verbs and missing arguments exit 2 with argparse's usage line."""
     assert cli("frobnicate").returncode == 2
     assert cli("send").returncode == 2
-    bad_name = cli("register", "Not Valid!", "--server", cli.server_url, "--no-passphrase",
-                   "--profile", "/tmp/never-created-obrolan")
+    bad_name = cli(
+        "register",
+        "Not Valid!",
+        "--server",
+        cli.server_url,
+        "--no-passphrase",
+        "--profile",
+        "/tmp/never-created-obrolan",
+    )
     _one_line_error(bad_name, "invalid username")
 
 
 def test_cli_warns_when_a_contacts_identity_key_changes(
-    server, cli: Cli, two: tuple[Path, Path], profiles  # type: ignore[no-untyped-def]
+    server,
+    cli: Cli,
+    two: tuple[Path, Path],
+    profiles,  # type: ignore[no-untyped-def]
 ) -> None:
     """If the operator hands bob's name to a new key, alice's client warns instead of trusting it."""
     alice, bob = two

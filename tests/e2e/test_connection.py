@@ -21,7 +21,9 @@ from tests.support.tls import SelfSignedCertificate
 
 
 def test_cli_over_tls_needs_a_trusted_certificate(
-    server_factory: Callable[..., ServerProcess], tmp_path: Path, profiles  # type: ignore[no-untyped-def]
+    server_factory: Callable[..., ServerProcess],
+    tmp_path: Path,
+    profiles,  # type: ignore[no-untyped-def]
 ) -> None:
     """https works with the server's CA given; without it the client refuses, in one line."""
     certificate = SelfSignedCertificate(tmp_path / "tls")
@@ -31,14 +33,30 @@ def test_cli_over_tls_needs_a_trusted_certificate(
     assert server.url.startswith("https://")
     cli = Cli(server.url)
 
-    untrusted = cli("register", "alice", "--server", server.url, "--profile",
-                    str(profiles("alice")), "--no-passphrase")
+    untrusted = cli(
+        "register",
+        "alice",
+        "--server",
+        server.url,
+        "--profile",
+        str(profiles("alice")),
+        "--no-passphrase",
+    )
     assert untrusted.returncode == 1
     assert "certificate" in untrusted.stderr and not profiles("alice").exists()
 
     for name in ("alice", "bob"):
-        made = cli("register", name, "--server", server.url, "--profile", str(profiles(name)),
-                   "--no-passphrase", "--ca-file", str(certificate.cert_path))
+        made = cli(
+            "register",
+            name,
+            "--server",
+            server.url,
+            "--profile",
+            str(profiles(name)),
+            "--no-passphrase",
+            "--ca-file",
+            str(certificate.cert_path),
+        )
         assert made.returncode == 0, made.stderr
     assert cli("requests", "accept", "alice", "--profile", str(profiles("bob"))).returncode == 0
     assert cli("send", "bob", "over tls", "--profile", str(profiles("alice"))).returncode == 0

@@ -30,7 +30,9 @@ def two(cli: Cli, profiles) -> tuple[Path, Path]:  # type: ignore[no-untyped-def
 
 
 def test_server_killed_after_ack_delivers_exactly_once_after_restart(
-    server, cli: Cli, two: tuple[Path, Path]  # type: ignore[no-untyped-def]
+    server,
+    cli: Cli,
+    two: tuple[Path, Path],  # type: ignore[no-untyped-def]
 ) -> None:
     """kill -9 the server after it acked an envelope: the recipient gets it once after restart."""
     alice, bob = two
@@ -46,23 +48,32 @@ def test_server_killed_after_ack_delivers_exactly_once_after_restart(
 
 @pytest.mark.parametrize("point", ["outbox.after_encrypt", "outbox.after_sent"])
 def test_sender_killed_with_message_in_outbox_delivers_exactly_once(
-    server, cli: Cli, two: tuple[Path, Path], point: str  # type: ignore[no-untyped-def]
+    server,
+    cli: Cli,
+    two: tuple[Path, Path],
+    point: str,  # type: ignore[no-untyped-def]
 ) -> None:
     """kill -9 the sender before the send, or after the server stored it: delivered once."""
     alice, bob = two
-    killed = cli("send", "bob", "written before the crash", "--profile", str(alice), failpoints=point)
+    killed = cli(
+        "send", "bob", "written before the crash", "--profile", str(alice), failpoints=point
+    )
     assert killed.returncode == KILLED
     history = cli("history", "bob", "--json", "--profile", str(alice)).json()
     assert [(m["text"], m["state"]) for m in history] == [("written before the crash", "queued")]
 
     assert cli("sync", "--profile", str(alice)).returncode == 0  # the restarted client resends
-    assert [m["state"] for m in cli("history", "bob", "--json", "--profile", str(alice)).json()] == ["sent"]
+    assert [
+        m["state"] for m in cli("history", "bob", "--json", "--profile", str(alice)).json()
+    ] == ["sent"]
     assert _texts(cli("sync", "--json", "--profile", str(bob))) == ["written before the crash"]
     assert _texts(cli("sync", "--json", "--profile", str(bob))) == []
 
 
 def test_sender_with_server_down_keeps_message_and_sends_it_later(
-    server, cli: Cli, two: tuple[Path, Path]  # type: ignore[no-untyped-def]
+    server,
+    cli: Cli,
+    two: tuple[Path, Path],  # type: ignore[no-untyped-def]
 ) -> None:
     """`send` while the server is down says so and keeps the message; a later sync delivers it."""
     alice, bob = two
@@ -84,7 +95,11 @@ def test_sender_with_server_down_keeps_message_and_sends_it_later(
     ],
 )
 def test_receiver_killed_before_ack_shows_message_once_and_session_still_works(
-    server, cli: Cli, two: tuple[Path, Path], point: str, shown_after_restart: list[str]  # type: ignore[no-untyped-def]
+    server,
+    cli: Cli,
+    two: tuple[Path, Path],
+    point: str,
+    shown_after_restart: list[str],  # type: ignore[no-untyped-def]
 ) -> None:
     """kill -9 the recipient after decrypting, before acking: shown once, next messages decrypt."""
     alice, bob = two
@@ -93,7 +108,9 @@ def test_receiver_killed_before_ack_shows_message_once_and_session_still_works(
     assert mailbox_rows(server.data_dir, to="bob") == 1  # never acked
 
     assert _texts(cli("sync", "--json", "--profile", str(bob))) == shown_after_restart
-    assert [m["text"] for m in cli("history", "alice", "--json", "--profile", str(bob)).json()] == ["first"]
+    assert [m["text"] for m in cli("history", "alice", "--json", "--profile", str(bob)).json()] == [
+        "first"
+    ]
 
     assert cli("send", "bob", "second", "--profile", str(alice)).returncode == 0
     assert _texts(cli("sync", "--json", "--profile", str(bob))) == ["second"]

@@ -23,13 +23,20 @@ from obrolan.protocol.codes import ErrorCode
 from tests.e2e.conftest import mailbox_rows
 
 
-async def link(server, profiles: Callable[[str], Path], existing: Client, name: str,
-               *, with_history: bool = False) -> Client:  # type: ignore[no-untyped-def]
+async def link(
+    server,
+    profiles: Callable[[str], Path],
+    existing: Client,
+    name: str,
+    *,
+    with_history: bool = False,
+) -> Client:  # type: ignore[no-untyped-def]
     """A new device of ``existing``'s account, linked and approved in process."""
     codes: asyncio.Queue[LinkCode] = asyncio.Queue()
     linking = asyncio.create_task(
-        Client.link(profiles(name), server.url, existing.username, None, codes.put_nowait,
-                    device_name=name)
+        Client.link(
+            profiles(name), server.url, existing.username, None, codes.put_nowait, device_name=name
+        )
     )
     code = await asyncio.wait_for(codes.get(), 15)
     await existing.approve(str(code), with_history=with_history)
@@ -59,8 +66,11 @@ async def test_messages_reach_every_device_of_both_people(server, profiles, pair
         await laptop.flush(30)
         await bob.sync()
         await phone.sync()
-        expected = [("bob", "hello alice"), ("alice", "hi from my phone"),
-                    ("alice", "and from my laptop")]
+        expected = [
+            ("bob", "hello alice"),
+            ("alice", "hi from my phone"),
+            ("alice", "and from my laptop"),
+        ]
         assert texts(laptop, "bob") == expected
         assert texts(phone, "bob") == expected
         assert texts(bob, "alice") == expected
@@ -71,7 +81,9 @@ async def test_messages_reach_every_device_of_both_people(server, profiles, pair
 
 
 async def test_a_linked_device_starts_with_the_contacts_and_their_settings(
-    server, profiles, pair  # type: ignore[no-untyped-def]
+    server,
+    profiles,
+    pair,  # type: ignore[no-untyped-def]
 ) -> None:
     """Linked without history, the phone still knows whom alice talks to: bob's accepted
     conversation with its timer, carol's key (her unanswered request stays with its
@@ -95,8 +107,11 @@ async def test_a_linked_device_starts_with_the_contacts_and_their_settings(
         await dave.close()
     try:
         pins = {c.username: c.identity_key for c in phone.contacts()}
-        assert pins == {"bob": bob.account_key, "carol": carol.account_key,
-                        "dave": dave.account_key}
+        assert pins == {
+            "bob": bob.account_key,
+            "carol": carol.account_key,
+            "dave": dave.account_key,
+        }
         assert phone.timer("bob") == 3600
         assert phone.requests() == [] and phone.blocked() == ["dave"]
         await bob.sync()  # bob's next connection reads alice's list, with the phone
@@ -109,7 +124,9 @@ async def test_a_linked_device_starts_with_the_contacts_and_their_settings(
 
 
 async def test_what_the_user_decides_about_a_contact_reaches_their_other_devices(
-    server, profiles, pair  # type: ignore[no-untyped-def]
+    server,
+    profiles,
+    pair,  # type: ignore[no-untyped-def]
 ) -> None:
     """alice verifies bob and blocks carol on her laptop: her phone does the same; she
     unblocks carol on the phone: the laptop follows (spec §18.1)."""
@@ -131,7 +148,8 @@ async def test_what_the_user_decides_about_a_contact_reaches_their_other_devices
             assert pinned.verified and pinned.identity_key == bob.account_key
             assert phone.blocked() == ["carol"]
             assert f"you verified bob's account key on your device {laptop.device_id}" in [
-                m.text for m in phone.history("bob")]
+                m.text for m in phone.history("bob")
+            ]
 
             phone.block("carol", blocked=False)
             await phone.flush(30)
@@ -148,7 +166,8 @@ async def test_what_the_user_decides_about_a_contact_reaches_their_other_devices
 
 
 async def test_a_decision_made_offline_reaches_the_other_devices_with_the_next_connection(
-    server, profiles  # type: ignore[no-untyped-def]
+    server,
+    profiles,  # type: ignore[no-untyped-def]
 ) -> None:
     """`obrolan block` works offline: it opens no connection, and the update leaves with
     the next command that goes online."""
@@ -173,7 +192,9 @@ async def test_a_decision_made_offline_reaches_the_other_devices_with_the_next_c
 
 
 async def test_contacts_beyond_the_answers_room_are_left_out_least_recent_first(
-    server, profiles, pair  # type: ignore[no-untyped-def]
+    server,
+    profiles,
+    pair,  # type: ignore[no-untyped-def]
 ) -> None:
     """3,000 contacts do not fit a link answer: the approval still goes through, within the
     server's limit, carrying the contacts alice talked to last and leaving out the rest."""
@@ -185,9 +206,11 @@ async def test_contacts_beyond_the_answers_room_are_left_out_least_recent_first(
     await bob.flush(30)
     await laptop.sync()
     codes: asyncio.Queue[LinkCode] = asyncio.Queue()
-    linking = asyncio.create_task(Client.link(
-        profiles("phone"), server.url, "alice", None, codes.put_nowait, device_name="phone"
-    ))
+    linking = asyncio.create_task(
+        Client.link(
+            profiles("phone"), server.url, "alice", None, codes.put_nowait, device_name="phone"
+        )
+    )
     approval = await laptop.approve(str(await asyncio.wait_for(codes.get(), 15)))
     phone = await asyncio.wait_for(linking, 15)
     try:
@@ -201,7 +224,8 @@ async def test_contacts_beyond_the_answers_room_are_left_out_least_recent_first(
 
 
 async def test_approving_past_the_servers_device_limit_is_refused_before_anything_changes(
-    server_factory, profiles  # type: ignore[no-untyped-def]
+    server_factory,
+    profiles,  # type: ignore[no-untyped-def]
 ) -> None:
     """With --max-devices 2, alice's laptop links a phone, then refuses a tablet with a
     message that says what to do; her list still holds two devices."""
@@ -211,9 +235,16 @@ async def test_approving_past_the_servers_device_limit_is_refused_before_anythin
         phone = await link(server, profiles, laptop, "phone")
         await phone.close()
         codes: asyncio.Queue[LinkCode] = asyncio.Queue()
-        waiting = asyncio.create_task(Client.link(
-            profiles("tablet"), server.url, "alice", None, codes.put_nowait, device_name="tablet"
-        ))
+        waiting = asyncio.create_task(
+            Client.link(
+                profiles("tablet"),
+                server.url,
+                "alice",
+                None,
+                codes.put_nowait,
+                device_name="tablet",
+            )
+        )
         code = await asyncio.wait_for(codes.get(), 15)
         with pytest.raises(ConfigError, match="has 2 devices, the most this server allows"):
             await laptop.approve(str(code))
@@ -251,7 +282,9 @@ async def test_a_removed_device_gets_nothing_new(server, profiles, pair) -> None
         await phone.close()
 
 
-async def test_link_codes_that_are_wrong_reused_or_for_another_account(server, profiles, pair) -> None:  # type: ignore[no-untyped-def]
+async def test_link_codes_that_are_wrong_reused_or_for_another_account(
+    server, profiles, pair
+) -> None:  # type: ignore[no-untyped-def]
     laptop, bob = pair
     codes: asyncio.Queue[LinkCode] = asyncio.Queue()
     linking = asyncio.create_task(
@@ -309,7 +342,10 @@ def blob_rows(data_dir: Path) -> int:
 
 
 async def test_a_contacts_new_device_is_encrypted_to_once_the_list_is_looked_at_again(
-    server, profiles, pair, monkeypatch  # type: ignore[no-untyped-def]
+    server,
+    profiles,
+    pair,
+    monkeypatch,  # type: ignore[no-untyped-def]
 ) -> None:
     """alice stays connected while bob adds a phone; her next look at bob's list finds it."""
     alice, bob = pair

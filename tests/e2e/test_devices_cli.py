@@ -36,8 +36,17 @@ def test_devices_list_rename_and_remove(cli: Cli, profiles) -> None:  # type: ig
     assert refused.returncode == 1 and "the device you are using" in refused.stderr
     too_long = cli("devices", "rename", me["device_id"], "x" * 65, "--profile", str(laptop))
     assert too_long.returncode == 1 and "1 to 64 characters" in too_long.stderr
-    unnamed = cli("register", "bob", "--server", cli.server_url, "--name", " ",
-                  "--profile", str(profiles("bob")), "--no-passphrase")
+    unnamed = cli(
+        "register",
+        "bob",
+        "--server",
+        cli.server_url,
+        "--name",
+        " ",
+        "--profile",
+        str(profiles("bob")),
+        "--no-passphrase",
+    )
     assert unnamed.returncode == 1 and "1 to 64 characters" in unnamed.stderr
     assert not (profiles("bob") / "profile.json").exists()
     unknown = cli("devices", "remove", "nosuchdevice", "--profile", str(laptop))
@@ -57,14 +66,38 @@ def test_recover_rotate_and_trust(cli: Cli, profiles) -> None:  # type: ignore[n
     assert new_code is not None and new_code[1] != first_code
     shutil.rmtree(alice)
 
-    stale = cli("recover", "alice", "--server", cli.server_url, "--profile", str(alice),
-                "--no-passphrase", env_extra={"OBROLAN_RECOVERY_CODE": first_code})
+    stale = cli(
+        "recover",
+        "alice",
+        "--server",
+        cli.server_url,
+        "--profile",
+        str(alice),
+        "--no-passphrase",
+        env_extra={"OBROLAN_RECOVERY_CODE": first_code},
+    )
     assert stale.returncode == 1 and "recovery code is wrong" in stale.stderr
-    malformed = cli("recover", "alice", "--server", cli.server_url, "--profile", str(alice),
-                    "--no-passphrase", env_extra={"OBROLAN_RECOVERY_CODE": "letmein"})
+    malformed = cli(
+        "recover",
+        "alice",
+        "--server",
+        cli.server_url,
+        "--profile",
+        str(alice),
+        "--no-passphrase",
+        env_extra={"OBROLAN_RECOVERY_CODE": "letmein"},
+    )
     assert malformed.returncode == 1 and "24 letters" in malformed.stderr
-    recovered = cli("recover", "alice", "--server", cli.server_url, "--profile", str(alice),
-                    "--no-passphrase", env_extra={"OBROLAN_RECOVERY_CODE": new_code[1]})
+    recovered = cli(
+        "recover",
+        "alice",
+        "--server",
+        cli.server_url,
+        "--profile",
+        str(alice),
+        "--no-passphrase",
+        env_extra={"OBROLAN_RECOVERY_CODE": new_code[1]},
+    )
     assert recovered.returncode == 0, recovered.stderr
     assert "account key changed" in recovered.stdout and CODE.search(recovered.stdout)
 
@@ -82,8 +115,9 @@ def test_group_verbs(cli: Cli, profiles) -> None:  # type: ignore[no-untyped-def
     alice, bob = profiles("alice"), profiles("bob")
     register(cli, "alice", alice)
     register(cli, "bob", bob)
-    created = cli("group", "create", "Book club", "--members", "bob", "--json",
-                  "--profile", str(alice))
+    created = cli(
+        "group", "create", "Book club", "--members", "bob", "--json", "--profile", str(alice)
+    )
     assert created.returncode == 0, created.stderr
     group_id = created.json()["group_id"]  # type: ignore[index]
     assert cli("sync", "--profile", str(bob)).returncode == 0
@@ -93,8 +127,18 @@ def test_group_verbs(cli: Cli, profiles) -> None:  # type: ignore[no-untyped-def
     assert posted.returncode == 0, posted.stderr
     synced = cli("sync", "--profile", str(alice))
     assert f"#{group_id[:8]} bob" in synced.stdout and "chapter one is great" in synced.stdout
-    muted = cli("group", "mute", "Book club", "bob", "--for", "1h", "--reason", "spoilers",
-                "--profile", str(alice))
+    muted = cli(
+        "group",
+        "mute",
+        "Book club",
+        "bob",
+        "--for",
+        "1h",
+        "--reason",
+        "spoilers",
+        "--profile",
+        str(alice),
+    )
     assert muted.returncode == 0, muted.stderr
     assert cli("sync", "--profile", str(bob)).returncode == 0
     refused = cli("send", "--group", "Book club", "chapter two…", "--profile", str(bob))
@@ -111,9 +155,23 @@ def test_link_shows_a_qr_code_and_the_code(cli: Cli, profiles) -> None:  # type:
     register(cli, "alice", profiles("laptop"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("OBROLAN_")}
     waiting = subprocess.Popen(
-        [sys.executable, "-m", "obrolan", "link", "--user", "alice", "--server", cli.server_url,
-         "--profile", str(profiles("phone")), "--no-passphrase"],
-        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "obrolan",
+            "link",
+            "--user",
+            "alice",
+            "--server",
+            cli.server_url,
+            "--profile",
+            str(profiles("phone")),
+            "--no-passphrase",
+        ],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
     try:
@@ -135,28 +193,51 @@ def test_group_moderation_verbs(cli: Cli, profiles) -> None:  # type: ignore[no-
     alice, bob, carol = profiles("alice"), profiles("bob"), profiles("carol")
     for name, profile in (("alice", alice), ("bob", bob), ("carol", carol)):
         register(cli, name, profile)
-    assert cli("group", "create", "Club", "--members", "bob", "--profile", str(alice)).returncode == 0
+    assert (
+        cli("group", "create", "Club", "--members", "bob", "--profile", str(alice)).returncode == 0
+    )
     link = cli("group", "invite", "Club", "--expires", "1h", "--profile", str(alice)).stdout.strip()
     assert link.startswith("obrolan://join?")
     assert cli("group", "join", link, "--profile", str(carol)).returncode == 0
     assert cli("sync", "--profile", str(alice)).returncode == 0
     assert cli("group", "requests", "Club", "--profile", str(alice)).stdout.split() == ["carol"]
-    approved = cli("group", "approve", "Club", "carol", "--reason", "friend", "--profile", str(alice))
+    approved = cli(
+        "group", "approve", "Club", "carol", "--reason", "friend", "--profile", str(alice)
+    )
     assert approved.returncode == 0, approved.stderr
     for profile in (bob, carol):
         assert cli("sync", "--profile", str(profile)).returncode == 0
     assert cli("send", "--group", "Club", "rude words", "--profile", str(bob)).returncode == 0
     assert cli("sync", "--profile", str(carol)).returncode == 0
-    [rude] = [m for m in cli("group", "history", "Club", "--json", "--profile", str(carol)).json()
-              if m["text"] == "rude words"]  # type: ignore[index, union-attr]
-    reported = cli("group", "report", "Club", rude["message_id"][:8], "--reason", "insults",
-                   "--profile", str(carol))
+    [rude] = [
+        m
+        for m in cli("group", "history", "Club", "--json", "--profile", str(carol)).json()
+        if m["text"] == "rude words"
+    ]  # type: ignore[index, union-attr]
+    reported = cli(
+        "group",
+        "report",
+        "Club",
+        rude["message_id"][:8],
+        "--reason",
+        "insults",
+        "--profile",
+        str(carol),
+    )
     assert reported.returncode == 0 and "reported to 1 admin" in reported.stdout
     assert cli("sync", "--profile", str(alice)).returncode == 0
     reports = cli("group", "reports", "Club", "--profile", str(alice))
     assert "carol reported bob" in reports.stdout and "signature verified" in reports.stdout
-    deleted = cli("group", "delete", "Club", rude["message_id"][:8], "--reason", "insults",
-                  "--profile", str(alice))
+    deleted = cli(
+        "group",
+        "delete",
+        "Club",
+        rude["message_id"][:8],
+        "--reason",
+        "insults",
+        "--profile",
+        str(alice),
+    )
     assert deleted.returncode == 0, deleted.stderr
     # bob leaves before his device learns of the deletion: two updates at the same seq.
     # The owner's counts everywhere; bob's device makes his leaving again on top of it.
@@ -172,14 +253,17 @@ def test_group_moderation_verbs(cli: Cli, profiles) -> None:  # type: ignore[no-
 
 
 def test_a_group_update_stored_before_a_crash_is_applied_on_the_next_run(
-    cli: Cli, profiles  # type: ignore[no-untyped-def]
+    cli: Cli,
+    profiles,  # type: ignore[no-untyped-def]
 ) -> None:
     """bob's device is killed right after it stored the group's state and before it
     applied it; the next run applies it (it was acked, so the server has it no more)."""
     alice, bob = profiles("alice"), profiles("bob")
     register(cli, "alice", alice)
     register(cli, "bob", bob)
-    assert cli("group", "create", "Club", "--members", "bob", "--profile", str(alice)).returncode == 0
+    assert (
+        cli("group", "create", "Club", "--members", "bob", "--profile", str(alice)).returncode == 0
+    )
     killed = cli("sync", "--profile", str(bob), failpoints="inbox.after_store")
     assert killed.returncode == -9
     assert cli("group", "info", "Club", "--profile", str(bob)).returncode == 1  # not applied yet
@@ -189,18 +273,34 @@ def test_a_group_update_stored_before_a_crash_is_applied_on_the_next_run(
 
 
 def test_link_and_recover_without_a_terminal_say_what_to_give(cli: Cli, profiles) -> None:  # type: ignore[no-untyped-def]
-    linked = cli("link", "--server", cli.server_url, "--profile", str(profiles("x")),
-                 "--no-passphrase")
+    linked = cli(
+        "link", "--server", cli.server_url, "--profile", str(profiles("x")), "--no-passphrase"
+    )
     assert linked.returncode == 1 and "--user" in linked.stderr
-    recovered = cli("recover", "alice", "--server", cli.server_url,
-                    "--profile", str(profiles("y")), "--no-passphrase")
+    recovered = cli(
+        "recover",
+        "alice",
+        "--server",
+        cli.server_url,
+        "--profile",
+        str(profiles("y")),
+        "--no-passphrase",
+    )
     assert recovered.returncode == 1 and "OBROLAN_RECOVERY_CODE" in recovered.stderr
 
 
 def test_a_link_code_that_expires_unapproved_says_so(server_factory, profiles) -> None:  # type: ignore[no-untyped-def]
     server = server_factory("--link-ttl", "1")
-    waited = Cli(server.url)("link", "--user", "alice", "--server", server.url,
-                             "--profile", str(profiles("phone")), "--no-passphrase")
+    waited = Cli(server.url)(
+        "link",
+        "--user",
+        "alice",
+        "--server",
+        server.url,
+        "--profile",
+        str(profiles("phone")),
+        "--no-passphrase",
+    )
     assert waited.returncode == 1, waited.stderr
     assert "expired" in waited.stderr and "obrolan link" in waited.stderr
     assert not (profiles("phone") / "profile.json").exists()

@@ -60,8 +60,11 @@ async def crowd(server, profiles: Callable[[str], Path]) -> AsyncIterator[Crowd]
 
 
 def texts(client: Client, group_id: str) -> list[str]:
-    return [m.text for m in client.groups.history(group_id)
-            if m.state is not MessageState.NOTICE and not m.deleted]
+    return [
+        m.text
+        for m in client.groups.history(group_id)
+        if m.state is not MessageState.NOTICE and not m.deleted
+    ]
 
 
 def notices(client: Client, group_id: str) -> list[str]:
@@ -127,16 +130,19 @@ async def test_admin_tools_are_enforced_by_every_client_and_logged(crowd: Crowd,
     spam = find(carol, group_id, "spam spam spam")
 
     with pytest.raises(GroupError, match="not an admin"):  # a member cannot delete others'
-        await carol.groups.act(group_id, groups.DeleteMessage(sender="bob",
-                                                              message_id=spam.message_id))
-    await alice.groups.act(group_id, groups.DeleteMessage(sender="bob", message_id=spam.message_id),
-                           "off-topic")
+        await carol.groups.act(
+            group_id, groups.DeleteMessage(sender="bob", message_id=spam.message_id)
+        )
+    await alice.groups.act(
+        group_id, groups.DeleteMessage(sender="bob", message_id=spam.message_id), "off-topic"
+    )
     await alice.groups.act(group_id, groups.Mute(user="carol", until_ms=2**41), "flooding")
     # bob is offline when only admins may post from now on; his device posts before it
     # learns of it. Every receiver applies the rule anyway and hides the message.
     await bob.close()
     await alice.groups.act(
-        group_id, groups.SetSettings(settings=groups.GroupSettings(who_can_post="admins")),
+        group_id,
+        groups.SetSettings(settings=groups.GroupSettings(who_can_post="admins")),
         "announcements only",
     )
     await alice.flush(30)
@@ -165,8 +171,9 @@ async def test_invite_with_approval_and_a_verified_report(crowd: Crowd) -> None:
     link_text = await alice.groups.invite(group_id, 3600)
     assert await frank.groups.join(link_text) == group_id
     await crowd.sync("frank", "alice")
-    assert alice.groups.join_requests(group_id) == [("frank", link_text.split("invite=")[1]
-                                                     .split("&")[0])]
+    assert alice.groups.join_requests(group_id) == [
+        ("frank", link_text.split("invite=")[1].split("&")[0])
+    ]
     with pytest.raises(GroupError):
         frank.groups.view(group_id)  # not in yet
     await alice.groups.approve(group_id, "frank", "a friend of dave")
@@ -176,12 +183,17 @@ async def test_invite_with_approval_and_a_verified_report(crowd: Crowd) -> None:
     await crowd["bob"].groups.send(group_id, "buy cheap pills here")
     await crowd.sync()
     assert texts(dave, group_id) == ["thanks for having me", "buy cheap pills here"]
-    assert await dave.groups.report(group_id, find(dave, group_id, "buy cheap pills here"),
-                                    "spam") == 1
+    assert (
+        await dave.groups.report(group_id, find(dave, group_id, "buy cheap pills here"), "spam")
+        == 1
+    )
     await crowd.sync("dave", "alice")
     [report] = alice.groups.reports(group_id)
     assert (report.reporter, report.sender, report.reason, report.verified) == (
-        "dave", "bob", "spam", True
+        "dave",
+        "bob",
+        "spam",
+        True,
     )
     assert report.text == "buy cheap pills here"
     assert any("alice approved frank" in e for _, _, e in alice.groups.log(group_id))
@@ -227,8 +239,9 @@ async def test_a_group_message_costs_one_encryption_and_one_upload(server, profi
             before = len(recorder.sent_by_clients)
             await alice.groups.send(group_id, "second")
             await alice.flush(30)
-            uploads = [f for f in recorder.sent_by_clients[before:]
-                       if f["type"] in ("send", "send_multi")]
+            uploads = [
+                f for f in recorder.sent_by_clients[before:] if f["type"] in ("send", "send_multi")
+            ]
             assert [f["type"] for f in uploads] == ["send_multi"]
             assert len(uploads[0]["envelope"]["recipients"]) == len(members)
             for client in clients[1:]:
@@ -242,8 +255,9 @@ async def test_a_group_message_costs_one_encryption_and_one_upload(server, profi
 async def test_without_approval_the_inviting_device_alone_lets_people_in(crowd: Crowd) -> None:
     group_id = await make_group(crowd)
     alice, phone, frank = crowd["alice"], crowd["alice-phone"], crowd["frank"]
-    await alice.groups.act(group_id, groups.SetSettings(settings=groups.GroupSettings(
-        approval=False)))
+    await alice.groups.act(
+        group_id, groups.SetSettings(settings=groups.GroupSettings(approval=False))
+    )
     link_text = await alice.groups.invite(group_id, 3600)
     await crowd.sync()
     await frank.groups.join(link_text)
@@ -257,7 +271,8 @@ async def test_without_approval_the_inviting_device_alone_lets_people_in(crowd: 
 
 
 async def test_a_group_larger_than_the_servers_recipient_limit_takes_several_uploads(
-    server_factory, profiles  # type: ignore[no-untyped-def]
+    server_factory,
+    profiles,  # type: ignore[no-untyped-def]
 ) -> None:
     server = server_factory("--max-recipients", "2")
     members = [f"member{n}" for n in range(5)]
@@ -283,12 +298,17 @@ async def test_a_group_larger_than_the_servers_recipient_limit_takes_several_upl
 
 
 async def test_the_server_never_holds_group_state_device_names_or_history_in_the_clear(
-    server, profiles  # type: ignore[no-untyped-def]
+    server,
+    profiles,  # type: ignore[no-untyped-def]
 ) -> None:
     """Markers in a group's title, rules and messages, a mute's reason, a report, a device's
     name and a history transfer: none is ever in the server's files, even while queued."""
-    markers = {name: f"MARK{name.upper()}{n:03d}x" for n, name in enumerate(
-        ("title", "rules", "message", "reason", "report", "device", "history"))}
+    markers = {
+        name: f"MARK{name.upper()}{n:03d}x"
+        for n, name in enumerate(
+            ("title", "rules", "message", "reason", "report", "device", "history")
+        )
+    }
     alice = await Client.register(profiles("alice"), server.url, "alice", None)
     bob = await Client.register(profiles("bob"), server.url, "bob", None)
     carol = await Client.register(profiles("carol"), server.url, "carol", None)
@@ -329,8 +349,9 @@ async def test_the_server_never_holds_group_state_device_names_or_history_in_the
         await carol.sync(60)
         await alice.sync(60)
         await alice.groups.act(group_id, groups.Mute(user="bob", until_ms=2**41), markers["reason"])
-        await carol.groups.report(group_id, find(carol, group_id, markers["message"]),
-                                  markers["report"])
+        await carol.groups.report(
+            group_id, find(carol, group_id, markers["message"]), markers["report"]
+        )
         await carol.flush(30)
         assert leaked() == []
         phone = await link(server, profiles, alice, markers["device"], with_history=True)
@@ -366,7 +387,9 @@ async def test_the_group_key_is_replaced_after_the_configured_number_of_messages
 
 
 async def test_a_members_newly_linked_device_gets_the_groups_and_their_messages(
-    crowd: Crowd, server, profiles  # type: ignore[no-untyped-def]
+    crowd: Crowd,
+    server,
+    profiles,  # type: ignore[no-untyped-def]
 ) -> None:
     group_id = await make_group(crowd)
     bob = crowd["bob"]
@@ -391,8 +414,9 @@ async def test_two_changes_at_the_same_time_end_the_same_everywhere(crowd: Crowd
     await carol.groups.act(group_id, groups.Mute(user="erin", until_ms=2**41), "flooding")
     await crowd.sync()
     await crowd.sync()
-    heads = {name: crowd[name].groups.view(group_id).head for name in crowd.clients
-             if name != "frank"}
+    heads = {
+        name: crowd[name].groups.view(group_id).head for name in crowd.clients if name != "frank"
+    }
     assert len(set(heads.values())) == 1, heads
     view = crowd["bob"].groups.view(group_id)
     assert view.rules == "no spoilers" and view.members["erin"].muted_until_ms == 2**41

@@ -38,27 +38,40 @@ async def everyone_syncs(clients: list[Client]) -> None:
 
 
 def warnings(client: Client, group_id: str) -> list[str]:
-    return [m.text for m in client.groups.history(group_id)
-            if m.state is MessageState.NOTICE and m.text.startswith("⚠")]
+    return [
+        m.text
+        for m in client.groups.history(group_id)
+        if m.state is MessageState.NOTICE and m.text.startswith("⚠")
+    ]
 
 
 def texts(client: Client, group_id: str) -> list[str]:
     return [m.text for m in client.groups.history(group_id) if m.state is not MessageState.NOTICE]
 
 
-async def send_state(attacker: Client, to: list[str], group_id: str,
-                     updates: list[groups.SignedGroupUpdate]) -> None:
+async def send_state(
+    attacker: Client, to: list[str], group_id: str, updates: list[groups.SignedGroupUpdate]
+) -> None:
     """The attacker's device sends signed updates of its choosing, end to end."""
     with attacker._store.transaction():
         for username in to:
-            attacker.queue_olm(username, content.GroupState(
-                message_id=new_id(), sent_at_ms=now_ms(), group_id=group_id, updates=updates,
-            ), None)
+            attacker.queue_olm(
+                username,
+                content.GroupState(
+                    message_id=new_id(),
+                    sent_at_ms=now_ms(),
+                    group_id=group_id,
+                    updates=updates,
+                ),
+                None,
+            )
     await attacker.flush(30)
 
 
 @pytest.fixture
-async def setting(server, profiles: Callable[[str], Path]) -> AsyncIterator[tuple[MaliciousServer, dict[str, Client], str]]:  # type: ignore[no-untyped-def]
+async def setting(
+    server, profiles: Callable[[str], Path]
+) -> AsyncIterator[tuple[MaliciousServer, dict[str, Client], str]]:  # type: ignore[no-untyped-def]
     """alice owns a group of bob, carol (behind the shim), dave and mallory; oscar is outside."""
     clients: dict[str, Client] = {}
     async with MaliciousServer(server.ws_url) as shim:
@@ -81,9 +94,10 @@ async def test_forged_stale_and_outsider_input_is_rejected(setting) -> None:  # 
     victims = ["alice", "bob", "carol", "dave"]
 
     # 1. a member adds oscar, though only admins may add
-    forged_add = sign_update(mallory._account, next_update(
-        mallory.groups.view(group_id), "mallory", groups.Add(user="oscar"), now_ms()
-    ))
+    forged_add = sign_update(
+        mallory._account,
+        next_update(mallory.groups.view(group_id), "mallory", groups.Add(user="oscar"), now_ms()),
+    )
     await send_state(mallory, victims, group_id, [forged_add])
     await everyone_syncs(list(c.values()))
     for name in victims:
@@ -94,9 +108,10 @@ async def test_forged_stale_and_outsider_input_is_rejected(setting) -> None:  # 
     await alice.groups.act(group_id, groups.Promote(user="dave"))
     await alice.groups.act(group_id, groups.Demote(user="dave"), "abused the role")
     await everyone_syncs(list(c.values()))
-    stale_admin = sign_update(dave._account, next_update(
-        dave.groups.view(group_id), "dave", groups.Remove(user="bob"), now_ms()
-    ))
+    stale_admin = sign_update(
+        dave._account,
+        next_update(dave.groups.view(group_id), "dave", groups.Remove(user="bob"), now_ms()),
+    )
     await send_state(dave, ["alice", "bob", "carol", "mallory"], group_id, [stale_admin])
     await everyone_syncs(list(c.values()))
     for name in ("alice", "bob", "carol", "mallory"):
@@ -104,8 +119,11 @@ async def test_forged_stale_and_outsider_input_is_rejected(setting) -> None:  # 
         assert any("dave is not an admin" in w for w in warnings(c[name], group_id)), name
 
     # 3. an old update, replayed: alice's promotion of dave
-    [promotion] = [s for s, _ in alice.groups._rows.chain(group_id)
-                   if isinstance(groups.decode_group_update(s.update).action, groups.Promote)]
+    [promotion] = [
+        s
+        for s, _ in alice.groups._rows.chain(group_id)
+        if isinstance(groups.decode_group_update(s.update).action, groups.Promote)
+    ]
     await send_state(mallory, victims, group_id, [promotion])
     await everyone_syncs(list(c.values()))
     for name in victims:
@@ -116,18 +134,27 @@ async def test_forged_stale_and_outsider_input_is_rejected(setting) -> None:  # 
     await c["bob"].groups.send(group_id, "bob's own words")
     await everyone_syncs(list(c.values()))
     [target] = [m for m in c["carol"].groups.history(group_id) if m.text == "bob's own words"]
-    forged_delete = sign_update(mallory._account, next_update(
-        mallory.groups.view(group_id), "mallory",
-        groups.DeleteMessage(sender="bob", message_id=target.message_id), now_ms(),
-    ))
+    forged_delete = sign_update(
+        mallory._account,
+        next_update(
+            mallory.groups.view(group_id),
+            "mallory",
+            groups.DeleteMessage(sender="bob", message_id=target.message_id),
+            now_ms(),
+        ),
+    )
     await send_state(mallory, victims, group_id, [forged_delete])
     await everyone_syncs(list(c.values()))
     for name in victims:
         assert "bob's own words" in texts(c[name], group_id), name
 
     # 5. a malformed update
-    await send_state(mallory, victims, group_id,
-                     [groups.SignedGroupUpdate(update=b"{not json", signature="A" * 86)])
+    await send_state(
+        mallory,
+        victims,
+        group_id,
+        [groups.SignedGroupUpdate(update=b"{not json", signature="A" * 86)],
+    )
     await everyone_syncs(list(c.values()))
     for name in victims:
         assert any("malformed" in w for w in warnings(c[name], group_id)), name
@@ -135,34 +162,60 @@ async def test_forged_stale_and_outsider_input_is_rejected(setting) -> None:  # 
     # 6. an outsider's device posts into the group with a session of its own
     oscar = c["oscar"]
     session = OutboundGroupSession.create()
-    message = groups.GroupMessage(group_id=group_id, sender="oscar",
-                                  sender_device=oscar.device_id, message_id=new_id(),
-                                  sent_at_ms=now_ms(), text="let me in", counter=1)
+    message = groups.GroupMessage(
+        group_id=group_id,
+        sender="oscar",
+        sender_device=oscar.device_id,
+        message_id=new_id(),
+        sent_at_ms=now_ms(),
+        text="let me in",
+        counter=1,
+    )
     raw = content.encode(message)
-    signed = groups.SignedGroupMessage(message=raw,
-                                       signature=oscar.sign_device(group_message_bytes(raw)))
+    signed = groups.SignedGroupMessage(
+        message=raw, signature=oscar.sign_device(group_message_bytes(raw))
+    )
     recipients = []
     for name in victims:
         for device in await oscar.verified_devices(name):
             recipients.append(Recipient(to_user=name, to_device=device.device_id))
     with oscar._store.transaction():
         for name in victims:
-            oscar.queue_olm(name, content.GroupKey(
-                message_id=new_id(), sent_at_ms=now_ms(), group_id=group_id,
-                session_id=session.session_id, session_key=session.session_key,
-            ), None)
+            oscar.queue_olm(
+                name,
+                content.GroupKey(
+                    message_id=new_id(),
+                    sent_at_ms=now_ms(),
+                    group_id=group_id,
+                    session_id=session.session_id,
+                    session_key=session.session_key,
+                ),
+                None,
+            )
         rowid = oscar._store.add_message(
-            message_id=message.message_id, peer=group_peer(group_id), sender="oscar",
-            sender_device=oscar.device_id, outgoing=True, text="let me in",
-            sent_at_ms=message.sent_at_ms, state=MessageState.QUEUED,
+            message_id=message.message_id,
+            peer=group_peer(group_id),
+            sender="oscar",
+            sender_device=oscar.device_id,
+            outgoing=True,
+            text="let me in",
+            sent_at_ms=message.sent_at_ms,
+            state=MessageState.QUEUED,
         )
         assert rowid is not None
-        oscar.queue_multi(MultiEnvelope(
-            envelope_id=new_id(), recipients=recipients,
-            ciphertext=content.encode(groups.GroupCiphertext(
-                group_session=session.session_id, body=session.encrypt(content.encode(signed))
-            )),
-        ), rowid)
+        oscar.queue_multi(
+            MultiEnvelope(
+                envelope_id=new_id(),
+                recipients=recipients,
+                ciphertext=content.encode(
+                    groups.GroupCiphertext(
+                        group_session=session.session_id,
+                        body=session.encrypt(content.encode(signed)),
+                    )
+                ),
+            ),
+            rowid,
+        )
     await everyone_syncs(list(c.values()))
     for name in victims:
         assert "let me in" not in texts(c[name], group_id), name
@@ -194,9 +247,16 @@ async def test_an_outsider_asking_for_the_chain_gets_nothing(setting) -> None:  
     oscar = c["oscar"]
     await c["alice"].groups.act(group_id, groups.EditInfo(rules="members only"))
     with oscar._store.transaction():
-        oscar.queue_olm("alice", content.GroupSync(
-            message_id=new_id(), sent_at_ms=now_ms(), group_id=group_id, from_seq=0,
-        ), None)
+        oscar.queue_olm(
+            "alice",
+            content.GroupSync(
+                message_id=new_id(),
+                sent_at_ms=now_ms(),
+                group_id=group_id,
+                from_seq=0,
+            ),
+            None,
+        )
     await everyone_syncs(list(c.values()))
     with pytest.raises(GroupError, match="no group"):
         oscar.groups.view(group_id)
@@ -212,13 +272,17 @@ async def test_nobody_can_start_a_group_under_someone_elses_id(setting, profiles
     alice, oscar = c["alice"], c["oscar"]
     erin = await Client.register(profiles("erin"), shim.url, "erin", None)
     try:
-        squat = sign_update(oscar._account, new_group(
-            group_id, "oscar", groups.Create(title="Club", members=["erin", "alice"]), now_ms()
-        ))
+        squat = sign_update(
+            oscar._account,
+            new_group(
+                group_id, "oscar", groups.Create(title="Club", members=["erin", "alice"]), now_ms()
+            ),
+        )
         await send_state(oscar, ["erin"], group_id, [squat])
         await erin.sync(60)
-        assert any("not made by oscar" in w for w in warnings(erin, group_id)), \
-            warnings(erin, group_id)
+        assert any("not made by oscar" in w for w in warnings(erin, group_id)), warnings(
+            erin, group_id
+        )
         with pytest.raises(GroupError, match="no group"):
             erin.groups.view(group_id)
 
@@ -231,7 +295,8 @@ async def test_nobody_can_start_a_group_under_someone_elses_id(setting, profiles
 
 
 async def test_a_group_update_survives_the_connection_breaking_while_it_is_checked(
-    server, profiles  # type: ignore[no-untyped-def]
+    server,
+    profiles,  # type: ignore[no-untyped-def]
 ) -> None:
     """dave joins through carol, so checking the chain needs alice's key from the server;
     the connection breaks right then. The update stays stashed and applies once dave's

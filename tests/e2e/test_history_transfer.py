@@ -34,8 +34,11 @@ def blob_rows(data_dir: Path) -> int:
 
 
 def texts(client: Client) -> list[tuple[str, str, bool]]:
-    return [(m.message_id, m.text, m.outgoing) for m in client.history("bob")
-            if m.state is not MessageState.NOTICE]
+    return [
+        (m.message_id, m.text, m.outgoing)
+        for m in client.history("bob")
+        if m.state is not MessageState.NOTICE
+    ]
 
 
 def link_tablet_killed_halfway(url: str, cli: Cli, laptop_dir: Path, tablet_dir: Path) -> None:
@@ -43,17 +46,35 @@ def link_tablet_killed_halfway(url: str, cli: Cli, laptop_dir: Path, tablet_dir:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OBROLAN_")}
     env["OBROLAN_FAILPOINTS"] = "attachments.after_piece"
     tablet = subprocess.Popen(
-        [sys.executable, "-m", "obrolan", "link", "--user", "alice", "--server", url,
-         "--profile", str(tablet_dir), "--no-passphrase", "--name", "tablet", "--json"],
-        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "obrolan",
+            "link",
+            "--user",
+            "alice",
+            "--server",
+            url,
+            "--profile",
+            str(tablet_dir),
+            "--no-passphrase",
+            "--name",
+            "tablet",
+            "--json",
+        ],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
     try:
         assert tablet.stdout is not None
         shown = json.loads(tablet.stdout.readline())
         assert shown["qr"].startswith("obrolan://link?server=")
-        approved = cli("devices", "approve", shown["link_code"], "--with-history",
-                       "--profile", str(laptop_dir))
+        approved = cli(
+            "devices", "approve", shown["link_code"], "--with-history", "--profile", str(laptop_dir)
+        )
         assert approved.returncode == 0, approved.stderr
         assert f"sent {MESSAGES} message(s)" in approved.stderr
         assert "with 1 contact(s) and their safety state" in approved.stderr  # bob

@@ -70,8 +70,11 @@ def replace_account_key(username: str) -> Callable[[dict[str, Any]], dict[str, A
 
 def envelopes_to(shim: MaliciousServer, device_id: str) -> list[dict[str, Any]]:
     return [
-        e for f in shim.sent_by_clients if f.get("type") == "send"
-        for e in f["envelopes"] if e["to_device"] == device_id
+        e
+        for f in shim.sent_by_clients
+        if f.get("type") == "send"
+        for e in f["envelopes"]
+        if e["to_device"] == device_id
     ]
 
 
@@ -115,8 +118,9 @@ async def test_a_replaced_account_key_of_a_verified_contact_stops_sending(attack
     await alice.sync()
     await assert_sending_refused(alice, "bob")
     assert envelopes_to(shim, EVIL) == []
-    assert any("account key has changed" in n and "obrolan trust bob" in n
-               for n in notices(alice, "bob"))
+    assert any(
+        "account key has changed" in n and "obrolan trust bob" in n for n in notices(alice, "bob")
+    )
     [contact] = [c for c in alice.contacts() if c.username == "bob"]
     assert contact.key_changed and contact.identity_key == bob.account_key
 
@@ -141,16 +145,26 @@ async def test_a_newly_linked_device_keeps_the_pin_and_verification(attacked, pr
     shim, alice, bob = attacked
     assert alice.mark_verified("bob", bob.account_key)
     codes: asyncio.Queue[LinkCode] = asyncio.Queue()
-    linking = asyncio.create_task(Client.link(
-        profiles("alice-tablet"), shim.url, "alice", None, codes.put_nowait, device_name="tablet"
-    ))
+    linking = asyncio.create_task(
+        Client.link(
+            profiles("alice-tablet"),
+            shim.url,
+            "alice",
+            None,
+            codes.put_nowait,
+            device_name="tablet",
+        )
+    )
     approval = await alice.approve(str(await asyncio.wait_for(codes.get(), 15)))
     assert (approval.contacts_shared, approval.contacts_left_out) == (1, 0)
     tablet = await asyncio.wait_for(linking, 15)
     try:
         [contact] = tablet.contacts()
         assert (contact.username, contact.identity_key, contact.verified) == (
-            "bob", bob.account_key, True)
+            "bob",
+            bob.account_key,
+            True,
+        )
         shim.rewrite = replace_account_key("bob")
         await assert_sending_refused(tablet, "bob")
         assert envelopes_to(shim, EVIL) == []
@@ -159,15 +173,24 @@ async def test_a_newly_linked_device_keeps_the_pin_and_verification(attacked, pr
         await tablet.close()
 
 
-async def test_a_key_another_own_device_was_shown_is_a_warning_not_a_pin(attacked, server, profiles) -> None:  # type: ignore[no-untyped-def]
+async def test_a_key_another_own_device_was_shown_is_a_warning_not_a_pin(
+    attacked, server, profiles
+) -> None:  # type: ignore[no-untyped-def]
     """alice's tablet talks to the real server; her laptop is shown another key for bob,
     and she accepts it there. The tablet does not take that key on the laptop's word: it
     was shown bob's real key, so it warns that her devices disagree (spec §18.1 case 4)."""
     shim, alice, bob = attacked
     codes: asyncio.Queue[LinkCode] = asyncio.Queue()
-    linking = asyncio.create_task(Client.link(
-        profiles("alice-tablet"), server.url, "alice", None, codes.put_nowait, device_name="tablet"
-    ))
+    linking = asyncio.create_task(
+        Client.link(
+            profiles("alice-tablet"),
+            server.url,
+            "alice",
+            None,
+            codes.put_nowait,
+            device_name="tablet",
+        )
+    )
     await alice.approve(str(await asyncio.wait_for(codes.get(), 15)))
     tablet = await asyncio.wait_for(linking, 15)
     try:
@@ -185,7 +208,9 @@ async def test_a_key_another_own_device_was_shown_is_a_warning_not_a_pin(attacke
         await tablet.close()
 
 
-async def test_a_contact_update_from_another_account_changes_nothing(attacked, server, profiles) -> None:  # type: ignore[no-untyped-def]
+async def test_a_contact_update_from_another_account_changes_nothing(
+    attacked, server, profiles
+) -> None:  # type: ignore[no-untyped-def]
     """mallory sends alice a `contact` update saying bob's key is one of hers, verified:
     only alice's own devices may say such things, so alice's pin of bob stays."""
     _, alice, bob = attacked
@@ -193,17 +218,30 @@ async def test_a_contact_update_from_another_account_changes_nothing(attacked, s
     try:
         fake = AccountKey.create().public
         with mallory._store.transaction():
-            mallory.queue_olm("alice", content.ContactUpdate(
-                message_id=new_id(), sent_at_ms=now_ms(), contact=content.LinkedContact(
-                    username="bob", account_key=fake, verified=True, list_version=9,
-                    conversation="blocked", timer_seconds=None,
+            mallory.queue_olm(
+                "alice",
+                content.ContactUpdate(
+                    message_id=new_id(),
+                    sent_at_ms=now_ms(),
+                    contact=content.LinkedContact(
+                        username="bob",
+                        account_key=fake,
+                        verified=True,
+                        list_version=9,
+                        conversation="blocked",
+                        timer_seconds=None,
+                    ),
                 ),
-            ), None)
+                None,
+            )
         await mallory.flush(30)
         await alice.sync()
         [contact] = [c for c in alice.contacts() if c.username == "bob"]
         assert (contact.identity_key, contact.key_changed, contact.verified) == (
-            bob.account_key, False, False)
+            bob.account_key,
+            False,
+            False,
+        )
         assert alice.blocked() == []
     finally:
         await mallory.close()

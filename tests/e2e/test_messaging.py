@@ -22,7 +22,9 @@ async def _exchange(sender: Client, receiver: Client) -> None:
 
 
 async def test_reply_reaction_edit_and_delete_reach_the_other_side(
-    pair: tuple[Client, Client], cli: Cli, profiles  # type: ignore[no-untyped-def]
+    pair: tuple[Client, Client],
+    cli: Cli,
+    profiles,  # type: ignore[no-untyped-def]
 ) -> None:
     """Replies quote, reactions replace, edits keep earlier text, deletes blank the message."""
     alice, bob = pair
@@ -93,7 +95,8 @@ async def test_typing_indicator_reaches_a_listening_client(pair: tuple[Client, C
 
 
 async def test_disappearing_messages_vanish_from_both_stores_and_search(
-    pair: tuple[Client, Client], profiles  # type: ignore[no-untyped-def]
+    pair: tuple[Client, Client],
+    profiles,  # type: ignore[no-untyped-def]
 ) -> None:
     """After the timer the message is gone from both SQLCipher stores and their search index."""
     alice, bob = pair
@@ -122,7 +125,9 @@ async def test_disappearing_messages_vanish_from_both_stores_and_search(
 
 
 async def test_stranger_waits_in_requests_and_blocked_user_is_dropped(
-    server: ServerProcess, pair: tuple[Client, Client], profiles  # type: ignore[no-untyped-def]
+    server: ServerProcess,
+    pair: tuple[Client, Client],
+    profiles,  # type: ignore[no-untyped-def]
 ) -> None:
     """A first message from a stranger is a request; after a block nothing from them appears."""
     _, bob = pair

@@ -34,7 +34,9 @@ async def test_recovery_code_reclaims_the_username(server, profiles) -> None:  #
     shutil.rmtree(profiles("alice"))  # every device of alice is gone
 
     with pytest.raises(RequestRefused) as wrong:
-        await Client.recover(profiles("alice"), server.url, "alice", str(RecoveryCode.create()), None)
+        await Client.recover(
+            profiles("alice"), server.url, "alice", str(RecoveryCode.create()), None
+        )
     assert wrong.value.code == ErrorCode.AUTH_FAILED
     assert not profiles("alice").exists()
     await bob.sync()
@@ -69,14 +71,18 @@ async def test_recovery_code_reclaims_the_username(server, profiles) -> None:  #
         await bob.close()
 
 
-async def test_a_group_made_before_its_owner_recovered_can_still_be_joined(server, profiles) -> None:  # type: ignore[no-untyped-def]
+async def test_a_group_made_before_its_owner_recovered_can_still_be_joined(
+    server, profiles
+) -> None:  # type: ignore[no-untyped-def]
     """alice made a group and made bob an admin, then lost every device and recovered. When
     bob adds carol, carol's device checks alice's updates with the key alice had then,
     proven to come before her new one (spec §19.3, §23.7 step 4). An update signed with
     the old key now, by whoever holds the lost device's key, counts nowhere. alice's new
     device asks for the chain when bob's key reaches it, and is in the group again."""
-    clients = {name: await Client.register(profiles(name), server.url, name, None)
-               for name in ("alice", "bob", "carol")}
+    clients = {
+        name: await Client.register(profiles(name), server.url, name, None)
+        for name in ("alice", "bob", "carol")
+    }
     alice, bob, carol = clients["alice"], clients["bob"], clients["carol"]
     try:
         view = await alice.groups.create("Club", ["bob"])
@@ -89,7 +95,8 @@ async def test_a_group_made_before_its_owner_recovered_can_still_be_joined(serve
         await alice.close()
         shutil.rmtree(profiles("alice"))
         alice = clients["alice"] = await Client.recover(
-            profiles("alice"), server.url, "alice", str(code), None)
+            profiles("alice"), server.url, "alice", str(code), None
+        )
 
         await alice.send("bob", "I lost my phone: this is my new key")
         await alice.flush(30)
@@ -103,13 +110,15 @@ async def test_a_group_made_before_its_owner_recovered_can_still_be_joined(serve
         assert joined.head == bob.groups.view(view.group_id).head
 
         # whoever holds alice's lost key signs a removal of bob: nobody applies it
-        stolen = sign_update(lost_key, next_update(joined, "alice", groups.Remove(user="bob"),
-                                                   now_ms()))
+        stolen = sign_update(
+            lost_key, next_update(joined, "alice", groups.Remove(user="bob"), now_ms())
+        )
         await send_state(carol, ["bob"], view.group_id, [stolen])
         await bob.sync()
         assert "bob" in bob.groups.view(view.group_id).members
-        assert any("not signed by alice's account key" in m.text
-                   for m in bob.groups.history(view.group_id))
+        assert any(
+            "not signed by alice's account key" in m.text for m in bob.groups.history(view.group_id)
+        )
 
         # alice's new device gets the group back: the first key of it that arrives makes
         # the device ask for the chain, which holds her own updates under her old key

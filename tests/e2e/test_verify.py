@@ -60,8 +60,10 @@ async def _expect(client: Client, kind: type[K]) -> K:
 
 def _start(txn: str, sas: SasExchange, sent_at_ms: int | None = None) -> content.VerifyStart:
     return content.VerifyStart(
-        message_id=new_id(), sent_at_ms=now_ms() if sent_at_ms is None else sent_at_ms,
-        txn=txn, commitment=sas.commitment,
+        message_id=new_id(),
+        sent_at_ms=now_ms() if sent_at_ms is None else sent_at_ms,
+        txn=txn,
+        commitment=sas.commitment,
     )
 
 
@@ -74,8 +76,11 @@ def _key(txn: str, sas: SasExchange) -> content.VerifyKey:
 def _mac(txn: str, sas: SasExchange, account_key: str, device_key: str) -> content.VerifyMac:
     account_mac, device_mac = sas.macs(account_key, device_key)
     return content.VerifyMac(
-        message_id=new_id(), sent_at_ms=now_ms(), txn=txn,
-        account_key_mac=account_mac, device_key_mac=device_mac,
+        message_id=new_id(),
+        sent_at_ms=now_ms(),
+        txn=txn,
+        account_key_mac=account_mac,
+        device_key_mac=device_mac,
     )
 
 
@@ -120,7 +125,8 @@ async def test_verify_answers_a_peer_start_that_arrived_before_it_ran(
     alice_sas.accept_peer("bob", bob.device_id, answer.public_key)
     await alice.send_verification("bob", _key(SMALL_TXN, alice_sas), bob.device_id)
     await alice.send_verification(
-        "bob", _mac(SMALL_TXN, alice_sas, alice.account_key, alice.whoami().ed25519),
+        "bob",
+        _mac(SMALL_TXN, alice_sas, alice.account_key, alice.whoami().ed25519),
         bob.device_id,
     )
     mac = await _expect(alice, content.VerifyMac)
@@ -140,9 +146,13 @@ async def test_verify_does_not_answer_a_start_cancelled_before_it_ran(
     alice, bob = pair
     earlier = SasExchange(SMALL_TXN, "alice", alice.device_id, initiator=True)
     await alice.send_verification("bob", _start(SMALL_TXN, earlier), bob.device_id)
-    await alice.send_verification("bob", content.VerifyCancel(
-        message_id=new_id(), sent_at_ms=now_ms(), txn=SMALL_TXN, reason="timeout"
-    ), bob.device_id)
+    await alice.send_verification(
+        "bob",
+        content.VerifyCancel(
+            message_id=new_id(), sent_at_ms=now_ms(), txn=SMALL_TXN, reason="timeout"
+        ),
+        bob.device_id,
+    )
     await alice.flush(timeout=EVENT_TIMEOUT)
     await bob.sync()  # the start and its cancel wait in bob's inbox
     bob_run = asyncio.create_task(verify(bob, "alice", _always(True, []), timeout=60))
@@ -153,7 +163,8 @@ async def test_verify_does_not_answer_a_start_cancelled_before_it_ran(
     assert reveal.txn == start.txn  # not an answer to the cancelled start
     alice_sas.accept_peer("bob", bob.device_id, reveal.public_key, start.commitment)
     await alice.send_verification(
-        "bob", _mac(start.txn, alice_sas, alice.account_key, alice.whoami().ed25519),
+        "bob",
+        _mac(start.txn, alice_sas, alice.account_key, alice.whoami().ed25519),
         bob.device_id,
     )
     await _expect(alice, content.VerifyMac)
@@ -219,9 +230,13 @@ async def test_verify_answers_no_larger_start_and_ignores_other_users(
 
         intruder = SasExchange(start.txn, "carol", carol.device_id, initiator=False)
         await carol.send_verification("alice", _key(start.txn, intruder), alice.device_id)
-        await carol.send_verification("alice", content.VerifyCancel(
-            message_id=new_id(), sent_at_ms=now_ms(), txn=start.txn, reason="mismatch"
-        ), alice.device_id)
+        await carol.send_verification(
+            "alice",
+            content.VerifyCancel(
+                message_id=new_id(), sent_at_ms=now_ms(), txn=start.txn, reason="mismatch"
+            ),
+            alice.device_id,
+        )
         await carol.flush(timeout=EVENT_TIMEOUT)
 
         bob_sas = SasExchange(start.txn, "bob", bob.device_id, initiator=False)
@@ -230,7 +245,8 @@ async def test_verify_answers_no_larger_start_and_ignores_other_users(
         assert reveal.txn == start.txn  # not an answer to bob's larger start
         bob_sas.accept_peer("alice", alice.device_id, reveal.public_key, start.commitment)
         await bob.send_verification(
-            "alice", _mac(start.txn, bob_sas, bob.account_key, bob.whoami().ed25519),
+            "alice",
+            _mac(start.txn, bob_sas, bob.account_key, bob.whoami().ed25519),
             alice.device_id,
         )
         mac = await _expect(bob, content.VerifyMac)
@@ -358,7 +374,11 @@ def _verify_both(
         with out.open("w") as stdout, err.open("w") as stderr:
             process = subprocess.Popen(
                 [sys.executable, "-m", "obrolan", "verify", peer, "--profile", str(profile)],
-                env=env, stdin=subprocess.PIPE, stdout=stdout, stderr=stderr, text=True,
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=stdout,
+                stderr=stderr,
+                text=True,
             )
         assert process.stdin is not None
         process.stdin.write(answer)

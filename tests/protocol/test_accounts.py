@@ -205,10 +205,16 @@ def test_link_secrets_make_the_tablet_a_device_of_the_account() -> None:
 def test_link_secrets_hand_the_tablet_bobs_pin_of_alice() -> None:
     """The one contact is alice, with the account key that signs her group updates (§23)."""
     secrets = content.decode_link_secrets(raw("link_secrets"))
-    assert secrets.contacts == [content.LinkedContact(
-        username="alice", account_key=account_key("alice").public, verified=True,
-        list_version=1, conversation="accepted", timer_seconds=None,
-    )]
+    assert secrets.contacts == [
+        content.LinkedContact(
+            username="alice",
+            account_key=account_key("alice").public,
+            verified=True,
+            list_version=1,
+            conversation="accepted",
+            timer_seconds=None,
+        )
+    ]
 
 
 # --- history, self-sync, sent -------------------------------------------------------------------

@@ -47,8 +47,19 @@ def start_server(data_dir: Path, *args: str) -> tuple[subprocess.Popen[str], str
     """Start ``obrolan.server serve`` on 127.0.0.1 port 0; returns it and its URL."""
     stderr = (data_dir.parent / f"{data_dir.name}.stderr").open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "obrolan.server", "serve", "--host", "127.0.0.1", "--port", "0",
-         "--data", str(data_dir), *args],
+        [
+            sys.executable,
+            "-m",
+            "obrolan.server",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--data",
+            str(data_dir),
+            *args,
+        ],
         stdout=subprocess.PIPE,
         stderr=stderr,
         text=True,
@@ -705,8 +716,13 @@ async def test_server_removes_device_that_left_the_list(connect: Connect) -> Non
     """A removed device's connection closes with 4001; envelopes for it are skipped."""
     first, conn = await registered(connect)
     second = Device(first.user, "dev2", first.owner)
-    await conn.request({"type": "publish_devices", "id": 1,
-                        "device_list": first.owner.signed_list([first, second])})
+    await conn.request(
+        {
+            "type": "publish_devices",
+            "id": 1,
+            "device_list": first.owner.signed_list([first, second]),
+        }
+    )
     second_conn = await connect()
     assert (await second_conn.authenticate(second))["type"] == "welcome"
 
@@ -738,8 +754,7 @@ async def test_spec_client_links_a_new_device(connect: Connect) -> None:
     offer_key = hkdf(secret.encode(), link_id.encode(), b"obrolan-link-offer-v1")
     one_time_key = new.one_time_keys(1)[0]
     offer = json.dumps(
-        {"name": "tablet", "one_time_key": one_time_key, "device": new.keys(),
-         "username": new.user}
+        {"name": "tablet", "one_time_key": one_time_key, "device": new.keys(), "username": new.user}
     ).encode()
     nonce = secrets.token_bytes(12)
     sealed = nonce + AESGCM(offer_key).encrypt(nonce, offer, link_id.encode())
@@ -759,8 +774,11 @@ async def test_spec_client_links_a_new_device(connect: Connect) -> None:
     shown = json.loads(AESGCM(offer_key).decrypt(opened[:12], opened[12:], link_id.encode()))
     assert shown["username"] == account.user and shown["device"] == new.keys()
     key = shown["one_time_key"]
-    verify(shown["device"]["ed25519"], signed("obrolan-otk-v1", key["key_id"], key["key"]),
-           key["signature"])
+    verify(
+        shown["device"]["ed25519"],
+        signed("obrolan-otk-v1", key["key_id"], key["key"]),
+        key["signature"],
+    )
     published = account.signed_list([existing, new])
     await conn.request({"type": "publish_devices", "id": 2, "device_list": published})
     link_secrets = {
@@ -831,13 +849,22 @@ async def test_spec_client_recovers_an_account_with_its_code(connect: Connect) -
     [succession] = devices["successions"]
     assert succession["account_key"] == lost.owner.key.public
     assert succession["new_account_key"] == new.owner.key.public
-    verify(succession["account_key"], signed(
-        "obrolan-recovery-key-v1", lost.user, succession["recovery_key"]
-    ), succession["recovery_key_signature"])
-    verify(succession["recovery_key"], signed(
-        "obrolan-recover-v1", base64.b64decode(succession["nonce"]), lost.user,
-        succession["new_account_key"], succession["new_recovery_key"],
-    ), succession["recovery_signature"])
+    verify(
+        succession["account_key"],
+        signed("obrolan-recovery-key-v1", lost.user, succession["recovery_key"]),
+        succession["recovery_key_signature"],
+    )
+    verify(
+        succession["recovery_key"],
+        signed(
+            "obrolan-recover-v1",
+            base64.b64decode(succession["nonce"]),
+            lost.user,
+            succession["new_account_key"],
+            succession["new_recovery_key"],
+        ),
+        succession["recovery_signature"],
+    )
     again = await connect()
     assert (await again.authenticate(lost))["code"] == "auth_failed"
 
@@ -935,14 +962,16 @@ async def test_spec_client_sends_one_group_message_to_two_devices(connect: Conne
     sent = await alice_conn.request({"type": "send", "id": 1, "envelopes": keys})
     assert sent["envelope_ids"] == [k["envelope_id"] for k in keys]
 
-    message = json.dumps({
-        "text": "Halo semua, dari spesifikasi",
-        "sent_at_ms": now,
-        "message_id": new_id(),
-        "sender_device": alice.device_id,
-        "sender": alice.user,
-        "group_id": group_id,
-    }).encode()
+    message = json.dumps(
+        {
+            "text": "Halo semua, dari spesifikasi",
+            "sent_at_ms": now,
+            "message_id": new_id(),
+            "sender_device": alice.device_id,
+            "sender": alice.user,
+            "group_id": group_id,
+        }
+    ).encode()
     signed_message = {
         "signature": alice.sign(signed("obrolan-group-message-v1", message)),
         "message": b64(message),
@@ -967,8 +996,10 @@ async def test_spec_client_sends_one_group_message_to_two_devices(connect: Conne
     assert await alice_conn.request(multi | {"id": 3}) == answer | {"id": 3}  # stored once
 
     own = await alice_conn.request({"type": "get_devices", "id": 4, "username": alice.user})
-    (alice_keys,) = [d["keys"] for d in open_list(own["device_list"], alice.user,
-                                                  alice.owner.key.public)["devices"]]
+    (alice_keys,) = [
+        d["keys"]
+        for d in open_list(own["device_list"], alice.user, alice.owner.key.public)["devices"]
+    ]
     for device, _ in members:
         conn = await connect()
         assert (await conn.authenticate(device))["type"] == "welcome"
@@ -991,13 +1022,16 @@ async def test_spec_client_sends_one_group_message_to_two_devices(connect: Conne
 
         sealed = json.loads(base64.b64decode(group_envelope["ciphertext"]))
         assert "sender_key" not in sealed and sealed["group_session"] == inbound.session_id
-        decrypted = inbound.decrypt(vodozemac.MegolmMessage.from_bytes(
-            base64.b64decode(sealed["body"])
-        ))
+        decrypted = inbound.decrypt(
+            vodozemac.MegolmMessage.from_bytes(base64.b64decode(sealed["body"]))
+        )
         received = json.loads(decrypted.plaintext)
         raw_message = base64.b64decode(received["message"])
-        verify(alice_keys["ed25519"], signed("obrolan-group-message-v1", raw_message),
-               received["signature"])
+        verify(
+            alice_keys["ed25519"],
+            signed("obrolan-group-message-v1", raw_message),
+            received["signature"],
+        )
         shown = json.loads(raw_message)
         assert (shown["group_id"], shown["sender"]) == (group_id, group_envelope["from_user"])
         ids = [key_envelope["envelope_id"], group_envelope["envelope_id"]]
@@ -1022,14 +1056,20 @@ async def test_server_skips_recipients_it_cannot_queue(connect: Connect) -> None
             "type"
         ] == "sent"
     gone = Device(room.user, "nodevice")
-    envelope = {"envelope_id": new_id(), "ciphertext": b64(b"megolm"),
-                "recipients": [recipient(full), recipient(room), recipient(gone)]}
+    envelope = {
+        "envelope_id": new_id(),
+        "ciphertext": b64(b"megolm"),
+        "recipients": [recipient(full), recipient(room), recipient(gone)],
+    }
     answer = await conn.request({"type": "send_multi", "id": 10, "envelope": envelope})
     assert answer["envelope_ids"] == [envelope["envelope_id"]] and answer["skipped"] == []
     assert answer["skipped_recipients"] == [recipient(full), recipient(gone)]
 
-    lonely = {"envelope_id": new_id(), "ciphertext": b64(b"megolm"),
-              "recipients": [recipient(full)]}
+    lonely = {
+        "envelope_id": new_id(),
+        "ciphertext": b64(b"megolm"),
+        "recipients": [recipient(full)],
+    }
     answer = await conn.request({"type": "send_multi", "id": 11, "envelope": lonely})
     assert (answer["envelope_ids"], answer["skipped"]) == ([], [lonely["envelope_id"]])
     nobody = lonely | {"envelope_id": new_id(), "recipients": []}
@@ -1054,11 +1094,24 @@ async def test_server_refuses_bad_send_multi(connect: Connect) -> None:
         ([recipient(peer), recipient(device), recipient(peer)], 1, "malformed_frame"),
     ]
     for number, (recipients, size, code) in enumerate(cases, start=20):
-        envelope = {"envelope_id": new_id(), "recipients": recipients, "ciphertext": b64(b"x" * size)}
+        envelope = {
+            "envelope_id": new_id(),
+            "recipients": recipients,
+            "ciphertext": b64(b"x" * size),
+        }
         answer = await conn.request({"type": "send_multi", "id": number, "envelope": envelope})
         assert (answer["type"], answer["code"]) == ("error", code), code
     stranger = await connect()
-    await stranger.send({"type": "send_multi", "id": 30, "envelope": {
-        "envelope_id": new_id(), "recipients": [recipient(peer)], "ciphertext": b64(b"x")}})
+    await stranger.send(
+        {
+            "type": "send_multi",
+            "id": 30,
+            "envelope": {
+                "envelope_id": new_id(),
+                "recipients": [recipient(peer)],
+                "ciphertext": b64(b"x"),
+            },
+        }
+    )
     answer = await stranger.receive()
     assert (answer["code"], answer["id"]) == ("not_authenticated", 30)

@@ -425,11 +425,16 @@ def test_a_send_multi_to_the_most_recipients_with_the_largest_names_fits_a_frame
     """The room kept per recipient is enough for two 32-character names."""
     limits = Limits(max_recipients_per_envelope=10_000)
     longest = "u" * 32
-    frame = frames.SendMulti(id=2**53 - 1, envelope=frames.MultiEnvelope(
-        envelope_id="e" * 64,
-        recipients=[frames.Recipient(to_user=longest, to_device=f"{n:032}") for n in range(10_000)],
-        ciphertext=bytes(limits.max_envelope_bytes),
-    ))
+    frame = frames.SendMulti(
+        id=2**53 - 1,
+        envelope=frames.MultiEnvelope(
+            envelope_id="e" * 64,
+            recipients=[
+                frames.Recipient(to_user=longest, to_device=f"{n:032}") for n in range(10_000)
+            ],
+            ciphertext=bytes(limits.max_envelope_bytes),
+        ),
+    )
     assert len(frames.encode(frame)) <= limits.max_frame_bytes
 
 

@@ -352,7 +352,8 @@ def test_chain_under_another_creator_is_refused() -> None:
     """The same create signed by bob (a squatter who learnt the id) does not start the group."""
     bob = AccountKey(bytes.fromhex(VECTORS["account_seeds_hex"]["bob"]))
     create = groups.decode_group_update(raw("group_update_create"))
-    squatted = msgspec.structs.replace(create, actor="bob", action=msgspec.structs.replace(
-        create.action, members=["alice"]))
+    squatted = msgspec.structs.replace(
+        create, actor="bob", action=msgspec.structs.replace(create.action, members=["alice"])
+    )
     with pytest.raises(UpdateRejected, match="the group id was not made by bob"):
         apply_update(None, sign_update(bob, squatted), {"bob": bob.public}.get)

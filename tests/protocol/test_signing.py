@@ -101,8 +101,12 @@ def device_signatures() -> list[tuple[str, str, bytes, str]]:
         ("new_device_offer", "tablet", offer["device"]),
     ]
     items += [
-        (s, who, device_keys_bytes("bob", d["device_id"], d["ed25519"], d["curve25519"]),
-         d["signature"])
+        (
+            s,
+            who,
+            device_keys_bytes("bob", d["device_id"], d["ed25519"], d["curve25519"]),
+            d["signature"],
+        )
         for s, who, d in devices
     ]
     keys = [
@@ -119,10 +123,18 @@ def device_signatures() -> list[tuple[str, str, bytes, str]]:
     welcome, spam = sample("signed_group_message"), sample("plaintext_group_report")
     spam = spam["content"]["reported"]
     items += [
-        ("signed_group_message", "alice", group_message_bytes(raw("group_message")),
-         welcome["signature"]),
-        ("plaintext_group_report", "bob",
-         group_message_bytes(base64.b64decode(spam["message"])), spam["signature"]),
+        (
+            "signed_group_message",
+            "alice",
+            group_message_bytes(raw("group_message")),
+            welcome["signature"],
+        ),
+        (
+            "plaintext_group_report",
+            "bob",
+            group_message_bytes(base64.b64decode(spam["message"])),
+            spam["signature"],
+        ),
     ]
     return items
 
@@ -144,16 +156,19 @@ def account_signatures() -> list[tuple[str, Ed25519PrivateKey, bytes, str]]:
         ("recover", "bob_recovered", signed_list("recover", "device_list")),
     ]
     items = [
-        (s, account_key(who), device_list_bytes(base64.b64decode(d["device_list"])),
-         d["signature"])
+        (s, account_key(who), device_list_bytes(base64.b64decode(d["device_list"])), d["signature"])
         for s, who, d in lists
     ]
     new_account_key = public(account_key("bob_recovered"))
     recover, set_recovery = sample("recover"), sample("set_recovery")
     chain = sample("plaintext_group_state")["content"]["updates"]
     items += [
-        (f"plaintext_group_state[{seq}]", account_key("alice"),
-         group_update_bytes(base64.b64decode(signed["update"])), signed["signature"])
+        (
+            f"plaintext_group_state[{seq}]",
+            account_key("alice"),
+            group_update_bytes(base64.b64decode(signed["update"])),
+            signed["signature"],
+        )
         for seq, signed in enumerate(chain)
     ]
     items += [
@@ -210,7 +225,11 @@ def test_signing_builds_exact_recovery_key_bytes() -> None:
 def test_signing_builds_exact_recover_bytes() -> None:
     """recover_bytes joins the label, raw nonce, username, new account key and new recovery key."""
     assert recover_bytes(b"\x00\xff" * 16, "bob", "A" * 43, "R" * 43) == (
-        b"obrolan-recover-v1\x00" + b"\x00\xff" * 16 + b"\x00bob\x00" + b"A" * 43 + b"\x00"
+        b"obrolan-recover-v1\x00"
+        + b"\x00\xff" * 16
+        + b"\x00bob\x00"
+        + b"A" * 43
+        + b"\x00"
         + b"R" * 43
     )
 
@@ -298,9 +317,7 @@ def test_spec_hex_vectors_are_the_signed_bytes() -> None:
         one_time_key_bytes(first_key["key_id"], first_key["key"]),
         device_list_bytes(base64.b64decode(register["device_list"]["device_list"])),
         recovery_key_bytes("bob", sample("set_recovery")["recovery_key"]),
-        recover_bytes(
-            NONCE, "bob", public(account_key("bob_recovered")), recover["recovery_key"]
-        ),
+        recover_bytes(NONCE, "bob", public(account_key("bob_recovered")), recover["recovery_key"]),
         group_update_bytes(raw("group_update_create")),
         group_message_bytes(raw("group_message")),
     ]

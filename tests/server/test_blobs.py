@@ -87,25 +87,39 @@ def announce(size: int, *recipients: RawDevice, blob_id: str | None = None) -> b
         wire.CreateBlob(
             blob_id=blob_id or secrets.token_urlsafe(16),
             size=size,
-            recipients=[wire.BlobRecipient(user=r.username, device=r.device_id) for r in recipients],
+            recipients=[
+                wire.BlobRecipient(user=r.username, device=r.device_id) for r in recipients
+            ],
         )
     )
 
 
 async def create(
-    http: aiohttp.ClientSession, server: ServerProcess, owner: RawDevice, size: int,
+    http: aiohttp.ClientSession,
+    server: ServerProcess,
+    owner: RawDevice,
+    size: int,
     *recipients: RawDevice,
 ) -> str:
     """Announce a blob and return its id (asserting 201)."""
     blob_id = secrets.token_urlsafe(16)
-    answer = await call(http, server, owner, "POST", wire.BLOBS_PATH,
-                        data=announce(size, *recipients, blob_id=blob_id))
+    answer = await call(
+        http,
+        server,
+        owner,
+        "POST",
+        wire.BLOBS_PATH,
+        data=announce(size, *recipients, blob_id=blob_id),
+    )
     assert answer.status == 201, answer
     return blob_id
 
 
 async def upload(
-    http: aiohttp.ClientSession, server: ServerProcess, owner: RawDevice, data: bytes,
+    http: aiohttp.ClientSession,
+    server: ServerProcess,
+    owner: RawDevice,
+    data: bytes,
     *recipients: RawDevice,
 ) -> str:
     """Announce and upload a whole blob; returns its id."""
@@ -145,13 +159,15 @@ async def test_server_stores_blob_and_serves_it_to_its_recipient(
     assert (again.status, again.body) == (200, created.body)
 
     assert (await call(http, server, alice, "HEAD", wire.blob_path(blob_id))).offset == 0
-    first = await call(http, server, alice, "PUT", wire.blob_path(blob_id, offset=0),
-                       data=data[:100_000])
+    first = await call(
+        http, server, alice, "PUT", wire.blob_path(blob_id, offset=0), data=data[:100_000]
+    )
     assert (first.status, first.offset) == (204, 100_000)
     early = await call(http, server, bob, "GET", wire.blob_path(blob_id))
     assert (early.status, early.error().code) == (404, ErrorCode.UNKNOWN_BLOB)
-    rest = await call(http, server, alice, "PUT", wire.blob_path(blob_id, offset=100_000),
-                      data=data[100_000:])
+    rest = await call(
+        http, server, alice, "PUT", wire.blob_path(blob_id, offset=100_000), data=data[100_000:]
+    )
     assert (rest.status, rest.offset) == (204, len(data))
 
     got = await call(http, server, bob, "GET", wire.blob_path(blob_id))
@@ -172,8 +188,9 @@ async def test_server_refuses_blob_over_its_size_limit(
     assert "1001" in refused.error().message and "1000" in refused.error().message
 
     blob_id = await create(http, server, alice, 1000, bob)
-    over = await call(http, server, alice, "PUT", wire.blob_path(blob_id, offset=0),
-                      data=b"x" * 1200)
+    over = await call(
+        http, server, alice, "PUT", wire.blob_path(blob_id, offset=0), data=b"x" * 1200
+    )
     assert (over.status, over.error().code) == (413, ErrorCode.BLOB_TOO_LARGE)
     assert (await call(http, server, alice, "HEAD", wire.blob_path(blob_id))).offset == 1000
 
@@ -227,17 +244,26 @@ async def test_server_refuses_malformed_blob_announcements(
         (b"{not json", 400, ErrorCode.MALFORMED_FRAME),
         (announce(0, bob), 400, ErrorCode.MALFORMED_FRAME),
         (announce(10), 400, ErrorCode.MALFORMED_FRAME),
-        (wire.encode(wire.CreateBlob(blob_id="short", size=10, recipients=many[:1])), 400,
-         ErrorCode.MALFORMED_FRAME),
-        (wire.encode(wire.CreateBlob(blob_id=secrets.token_urlsafe(16), size=10,
-                                     recipients=many)), 400, ErrorCode.TOO_MANY_ITEMS),
+        (
+            wire.encode(wire.CreateBlob(blob_id="short", size=10, recipients=many[:1])),
+            400,
+            ErrorCode.MALFORMED_FRAME,
+        ),
+        (
+            wire.encode(
+                wire.CreateBlob(blob_id=secrets.token_urlsafe(16), size=10, recipients=many)
+            ),
+            400,
+            ErrorCode.TOO_MANY_ITEMS,
+        ),
     ]
     for body, status, code in cases:
         answer = await call(http, server, alice, "POST", wire.BLOBS_PATH, data=body)
         assert (answer.status, answer.error().code) == (status, code), body
     blob_id = await create(http, server, alice, 10, bob)
-    bad_offset = await call(http, server, alice, "PUT", f"{wire.blob_path(blob_id)}?offset=x",
-                            data=b"0123456789")
+    bad_offset = await call(
+        http, server, alice, "PUT", f"{wire.blob_path(blob_id)}?offset=x", data=b"0123456789"
+    )
     assert (bad_offset.status, bad_offset.error().code) == (400, ErrorCode.MALFORMED_FRAME)
 
 
@@ -256,9 +282,16 @@ async def test_server_refuses_requests_not_signed_by_the_named_device(
         "unknown account": await call(http, server, RawDevice("mallory"), "GET", path),
         "unknown device": await call(http, server, RawDevice("bob", "tablet"), "GET", path),
         "signed for another path": await call(
-            http, server, bob, "GET", path,
-            headers={wire.HEADER_SIGNATURE: bob.sign(
-                wire.blob_request_bytes("GET", wire.BLOBS_PATH, now, "bob", "phone"))},
+            http,
+            server,
+            bob,
+            "GET",
+            path,
+            headers={
+                wire.HEADER_SIGNATURE: bob.sign(
+                    wire.blob_request_bytes("GET", wire.BLOBS_PATH, now, "bob", "phone")
+                )
+            },
             signed_at=now,
         ),
     }
@@ -286,13 +319,17 @@ async def test_server_answers_wrong_upload_offset_with_the_current_one(
     await call(http, server, alice, "PUT", wire.blob_path(blob_id, offset=0), data=b"a" * 100)
 
     for offset in (0, 50, 200):
-        wrong = await call(http, server, alice, "PUT", wire.blob_path(blob_id, offset=offset),
-                           data=b"b" * 100)
-        assert (wrong.status, wrong.error().code, wrong.offset) == (
-            409, ErrorCode.OFFSET_MISMATCH, 100
+        wrong = await call(
+            http, server, alice, "PUT", wire.blob_path(blob_id, offset=offset), data=b"b" * 100
         )
-    right = await call(http, server, alice, "PUT", wire.blob_path(blob_id, offset=100),
-                       data=b"c" * 200)
+        assert (wrong.status, wrong.error().code, wrong.offset) == (
+            409,
+            ErrorCode.OFFSET_MISMATCH,
+            100,
+        )
+    right = await call(
+        http, server, alice, "PUT", wire.blob_path(blob_id, offset=100), data=b"c" * 200
+    )
     assert right.offset == 300
     got = await call(http, server, bob, "GET", wire.blob_path(blob_id))
     assert got.body == b"a" * 100 + b"c" * 200
@@ -327,8 +364,9 @@ async def test_server_keeps_the_bytes_of_an_upload_that_broke_off(
     # HEAD waits for the broken upload to finish, so it sees what was kept.
     kept = await call(http, server, alice, "HEAD", wire.blob_path(blob_id))
     assert kept.offset == 70_000
-    rest = await call(http, server, alice, "PUT", wire.blob_path(blob_id, offset=70_000),
-                      data=data[70_000:])
+    rest = await call(
+        http, server, alice, "PUT", wire.blob_path(blob_id, offset=70_000), data=data[70_000:]
+    )
     assert rest.offset == len(data)
     assert (await call(http, server, bob, "GET", wire.blob_path(blob_id))).body == data
 
@@ -386,13 +424,17 @@ async def test_server_deletes_a_blob_once_every_recipient_fetched_it(
     _, carol = await online(server, "carol")
     blob_id = await upload(http, server, alice, b"group photo", bob, carol)
 
-    assert (await call(http, server, bob, "POST", wire.blob_path(blob_id, fetched=True))).status == 204
+    assert (
+        await call(http, server, bob, "POST", wire.blob_path(blob_id, fetched=True))
+    ).status == 204
     assert blob_id in held_blob_ids(server) and blob_id in blob_files(server)
     again = await call(http, server, bob, "GET", wire.blob_path(blob_id))
     assert again.status == 404  # bob has it already
     assert (await call(http, server, carol, "GET", wire.blob_path(blob_id))).body == b"group photo"
 
-    assert (await call(http, server, carol, "POST", wire.blob_path(blob_id, fetched=True))).status == 204
+    assert (
+        await call(http, server, carol, "POST", wire.blob_path(blob_id, fetched=True))
+    ).status == 204
     assert held_blob_ids(server) == set() and blob_files(server) == set()
     repeated = await call(http, server, carol, "POST", wire.blob_path(blob_id, fetched=True))
     assert repeated.status == 204
@@ -458,7 +500,10 @@ async def admin_json(*args: str) -> object:
     result = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "obrolan.server", "admin", *args],
-        capture_output=True, text=True, timeout=ADMIN_GUARD_SECONDS, check=False,
+        capture_output=True,
+        text=True,
+        timeout=ADMIN_GUARD_SECONDS,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert "SECRET" not in result.stdout
@@ -480,10 +525,22 @@ async def test_admin_discloses_blobs_and_counts_them_without_content(
     disclosed = await admin_json("disclose", "alice", "--data", data)
     assert isinstance(disclosed, dict)
     assert sorted(disclosed["blobs_from_account"], key=lambda b: b["size"]) == [
-        {"blob_id": complete, "from_device": "phone", "size": 19, "received": 19,
-         "expires_day": expiry, "waiting_for": ["bob/phone"]},
-        {"blob_id": partial, "from_device": "phone", "size": 50, "received": 12,
-         "expires_day": expiry, "waiting_for": ["bob/phone"]},
+        {
+            "blob_id": complete,
+            "from_device": "phone",
+            "size": 19,
+            "received": 19,
+            "expires_day": expiry,
+            "waiting_for": ["bob/phone"],
+        },
+        {
+            "blob_id": partial,
+            "from_device": "phone",
+            "size": 50,
+            "received": 12,
+            "expires_day": expiry,
+            "waiting_for": ["bob/phone"],
+        },
     ]
     assert disclosed["blobs_for_account"] == []
     for_bob = await admin_json("disclose", "bob", "--data", data)

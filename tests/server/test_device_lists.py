@@ -190,7 +190,9 @@ async def test_server_refuses_a_list_of_more_devices_than_its_limit(
     client, phone = await online(server, "alice")
     assert client.challenge.limits.max_devices_per_account == 3
     account = phone.account
-    laptop, tablet, watch = (RawDevice("alice", name, account) for name in ("laptop", "tablet", "watch"))
+    laptop, tablet, watch = (
+        RawDevice("alice", name, account) for name in ("laptop", "tablet", "watch")
+    )
     three = account.publish_frame(1, [phone, laptop, tablet])
     assert await client.request(three) == DevicesPublished(id=1, version=2)
     reply = await client.request(account.publish_frame(2, [phone, laptop, tablet, watch]))
@@ -302,8 +304,12 @@ async def test_server_refuses_a_recovery_key_its_account_key_did_not_sign(
     device = RawDevice("alice", "phone")
     client = await connect(server.ws_url)
     frame = device.register_frame(client.challenge.nonce)
-    forged = replace(frame, recovery_key_signature=RawAccount("alice").key.sign_recovery_key(
-        "alice", frame.recovery_key))
+    forged = replace(
+        frame,
+        recovery_key_signature=RawAccount("alice").key.sign_recovery_key(
+            "alice", frame.recovery_key
+        ),
+    )
     reply = await client.request(forged)
     assert refused(reply, ErrorCode.BAD_SIGNATURE), reply
     observer_client, _ = await online(server, "bob")
@@ -339,9 +345,7 @@ async def test_server_replaces_the_recovery_key_only_when_the_account_key_signed
     client, alice = await online(server, "alice")
     first_code = alice.account.recovery
     new_code = RecoveryCode.create()
-    assert await client.request(alice.account.set_recovery_frame(1, new_code)) == RecoverySet(
-        id=1
-    )
+    assert await client.request(alice.account.set_recovery_frame(1, new_code)) == RecoverySet(id=1)
     forged = RawAccount("alice").set_recovery_frame(2, RecoveryCode.create())
     assert refused(await client.request(forged), ErrorCode.BAD_SIGNATURE)
     other_code = RecoveryCode.create()

@@ -316,7 +316,8 @@ async def test_server_pushes_the_held_copy_when_a_resend_carries_other_bytes(
     await send_multi(dave_client, 1, envelope)
     other_marker, other = marked()
     again = MultiEnvelope(
-        envelope_id=envelope.envelope_id, recipients=[recipient(bob), recipient(erin)],
+        envelope_id=envelope.envelope_id,
+        recipients=[recipient(bob), recipient(erin)],
         ciphertext=other,
     )
     await send_multi(dave_client, 2, again)
@@ -330,9 +331,7 @@ async def test_server_keeps_a_sent_group_envelope_through_a_crash(
     """kill -9 after `sent`, restart: every device gets the envelope once, and the
     ciphertext goes after the last ack."""
     dave_client, dave = await online(server, "dave")
-    _, alice, _, alice_laptop = await with_laptop(
-        server, connect, online, "alice"
-    )
+    _, alice, _, alice_laptop = await with_laptop(server, connect, online, "alice")
     _, bob = await online(server, "bob")
     marker, ciphertext = marked()
     envelope = multi([alice, alice_laptop, bob], ciphertext)

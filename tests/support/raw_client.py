@@ -153,9 +153,7 @@ class RawAccount:
         self, request_id: int, devices: Sequence[RawDevice], *, version: int | None = None
     ) -> PublishDevices:
         """A ``publish_devices`` frame with a list of ``devices`` (see :meth:`signed_list`)."""
-        return PublishDevices(
-            id=request_id, device_list=self.signed_list(devices, version=version)
-        )
+        return PublishDevices(id=request_id, device_list=self.signed_list(devices, version=version))
 
     def set_recovery_frame(self, request_id: int, code: RecoveryCode) -> SetRecovery:
         """A ``set_recovery`` frame for ``code``, signed by the account key."""

@@ -82,7 +82,7 @@ class MaliciousServer:
             (self._reordering if matches(envelope) else kept).append(envelope)
         if len(self._reordering) >= len(order):
             held, self._reordering, self._reorder = self._reordering, [], None
-            kept += [held[i] for i in order] + held[len(order):]
+            kept += [held[i] for i in order] + held[len(order) :]
             self.reordered += len(order)
         return {**frame, "envelopes": kept} if kept else None
 
@@ -97,9 +97,10 @@ class MaliciousServer:
     async def _proxy(self, request: web.Request) -> web.WebSocketResponse:
         client = web.WebSocketResponse(max_msg_size=0)
         await client.prepare(request)
-        async with aiohttp.ClientSession() as http, http.ws_connect(
-            self._upstream, max_msg_size=0
-        ) as server:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(self._upstream, max_msg_size=0) as server,
+        ):
 
             async def downstream() -> None:
                 async for message in server:

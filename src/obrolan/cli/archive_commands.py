@@ -172,16 +172,30 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     """Add the ``search``, ``export`` and ``import`` verbs."""
     p = add_verb(sub, "search", cmd_search, "search this device's messages, best matches first")
     p.add_argument("text", nargs="+", help="words to find (the last one may be a prefix)")
-    p.add_argument("--with", dest="with_user", metavar="USER",
-                   help="only the conversation with USER")
-    p.add_argument("--limit", type=_limit, default=20, metavar="N",
-                   help=f"at most N results (default 20, at most {MAX_LIMIT})")
+    p.add_argument(
+        "--with", dest="with_user", metavar="USER", help="only the conversation with USER"
+    )
+    p.add_argument(
+        "--limit",
+        type=_limit,
+        default=20,
+        metavar="N",
+        help=f"at most N results (default 20, at most {MAX_LIMIT})",
+    )
 
-    p = add_verb(sub, "export", cmd_export,
-                 "write this device's history to an encrypted archive file (offline)")
+    p = add_verb(
+        sub,
+        "export",
+        cmd_export,
+        "write this device's history to an encrypted archive file (offline)",
+    )
     p.add_argument("--out", type=Path, required=True, metavar="FILE", help="the archive to write")
     p.add_argument("--force", action="store_true", help="replace FILE if it exists")
 
-    p = add_verb(sub, "import", cmd_import,
-                 "add the history in an archive to this profile (offline; safe to repeat)")
+    p = add_verb(
+        sub,
+        "import",
+        cmd_import,
+        "add the history in an archive to this profile (offline; safe to repeat)",
+    )
     p.add_argument("file", type=Path, metavar="FILE", help="an archive made by `obrolan export`")

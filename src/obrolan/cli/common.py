@@ -95,24 +95,33 @@ async def deliver(client: Client) -> str:
     try:
         await client.flush(timeout=SEND_TIMEOUT)
     except ServerUnreachable as exc:
-        print(f"obrolan: {one_line(str(exc))}; queued, it will go with the next sync, listen or send",
-              file=sys.stderr)
+        print(
+            f"obrolan: {one_line(str(exc))}; queued, it will go with the next sync, listen or send",
+            file=sys.stderr,
+        )
         return "queued"
     return "sent"
 
 
 def add_server_options(parser: argparse.ArgumentParser) -> None:
     """The options of a verb that makes a new profile: register, link, recover."""
-    parser.add_argument("--server", required=True, metavar="URL",
-                        help="e.g. https://chat.example.org")
-    parser.add_argument("--no-passphrase", action="store_true",
-                        help="keep the store key in a 0600 file instead (for unattended bots)")
-    parser.add_argument("--insecure", action="store_true",
-                        help="allow plain http to a non-loopback host")
-    parser.add_argument("--ca-file", metavar="PEM",
-                        help="trust this CA for the server's certificate")
-    parser.add_argument("--name", metavar="NAME",
-                        help="this device's name (default: the host name)")
+    parser.add_argument(
+        "--server", required=True, metavar="URL", help="e.g. https://chat.example.org"
+    )
+    parser.add_argument(
+        "--no-passphrase",
+        action="store_true",
+        help="keep the store key in a 0600 file instead (for unattended bots)",
+    )
+    parser.add_argument(
+        "--insecure", action="store_true", help="allow plain http to a non-loopback host"
+    )
+    parser.add_argument(
+        "--ca-file", metavar="PEM", help="trust this CA for the server's certificate"
+    )
+    parser.add_argument(
+        "--name", metavar="NAME", help="this device's name (default: the host name)"
+    )
 
 
 def passphrase_for(profile: Path) -> str | None:
@@ -126,7 +135,10 @@ def print_json(value: object) -> None:
 
 _PROFILE_OPTIONS = argparse.ArgumentParser(add_help=False)
 _PROFILE_OPTIONS.add_argument(
-    "--profile", type=Path, default=None, metavar="DIR",
+    "--profile",
+    type=Path,
+    default=None,
+    metavar="DIR",
     help="the device's profile folder (default: $OBROLAN_PROFILE or the user data dir)",
 )
 _PROFILE_OPTIONS.add_argument("--json", action="store_true", help="print data as JSON")

@@ -64,7 +64,9 @@ async def cmd_delete(args: argparse.Namespace) -> int:
 async def cmd_timer(args: argparse.Namespace) -> int:
     async with Client.open(args.profile, passphrase_for(args.profile)) as client:
         if args.duration is None:
-            print(f"disappearing messages with {args.user}: {describe_timer(client.timer(args.user))}")
+            print(
+                f"disappearing messages with {args.user}: {describe_timer(client.timer(args.user))}"
+            )
             return 0
         await client.set_timer(args.user, parse_duration(args.duration))
         outcome = await deliver(client)
@@ -77,10 +79,12 @@ async def cmd_requests(args: argparse.Namespace) -> int:
         if args.action is None:
             waiting = client.requests()
             if args.json:
-                print_json([
-                    {"username": peer, "messages": [m.as_json() for m in client.history(peer)]}
-                    for peer in waiting
-                ])
+                print_json(
+                    [
+                        {"username": peer, "messages": [m.as_json() for m in client.history(peer)]}
+                        for peer in waiting
+                    ]
+                )
             elif not waiting:
                 print("no message requests", file=sys.stderr)
             for peer in [] if args.json else waiting:
@@ -89,7 +93,9 @@ async def cmd_requests(args: argparse.Namespace) -> int:
                 print(f"{shown}: {count} message(s) waiting (`obrolan requests accept {shown}`)")
             return 0
         if args.user is None:
-            raise ConfigError(f"say whose request to {args.action}: obrolan requests {args.action} USER")
+            raise ConfigError(
+                f"say whose request to {args.action}: obrolan requests {args.action} USER"
+            )
         if args.action == "accept":
             client.accept(args.user)
             print(f"accepted {args.user}: `obrolan history {args.user}` shows their messages")
@@ -128,8 +134,14 @@ async def cmd_settings(args: argparse.Namespace) -> int:
         blocked = client.blocked()
         rotation = client.groups.rotation
     if args.json:
-        print_json({"receipts": receipts, "auto_download_bytes": auto_download, "blocked": blocked,
-                    "group_rotation": {"messages": rotation[0], "days": rotation[1]}})
+        print_json(
+            {
+                "receipts": receipts,
+                "auto_download_bytes": auto_download,
+                "blocked": blocked,
+                "group_rotation": {"messages": rotation[0], "days": rotation[1]},
+            }
+        )
     else:
         print(f"receipts: {receipts}")
         print(f"files fetched at once up to: {auto_download:,} bytes")
@@ -172,9 +184,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p = verb("settings", cmd_settings, "show or change this device's settings")
     p.add_argument("--receipts", choices=["on", "off"], help="send delivery and read receipts")
     p.add_argument(
-        "--auto-download", metavar="SIZE", help="fetch files up to SIZE at once (e.g. 5M, 0 = never)"
+        "--auto-download",
+        metavar="SIZE",
+        help="fetch files up to SIZE at once (e.g. 5M, 0 = never)",
     )
     p.add_argument(
-        "--group-rotation", metavar="N,Dd",
+        "--group-rotation",
+        metavar="N,Dd",
         help="start a new group key after N messages or D days (default 100,7d)",
     )

@@ -65,9 +65,14 @@ async def cmd_link(args: argparse.Namespace) -> int:
     passphrase = None if args.no_passphrase else read_passphrase(confirm=True)
     try:
         client = await Client.link(
-            args.profile, args.server, username, passphrase,
+            args.profile,
+            args.server,
+            username,
+            passphrase,
             lambda code: _show_link_code(args.server, code, args.json),
-            insecure=args.insecure, ca_file=args.ca_file, device_name=args.name,
+            insecure=args.insecure,
+            ca_file=args.ca_file,
+            device_name=args.name,
         )
     except RequestRefused as exc:
         if exc.code != ErrorCode.UNKNOWN_LINK:
@@ -80,8 +85,11 @@ async def cmd_link(args: argparse.Namespace) -> int:
         me = client.whoami()
         contacts = client.contacts()
         verified = sum(c.verified for c in contacts)
-        print(f"linked {me.username}'s new device {me.device_id}; it knows your "
-              f"{len(contacts)} contact(s), {verified} of them verified", file=sys.stderr)
+        print(
+            f"linked {me.username}'s new device {me.device_id}; it knows your "
+            f"{len(contacts)} contact(s), {verified} of them verified",
+            file=sys.stderr,
+        )
         if client.history_follows:
             await receive_history(client)
     finally:
@@ -113,8 +121,10 @@ async def cmd_devices(args: argparse.Namespace) -> int:
     for device in devices:  # the names and dates come from the devices and the server
         mark = "  (this device)" if device.current else ""
         active = one_line(device.last_active or "never")
-        show(f"{one_line(device.device_id)}  {one_line(device.name)}  "
-             f"added {one_line(device.added)}  last active {active}{mark}")
+        show(
+            f"{one_line(device.device_id)}  {one_line(device.name)}  "
+            f"added {one_line(device.added)}  last active {active}{mark}"
+        )
     return 0
 
 
@@ -122,19 +132,29 @@ async def cmd_approve(args: argparse.Namespace) -> int:
     async with Client.open(args.profile, passphrase_for(args.profile)) as client:
         approval = await client.approve(args.code, with_history=args.with_history)
         device = approval.device
-        print(f"added device {one_line(device.device_id)} ({one_line(device.name)}) "
-              f"to {client.username}, "
-              f"with {approval.contacts_shared} contact(s) and their safety state",
-              file=sys.stderr)
+        print(
+            f"added device {one_line(device.device_id)} ({one_line(device.name)}) "
+            f"to {client.username}, "
+            f"with {approval.contacts_shared} contact(s) and their safety state",
+            file=sys.stderr,
+        )
         if approval.contacts_left_out:
-            print(f"{approval.contacts_left_out} contact(s) you talked to least did not fit; "
-                  f"the new device will trust their keys on first contact, so compare safety "
-                  f"numbers there if it matters", file=sys.stderr)
+            print(
+                f"{approval.contacts_left_out} contact(s) you talked to least did not fit; "
+                f"the new device will trust their keys on first contact, so compare safety "
+                f"numbers there if it matters",
+                file=sys.stderr,
+            )
         if args.with_history:
             await _send_history(client, device.device_id)
     if args.json:
-        print_json({**device.as_json(), "contacts_shared": approval.contacts_shared,
-                    "contacts_left_out": approval.contacts_left_out})
+        print_json(
+            {
+                **device.as_json(),
+                "contacts_shared": approval.contacts_shared,
+                "contacts_left_out": approval.contacts_left_out,
+            }
+        )
     return 0
 
 
@@ -181,8 +201,14 @@ async def cmd_recover(args: argparse.Namespace) -> int:
     passphrase = None if args.no_passphrase else read_passphrase(confirm=True)
     try:
         client = await Client.recover(
-            args.profile, args.server, args.user, code, passphrase,
-            insecure=args.insecure, ca_file=args.ca_file, device_name=args.name,
+            args.profile,
+            args.server,
+            args.user,
+            code,
+            passphrase,
+            insecure=args.insecure,
+            ca_file=args.ca_file,
+            device_name=args.name,
         )
     except RequestRefused as exc:
         if exc.code != ErrorCode.AUTH_FAILED:
@@ -200,8 +226,10 @@ async def cmd_recover(args: argparse.Namespace) -> int:
         print_json({**me.as_json(), "recovery_code": str(new_code)})
         return 0
     print(f"recovered {me.username} on {me.server_url} (device {me.device_id})")
-    print("Your contacts will see that your account key changed; ask them to compare safety "
-          "numbers again.")
+    print(
+        "Your contacts will see that your account key changed; ask them to compare safety "
+        "numbers again."
+    )
     print_recovery_code(new_code)
     return 0
 
@@ -225,8 +253,10 @@ async def cmd_trust(args: argparse.Namespace) -> int:
     async with Client.open(args.profile, passphrase_for(args.profile), online=False) as client:
         changed = client.trust(args.user)
     if changed:
-        print(f"accepted {args.user}'s new account key; verify it with `obrolan verify "
-              f"{args.user}` to mark it verified again")
+        print(
+            f"accepted {args.user}'s new account key; verify it with `obrolan verify "
+            f"{args.user}` to mark it verified again"
+        )
     else:
         print(f"{args.user}'s account key has not changed: nothing to accept", file=sys.stderr)
     return 0
@@ -248,8 +278,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
     a = action("approve", cmd_approve, "add the new device that shows CODE")
     a.add_argument("code", metavar="CODE")
-    a.add_argument("--with-history", action="store_true",
-                   help="then send it this device's history (end-to-end encrypted)")
+    a.add_argument(
+        "--with-history",
+        action="store_true",
+        help="then send it this device's history (end-to-end encrypted)",
+    )
     a = action("send-history", cmd_send_history, "send this device's history to DEVICE")
     a.add_argument("device", metavar="DEVICE")
     a = action("rename", cmd_rename, "rename one of your devices")

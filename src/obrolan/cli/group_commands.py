@@ -21,6 +21,7 @@ from obrolan.protocol import groups
 
 __all__ = ["add_parsers"]
 
+
 def _view_json(view: GroupView) -> dict[str, object]:
     return {
         "group_id": view.group_id,
@@ -48,8 +49,10 @@ def _print_view(view: GroupView) -> None:
     if view.rules:
         show(f"rules: {block(view.rules)}")
     s = view.settings
-    print(f"who can post: {s.who_can_post}; who can add: {s.who_can_add}; "
-          f"join approval: {'on' if s.approval else 'off'}")
+    print(
+        f"who can post: {s.who_can_post}; who can add: {s.who_can_add}; "
+        f"join approval: {'on' if s.approval else 'off'}"
+    )
     for name, member in sorted(view.members.items()):
         muted = ""
         if member.muted_until_ms > now_ms():
@@ -106,8 +109,10 @@ async def cmd_list(args: argparse.Namespace) -> int:
         return 0
     for view in views:
         role = view.role(me) or "left"
-        show(f"{one_line(view.group_id[:8])}  {one_line(view.title)}  "
-             f"({len(view.members)} members, you: {one_line(role)})")
+        show(
+            f"{one_line(view.group_id[:8])}  {one_line(view.title)}  "
+            f"({len(view.members)} members, you: {one_line(role)})"
+        )
     if not views:
         print("no groups yet: `obrolan group create NAME --members a,b`", file=sys.stderr)
     return 0
@@ -160,8 +165,10 @@ async def cmd_join(args: argparse.Namespace) -> int:
     async with Client.open(args.profile, passphrase_for(args.profile)) as client:
         group_id = await client.groups.join(args.link)
         await deliver(client)
-    print(f"asked to join {one_line(group_id)}: you are in once an admin approves (`obrolan sync`)",
-          file=sys.stderr)
+    print(
+        f"asked to join {one_line(group_id)}: you are in once an admin approves (`obrolan sync`)",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -208,7 +215,8 @@ async def cmd_delete(args: argparse.Namespace) -> int:
         if message.peer != group_peer(group_id):
             raise GroupError("that message is not in this group")
         await client.groups.act(
-            group_id, groups.DeleteMessage(sender=message.sender, message_id=message.message_id),
+            group_id,
+            groups.DeleteMessage(sender=message.sender, message_id=message.message_id),
             args.reason,
         )
         await deliver(client)
@@ -236,9 +244,11 @@ async def cmd_reports(args: argparse.Namespace) -> int:
             return 0
         for r in reports:
             proof = "signature verified" if r.verified else "⚠ signature does NOT verify"
-            show(f"{one_line(r.reporter)} reported {one_line(r.sender)} "
-                 f"[{one_line(r.message_id[:8])}] ({proof}): {one_line(r.reason)}\n"
-                 f"    “{block(r.text)}”")
+            show(
+                f"{one_line(r.reporter)} reported {one_line(r.sender)} "
+                f"[{one_line(r.message_id[:8])}] ({proof}): {one_line(r.reason)}\n"
+                f"    “{block(r.text)}”"
+            )
         if not reports:
             print("no reports", file=sys.stderr)
         return 0
@@ -269,12 +279,22 @@ async def cmd_settings(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    group = sub.add_parser("group", help="group chats: create, moderate, read the log",
-                           description="Group chats whose admins are answerable.")
+    group = sub.add_parser(
+        "group",
+        help="group chats: create, moderate, read the log",
+        description="Group chats whose admins are answerable.",
+    )
     actions = group.add_subparsers(dest="action", metavar="ACTION", required=True)
 
-    def verb(name: str, handler: Handler, help_text: str, *, target: bool = True,
-             user: bool = False, reason: bool = False) -> argparse.ArgumentParser:
+    def verb(
+        name: str,
+        handler: Handler,
+        help_text: str,
+        *,
+        target: bool = True,
+        user: bool = False,
+        reason: bool = False,
+    ) -> argparse.ArgumentParser:
         p = add_verb(actions, name, handler, help_text)
         if target:
             p.add_argument("group", metavar="GROUP", help="its id (or the start of it) or title")
@@ -292,22 +312,54 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     verb("log", cmd_log, "the signed moderation log: who did what, to whom, when, why")
     p = verb("history", cmd_history, "the group's messages on this device")
     p.add_argument("--limit", type=int, default=None)
-    verb("add", _acting(lambda a: groups.Add(user=a.user), "added {user}"),
-         "add a member", user=True, reason=True)
-    verb("remove", _acting(lambda a: groups.Remove(user=a.user), "removed {user}"),
-         "remove a member (they read nothing sent after)", user=True, reason=True)
-    verb("promote", _acting(lambda a: groups.Promote(user=a.user), "{user} is now an admin"),
-         "make a member an admin (owner)", user=True, reason=True)
-    verb("demote", _acting(lambda a: groups.Demote(user=a.user), "{user} is now a member"),
-         "make an admin a member (owner)", user=True, reason=True)
-    verb("transfer", _acting(lambda a: groups.Transfer(user=a.user), "{user} owns the group now"),
-         "hand ownership to a member (owner)", user=True, reason=True)
-    p = verb("rules", _acting(lambda a: groups.EditInfo(rules=a.text), "rules updated"),
-             "set the group's rules", reason=True)
+    verb(
+        "add",
+        _acting(lambda a: groups.Add(user=a.user), "added {user}"),
+        "add a member",
+        user=True,
+        reason=True,
+    )
+    verb(
+        "remove",
+        _acting(lambda a: groups.Remove(user=a.user), "removed {user}"),
+        "remove a member (they read nothing sent after)",
+        user=True,
+        reason=True,
+    )
+    verb(
+        "promote",
+        _acting(lambda a: groups.Promote(user=a.user), "{user} is now an admin"),
+        "make a member an admin (owner)",
+        user=True,
+        reason=True,
+    )
+    verb(
+        "demote",
+        _acting(lambda a: groups.Demote(user=a.user), "{user} is now a member"),
+        "make an admin a member (owner)",
+        user=True,
+        reason=True,
+    )
+    verb(
+        "transfer",
+        _acting(lambda a: groups.Transfer(user=a.user), "{user} owns the group now"),
+        "hand ownership to a member (owner)",
+        user=True,
+        reason=True,
+    )
+    p = verb(
+        "rules",
+        _acting(lambda a: groups.EditInfo(rules=a.text), "rules updated"),
+        "set the group's rules",
+        reason=True,
+    )
     p.add_argument("text")
-    p = verb("describe", _acting(
-        lambda a: groups.EditInfo(title=a.title, description=a.description), "updated"),
-        "set the title or description", reason=True)
+    p = verb(
+        "describe",
+        _acting(lambda a: groups.EditInfo(title=a.title, description=a.description), "updated"),
+        "set the title or description",
+        reason=True,
+    )
     p.add_argument("--title")
     p.add_argument("--description")
     p = verb("settings", cmd_settings, "who may post, who may add, join approval", reason=True)
@@ -316,8 +368,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--approval", choices=("on", "off"))
     p = verb("invite", cmd_invite, "make an invite link")
     p.add_argument("--expires", default="7d", help="e.g. 1h, 7d (default 7d)")
-    p = verb("revoke", _acting(lambda a: groups.RevokeInvite(invite_id=a.invite), "revoked"),
-             "revoke an invite link", reason=True)
+    p = verb(
+        "revoke",
+        _acting(lambda a: groups.RevokeInvite(invite_id=a.invite), "revoked"),
+        "revoke an invite link",
+        reason=True,
+    )
     p.add_argument("invite", metavar="INVITE_ID")
     p = verb("join", cmd_join, "ask to join with an invite link", target=False)
     p.add_argument("link")

@@ -52,8 +52,13 @@ EXIT_INTERRUPTED = 130
 async def cmd_register(args: argparse.Namespace) -> int:
     passphrase = None if args.no_passphrase else read_passphrase(confirm=True)
     client = await Client.register(
-        args.profile, args.server, args.username, passphrase,
-        insecure=args.insecure, ca_file=args.ca_file, device_name=args.name,
+        args.profile,
+        args.server,
+        args.username,
+        passphrase,
+        insecure=args.insecure,
+        ca_file=args.ca_file,
+        device_name=args.name,
     )
     try:
         me = client.whoami()
@@ -99,8 +104,9 @@ async def cmd_send(args: argparse.Namespace) -> int:
             await client.flush(timeout=SEND_TIMEOUT)
         except ServerUnreachable as exc:
             raise ServerUnreachable(
-                exc.url, f"{exc.reason}; the message is queued and will be sent by the next "
-                f"`obrolan sync`, `listen` or `send`"
+                exc.url,
+                f"{exc.reason}; the message is queued and will be sent by the next "
+                f"`obrolan sync`, `listen` or `send`",
             ) from None
         message = client.message(queued.message_id, client.username) or queued
     if message.state is MessageState.FAILED:
@@ -144,8 +150,10 @@ async def cmd_sync(args: argparse.Namespace) -> int:
         if not messages:
             print("no new messages", file=sys.stderr)
         if requests:
-            print(f"message requests from {one_line(', '.join(requests))}: see `obrolan requests`",
-                  file=sys.stderr)
+            print(
+                f"message requests from {one_line(', '.join(requests))}: see `obrolan requests`",
+                file=sys.stderr,
+            )
     return 0
 
 
@@ -197,8 +205,10 @@ async def cmd_whoami(args: argparse.Namespace) -> int:
     if args.json:
         print_json(me.as_json())
     else:
-        print(f"{me.username} on {me.server_url}\ndevice {me.device_id}\n"
-              f"account key {me.account_key}\ndevice key {me.ed25519}")
+        print(
+            f"{me.username} on {me.server_url}\ndevice {me.device_id}\n"
+            f"account key {me.account_key}\ndevice key {me.ed25519}"
+        )
     return 0
 
 
@@ -220,6 +230,7 @@ async def cmd_safety_number(args: argparse.Namespace) -> int:
 
 # --- parser -------------------------------------------------------------------------------
 
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="obrolan",
@@ -240,7 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", nargs="?", default="")
     p.add_argument("--group", metavar="GROUP", help="post TEXT in this group (id or title)")
     p.add_argument("--file", type=Path, metavar="PATH", help="attach a file (encrypted, resumable)")
-    p.add_argument("--reply-to", metavar="MESSAGE", help="quote a message (its id, or the start of it)")
+    p.add_argument(
+        "--reply-to", metavar="MESSAGE", help="quote a message (its id, or the start of it)"
+    )
 
     p = verb("download", cmd_download, "fetch, verify and decrypt a message's file")
     p.add_argument("message", metavar="MESSAGE", help="its id, or the start of it")
@@ -256,7 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     verb("contacts", cmd_contacts, "list the people this device has talked to")
     verb("whoami", cmd_whoami, "print this profile's account, device and server")
 
-    p = verb("safety-number", cmd_safety_number, "print the safety number to compare with a contact")
+    p = verb(
+        "safety-number", cmd_safety_number, "print the safety number to compare with a contact"
+    )
     p.add_argument("user")
     add_verify_command(sub)
 

@@ -89,7 +89,11 @@ def format_event(event: Event) -> str | None:
         return "⇣ history from your other device arrived: `obrolan sync` imports it"
     if event.message is None:
         return None
-    prefix = "updated: " if event.kind == "update" and event.message.state is not MessageState.NOTICE else ""
+    prefix = (
+        "updated: "
+        if event.kind == "update" and event.message.state is not MessageState.NOTICE
+        else ""
+    )
     return prefix + format_message(event.message)
 
 

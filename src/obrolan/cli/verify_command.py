@@ -42,8 +42,12 @@ async def cmd_verify(args: argparse.Namespace) -> int:
     async with Client.open(args.profile, passphrase_for(args.profile)) as client:
 
         def started() -> None:
-            print(f"waiting for {args.user} to run `obrolan verify {client.username}` "
-                  f"(up to {args.timeout:g} s)…", file=sys.stderr, flush=True)
+            print(
+                f"waiting for {args.user} to run `obrolan verify {client.username}` "
+                f"(up to {args.timeout:g} s)…",
+                file=sys.stderr,
+                flush=True,
+            )
 
         codes = await verify(client, args.user, confirm, timeout=args.timeout, started=started)
     if args.json:
@@ -91,16 +95,30 @@ def _seconds(text: str) -> float:
     except ValueError:
         value = 0.0
     if not 0 < value <= 3600:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0 and at most 3600")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of seconds above 0 and at most 3600"
+        )
     return value
 
 
 def add_verify_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``obrolan verify USER [--decimals] [--timeout S]``."""
-    p = add_verb(sub, "verify", cmd_verify,
-                 "verify a contact by comparing emoji, both running it at the same time")
+    p = add_verb(
+        sub,
+        "verify",
+        cmd_verify,
+        "verify a contact by comparing emoji, both running it at the same time",
+    )
     p.add_argument("user")
-    p.add_argument("--decimals", action="store_true",
-                   help="compare 3 numbers instead of 7 emoji (where emoji do not show)")
-    p.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT, metavar="S",
-                   help=f"give up after S seconds (default {DEFAULT_TIMEOUT:g})")
+    p.add_argument(
+        "--decimals",
+        action="store_true",
+        help="compare 3 numbers instead of 7 emoji (where emoji do not show)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=DEFAULT_TIMEOUT,
+        metavar="S",
+        help=f"give up after S seconds (default {DEFAULT_TIMEOUT:g})",
+    )

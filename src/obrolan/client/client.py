@@ -118,7 +118,11 @@ device is encrypted to at the latest this long after it was added)."""
 AUTO_DOWNLOAD_BYTES = 5 * 1024 * 1024
 """Default: files up to 5 MiB are fetched as soon as their message arrives."""
 _COPIED_TO_OWN_DEVICES = (
-    content.Text, content.Reaction, content.Edit, content.Delete, content.Timer
+    content.Text,
+    content.Reaction,
+    content.Edit,
+    content.Delete,
+    content.Timer,
 )
 """Kinds our other devices get a copy of, so every device shows the whole conversation."""
 
@@ -126,7 +130,9 @@ _COPIED_TO_OWN_DEVICES = (
 class Client:
     """One device of one account: its local store, identity and server connection."""
 
-    def __init__(self, profile_dir: Path, vault: Vault, store: Store, identity: DeviceIdentity) -> None:
+    def __init__(
+        self, profile_dir: Path, vault: Vault, store: Store, identity: DeviceIdentity
+    ) -> None:
         self.profile_dir = profile_dir
         self._vault = vault
         self._store = store
@@ -157,9 +163,15 @@ class Client:
         )
         self._events: asyncio.Queue[Event | None] = asyncio.Queue()
         """What happened, after it was stored; None wakes a reader after a fatal error."""
-        self._notices = InboxNotices(store, self._conversations, self.username, self._events.put_nowait)
+        self._notices = InboxNotices(
+            store, self._conversations, self.username, self._events.put_nowait
+        )
         self.groups = Groups(
-            store, self, self._account, vault.pickle_key, self._conversations,
+            store,
+            self,
+            self._account,
+            vault.pickle_key,
+            self._conversations,
             self._events.put_nowait,
         )
         """This device's group chats (:mod:`obrolan.client.groups`)."""
@@ -458,13 +470,12 @@ class Client:
         with self._store.transaction():
             self._sessions.save(offer.device.curve25519, session)
         await conn.request(
-            lambda i: frames.LinkApprove(
-                id=i, link_id=code.link_id, answer=content.encode(sealed)
-            )
+            lambda i: frames.LinkApprove(id=i, link_id=code.link_id, answer=content.encode(sealed))
         )
         self.groups.share_with_own_device(offer.device.device_id)
-        device = Device(offer.device.device_id, offer.name, entry.added, None,
-                        offer.device.ed25519, False)
+        device = Device(
+            offer.device.device_id, offer.name, entry.added, None, offer.device.ed25519, False
+        )
         return Approval(device, len(shared), len(known) - len(shared))
 
     async def rename_device(self, device_id: str, name: str) -> None:
@@ -473,10 +484,12 @@ class Client:
         listed = await self._own_list()
         self._own_entry(listed, device_id)
         sealed = seal_name(self._data_key, self.username, device_id, name)
-        await self._publish([
-            msgspec.structs.replace(d, name=sealed) if d.keys.device_id == device_id else d
-            for d in listed.devices
-        ])
+        await self._publish(
+            [
+                msgspec.structs.replace(d, name=sealed) if d.keys.device_id == device_id else d
+                for d in listed.devices
+            ]
+        )
 
     async def remove_device(self, device_id: str) -> None:
         """Sign a list without ``device_id``: it receives nothing new, peers stop using it."""
@@ -508,7 +521,8 @@ class Client:
     async def verified_devices(self, username: str) -> list[frames.DeviceKeys]:
         view = await self._fetch_devices(await self._connected(), username)
         return [
-            d for d in view.devices
+            d
+            for d in view.devices
             if view.blocked is None and (username, d.device_id) != (self.username, self.device_id)
         ]
 
@@ -763,7 +777,9 @@ class Client:
         if not matches:
             raise ConfigError(f"no message {message_ref!r} on this device")
         if len(matches) > 1:
-            raise ConfigError(f"{message_ref!r} matches {len(matches)} messages: give more of its id")
+            raise ConfigError(
+                f"{message_ref!r} matches {len(matches)} messages: give more of its id"
+            )
         return matches[0][1]
 
     async def react(self, message: Message, emoji: str) -> None:
@@ -772,9 +788,12 @@ class Client:
         self._check_sendable(message.peer)
         with self._store.transaction():
             self._conversations.react(rowid, emoji)
-            self._queue(message.peer, content.Reaction(
-                message_id=new_id(), sent_at_ms=now_ms(), target=message.message_id, emoji=emoji
-            ))
+            self._queue(
+                message.peer,
+                content.Reaction(
+                    message_id=new_id(), sent_at_ms=now_ms(), target=message.message_id, emoji=emoji
+                ),
+            )
 
     async def edit(self, message: Message, text: str) -> None:
         """Replace the text of one of our messages; the peer sees it as edited."""
@@ -783,9 +802,12 @@ class Client:
         at = now_ms()
         with self._store.transaction():
             self._conversations.edit(rowid, message, text, at)
-            self._queue(message.peer, content.Edit(
-                message_id=new_id(), sent_at_ms=at, target=message.message_id, text=text
-            ))
+            self._queue(
+                message.peer,
+                content.Edit(
+                    message_id=new_id(), sent_at_ms=at, target=message.message_id, text=text
+                ),
+            )
 
     async def delete(self, message: Message) -> None:
         """Delete one of our messages for everyone (within 48 hours of sending it)."""
@@ -794,9 +816,10 @@ class Client:
         at = now_ms()
         with self._store.transaction():
             self._conversations.delete(rowid, message, at)
-            self._queue(message.peer, content.Delete(
-                message_id=new_id(), sent_at_ms=at, target=message.message_id
-            ))
+            self._queue(
+                message.peer,
+                content.Delete(message_id=new_id(), sent_at_ms=at, target=message.message_id),
+            )
         self._conversations.released.clear()  # our own upload: the recipients release it
 
     async def set_timer(self, username: str, seconds: int | None) -> None:
@@ -805,16 +828,18 @@ class Client:
         message_id = new_id()
         with self._store.transaction():
             self._conversations.set_timer(username, seconds, message_id)
-            self._queue(username, content.Timer(message_id=message_id, sent_at_ms=now_ms(),
-                                                seconds=seconds))
+            self._queue(
+                username, content.Timer(message_id=message_id, sent_at_ms=now_ms(), seconds=seconds)
+            )
 
     async def typing(self, username: str, active: bool) -> bool:
         """Tell ``username`` we started or stopped typing; False when offline (not sent)."""
         if self._conn is None:
             return False
         with self._store.transaction():
-            self._queue(username, content.Typing(message_id=new_id(), sent_at_ms=now_ms(),
-                                                 active=active))
+            self._queue(
+                username, content.Typing(message_id=new_id(), sent_at_ms=now_ms(), active=active)
+            )
         return True
 
     async def mark_read(self, username: str) -> int:
@@ -825,9 +850,12 @@ class Client:
         with self._store.transaction():
             self._store.mark_read(username, unread)
             if self.receipts and not is_group_peer(username):  # no receipts in groups
-                self._queue(username, content.Receipt(
-                    message_id=new_id(), sent_at_ms=now_ms(), targets=unread, status="read"
-                ))
+                self._queue(
+                    username,
+                    content.Receipt(
+                        message_id=new_id(), sent_at_ms=now_ms(), targets=unread, status="read"
+                    ),
+                )
         return len(unread)
 
     @property
@@ -885,9 +913,11 @@ class Client:
         after = self._store.contact(username)
         notice = None
         if adopted is contact_sync.Adopted.OTHER_KEY:
-            notice = (f"⚠ your device {device_id} was shown another account key for {username} "
-                      f"than this device: compare safety numbers with {username}, then "
-                      f"`obrolan trust {username}` if the new key is theirs")
+            notice = (
+                f"⚠ your device {device_id} was shown another account key for {username} "
+                f"than this device: compare safety numbers with {username}, then "
+                f"`obrolan trust {username}` if the new key is theirs"
+            )
         elif adopted is contact_sync.Adopted.TRUSTED:
             notice = f"you accepted {username}'s new account key on your device {device_id}"
         elif after is not None and after.verified and not (before and before.verified):
@@ -918,13 +948,20 @@ class Client:
             raise IdentityChanged(username)
 
     def _queue(
-        self, peer: str, body: content.Content, *, message_rowid: int | None = None,
+        self,
+        peer: str,
+        body: content.Content,
+        *,
+        message_rowid: int | None = None,
         to_device: str | None = None,
     ) -> None:
         """Put an event in the outbox (inside the caller's transaction) and wake the sender."""
         counter = None if isinstance(body, content.EPHEMERAL) else self._store.next_counter(peer)
         self._store.enqueue(
-            peer, content.encode(body), message_rowid=message_rowid, counter=counter,
+            peer,
+            content.encode(body),
+            message_rowid=message_rowid,
+            counter=counter,
             to_device=to_device,
         )
         self._outbox_idle.clear()
@@ -964,7 +1001,9 @@ class Client:
             self._resync = True
             await self._conn.close()
         await self._wait(
-            lambda: self._conn is not None and self._drained.is_set() and self._outbox_idle.is_set(),
+            lambda: (
+                self._conn is not None and self._drained.is_set() and self._outbox_idle.is_set()
+            ),
             timeout,
         )
         if self._tasks:  # the files that arrived small enough to fetch at once
@@ -1054,8 +1093,10 @@ class Client:
                 while not condition():
                     if self._fatal is not None:
                         raise self._fatal
-                    if self._conn is None and self._last_error is not None and (
-                        self._failures > failures
+                    if (
+                        self._conn is None
+                        and self._last_error is not None
+                        and (self._failures > failures)
                     ):
                         raise self._last_error
                     self._state_changed.clear()
@@ -1106,7 +1147,9 @@ class Client:
             delay = min(delay * 2, BACKOFF_MAX)
 
     async def _session(self, conn: Connection) -> None:
-        signature = self._identity.sign(auth_bytes(conn.challenge.nonce, self.username, self.device_id))
+        signature = self._identity.sign(
+            auth_bytes(conn.challenge.nonce, self.username, self.device_id)
+        )
         welcome = await conn.handshake(
             frames.Authenticate(
                 version=PROTOCOL_VERSION,
@@ -1152,7 +1195,9 @@ class Client:
         needs_fallback = self._store.get_meta("fallback_published") is None
         if on_server >= target // 2 and not needs_fallback:
             return
-        keys = self._identity.new_one_time_keys(target - on_server) if on_server < target // 2 else []
+        keys = (
+            self._identity.new_one_time_keys(target - on_server) if on_server < target // 2 else []
+        )
         fallback = self._identity.new_fallback_key() if needs_fallback else None
         with self._store.transaction():
             self._store.set_meta("account", self._identity.pickle(self._vault.pickle_key))
@@ -1210,7 +1255,9 @@ class Client:
             sent = await conn.request(request)
         except RequestRefused as exc:
             if exc.code in (
-                ErrorCode.UNKNOWN_USER, ErrorCode.UNKNOWN_DEVICE, ErrorCode.ENVELOPE_TOO_LARGE
+                ErrorCode.UNKNOWN_USER,
+                ErrorCode.UNKNOWN_DEVICE,
+                ErrorCode.ENVELOPE_TOO_LARGE,
             ):
                 self._fail(entry, exc.message)
                 return
@@ -1231,7 +1278,9 @@ class Client:
             self._store.dequeue(entry.id)
         log.warning("not sent to %s: %s", entry.recipient, reason)
 
-    async def _encrypt(self, conn: Connection, entry: OutboxEntry) -> list[tuple[str, str, str, bytes]]:
+    async def _encrypt(
+        self, conn: Connection, entry: OutboxEntry
+    ) -> list[tuple[str, str, str, bytes]]:
         """Encrypt the entry once per device: the recipient's, and a copy for our other ones."""
         assert entry.payload is not None
         body = content.decode_content(entry.payload)
@@ -1239,7 +1288,9 @@ class Client:
         one_time_keys: dict[tuple[str, str], frames.OneTimeKey] = {}
         for username in {u for u, _ in targets}:
             without_session = [
-                d for u, d in targets if u == username and not self._sessions.has_any_with(d.curve25519)
+                d
+                for u, d in targets
+                if u == username and not self._sessions.has_any_with(d.curve25519)
             ]
             if without_session:
                 one_time_keys.update(await self._claim(conn, username, without_session))
@@ -1278,14 +1329,17 @@ class Client:
         if view.blocked is not None:
             raise IdentityChanged(entry.recipient)
         targets = [
-            (entry.recipient, d) for d in view.devices
+            (entry.recipient, d)
+            for d in view.devices
             if entry.to_device in (None, d.device_id)
             and (entry.recipient, d.device_id) != (self.username, self.device_id)
         ]
         if not targets:
             return []  # nobody to deliver to: no copies for our own devices either
-        if entry.recipient != self.username and entry.to_device is None and isinstance(
-            body, _COPIED_TO_OWN_DEVICES
+        if (
+            entry.recipient != self.username
+            and entry.to_device is None
+            and isinstance(body, _COPIED_TO_OWN_DEVICES)
         ):
             own = (await self._fetch_devices(conn, self.username)).devices
             targets += [(self.username, d) for d in own if d.device_id != self.device_id]
@@ -1321,7 +1375,9 @@ class Client:
             try:
                 verify_one_time_key(device.ed25519, item.one_time_key)
             except SignatureError:
-                log.warning("%s/%s: one-time key signature does not verify", username, device.device_id)
+                log.warning(
+                    "%s/%s: one-time key signature does not verify", username, device.device_id
+                )
                 continue
             keys[(username, device.device_id)] = item.one_time_key
         return keys
@@ -1387,7 +1443,9 @@ class Client:
                 await self._fetch_devices(conn, envelope.from_user, fresh=True)
             sender = self._store.device_by_curve(sealed.sender_key)
         if sender is not None and sender[:2] != claimed:
-            return self._notices.undecryptable(envelope, "the sender's key does not match its device")
+            return self._notices.undecryptable(
+                envelope, "the sender's key does not match its device"
+            )
         # From here to the commit: no await, so no other task touches these sessions.
         try:
             session, plaintext, new_session = self._sessions.open(sealed)
@@ -1433,8 +1491,12 @@ class Client:
         if not verified:
             # A device its account key did not sign: never trusted as ours, shown as unverified.
             if own or body.sent_to is not None or not isinstance(kind, content.Text):
-                log.warning("ignored an event from %s/%s, a device not in %s's signed list",
-                            body.sender, body.sender_device, body.sender)
+                log.warning(
+                    "ignored an event from %s/%s, a device not in %s's signed list",
+                    body.sender,
+                    body.sender_device,
+                    body.sender,
+                )
                 return []
             unverified = (
                 f"sent from a device that {body.sender}'s account key has not signed: "
@@ -1466,26 +1528,34 @@ class Client:
         delivered = [
             e.message.message_id
             for e in events
-            if e.kind == "message" and e.message is not None
+            if e.kind == "message"
+            and e.message is not None
             and e.message.state is MessageState.RECEIVED
         ]
         if delivered and self.receipts:
-            self._queue(body.sender, content.Receipt(
-                message_id=new_id(), sent_at_ms=now_ms(), targets=delivered, status="delivered"
-            ))
+            self._queue(
+                body.sender,
+                content.Receipt(
+                    message_id=new_id(), sent_at_ms=now_ms(), targets=delivered, status="delivered"
+                ),
+            )
         elif delivered and not self._store.told_receipts_off(body.sender):
             # Once per peer: without it, the peer's device would call its messages
             # "not delivered" after the server's TTL (§15.11). It covers no message.
-            self._queue(body.sender, content.Receipt(
-                message_id=new_id(), sent_at_ms=now_ms(), targets=[], status="off"
-            ))
+            self._queue(
+                body.sender,
+                content.Receipt(message_id=new_id(), sent_at_ms=now_ms(), targets=[], status="off"),
+            )
             self._store.told_receipts_off(body.sender, True)
         return events
+
 
 class _Opened:
     """``async with Client.open(...)``: load, optionally connect, always close."""
 
-    def __init__(self, cls: type[Client], profile_dir: Path, passphrase: str | None, online: bool) -> None:
+    def __init__(
+        self, cls: type[Client], profile_dir: Path, passphrase: str | None, online: bool
+    ) -> None:
         self._args = (cls, profile_dir, passphrase, online)
         self._client: Client | None = None
 

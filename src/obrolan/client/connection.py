@@ -59,7 +59,9 @@ class ServerAddress:
     ssl: ssl.SSLContext | bool
 
     @classmethod
-    def parse(cls, url: str, *, insecure: bool = False, ca_file: str | None = None) -> ServerAddress:
+    def parse(
+        cls, url: str, *, insecure: bool = False, ca_file: str | None = None
+    ) -> ServerAddress:
         """Check a server URL and choose its TLS settings.
 
         ``https``/``wss`` verify the certificate (against ``ca_file`` if given, else the
@@ -156,12 +158,17 @@ class Connection:
     ) -> tuple[aiohttp.ClientWebSocketResponse, frames.Challenge]:
         try:
             ws = await http.ws_connect(
-                address.ws_url, ssl=address.ssl, heartbeat=30.0, max_msg_size=0,
+                address.ws_url,
+                ssl=address.ssl,
+                heartbeat=30.0,
+                max_msg_size=0,
                 timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
             )
             first = await asyncio.wait_for(ws.receive(), REQUEST_TIMEOUT)
         except aiohttp.ClientConnectorCertificateError as exc:
-            raise ServerUnreachable(address.url, f"certificate not trusted ({exc.certificate_error})") from None
+            raise ServerUnreachable(
+                address.url, f"certificate not trusted ({exc.certificate_error})"
+            ) from None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise ServerUnreachable(address.url, _describe(exc)) from None
         if first.type != aiohttp.WSMsgType.TEXT:
@@ -199,7 +206,9 @@ class Connection:
             async with asyncio.timeout(timeout):
                 push = await self.pushes.get()
         except TimeoutError:
-            raise ServerUnreachable(self.address.url, "no device approved the link in time") from None
+            raise ServerUnreachable(
+                self.address.url, "no device approved the link in time"
+            ) from None
         if not isinstance(push, frames.LinkAnswer):
             raise self._lost()
         return push
@@ -236,9 +245,7 @@ class Connection:
         finally:
             self._pending.pop(request_id, None)
         if isinstance(answer, frames.Error):
-            raise RequestRefused(
-                answer.code, answer.message, retry_after_ms=answer.retry_after_ms
-            )
+            raise RequestRefused(answer.code, answer.message, retry_after_ms=answer.retry_after_ms)
         return answer
 
     async def send(self, frame: msgspec.Struct) -> None:
@@ -291,7 +298,9 @@ class Connection:
                         self.pushes.put_nowait(refused)
                 self._dispatch(frame)
         except RemoteProtocolError as exc:
-            self.closed_reason = ServerUnreachable(self.address.url, f"bad frame from server: {exc}")
+            self.closed_reason = ServerUnreachable(
+                self.address.url, f"bad frame from server: {exc}"
+            )
         except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
             self.closed_reason = ServerUnreachable(self.address.url, _describe(exc))
         finally:
@@ -327,7 +336,6 @@ class Connection:
         future = self._pending.get(request_id)
         if future is not None and not future.done():
             future.set_result(frame)
-
 
 
 def _describe(exc: BaseException) -> str:

@@ -56,8 +56,7 @@ def fit_link_answer(
     The answer carries the Olm message in base64 (4 bytes per 3), so the
     plaintext may take three quarters of the limit, less some headroom.
     """
-    budget = (frames.MAX_LINK_ANSWER_BYTES * 3 // 4 - _ANSWER_HEADROOM
-              - len(content.encode(bare)))
+    budget = frames.MAX_LINK_ANSWER_BYTES * 3 // 4 - _ANSWER_HEADROOM - len(content.encode(bare))
     fitted: list[content.LinkedContact] = []
     for contact in known:
         budget -= len(content.encode(contact)) + 1  # and the comma before it
@@ -91,8 +90,11 @@ def adopt(store: Store, contact: content.LinkedContact) -> Adopted:
     if contact.verified:
         store.set_verified(contact.username, key)
     _adopt_conversation(store, contact.username, contact.conversation)
-    if (adopted is Adopted.PINNED and contact.timer_seconds is not None
-            and store.conversation(contact.username) is not None):
+    if (
+        adopted is Adopted.PINNED
+        and contact.timer_seconds is not None
+        and store.conversation(contact.username) is not None
+    ):
         # Only for a contact new here: timer changes reach our devices as `timer` copies.
         store.set_conversation(contact.username, timer_seconds=contact.timer_seconds)
     return adopted
@@ -113,8 +115,13 @@ def _adopt_conversation(store: Store, peer: str, state: ConversationState | None
 def _linked(contact: Contact, conversation: Conversation | None) -> content.LinkedContact:
     state: ConversationState | None = None
     if conversation is not None:
-        state = ("blocked" if conversation.blocked
-                 else "accepted" if conversation.accepted else "request")
+        state = (
+            "blocked"
+            if conversation.blocked
+            else "accepted"
+            if conversation.accepted
+            else "request"
+        )
     return content.LinkedContact(
         username=contact.username,
         account_key=contact.identity_key,

@@ -63,8 +63,9 @@ class Conversations:
             return []  # dropped silently: the sender learns nothing
         conversation = self._store.open_conversation(peer, accepted=False)
         if plaintext.counter is not None:
-            self._store.see_counter(peer, peer, plaintext.sender_device, plaintext.counter,
-                                    baseline=self._baseline)
+            self._store.see_counter(
+                peer, peer, plaintext.sender_device, plaintext.counter, baseline=self._baseline
+            )
         body = plaintext.content
         if isinstance(body, content.Text):
             return self._receive_text(plaintext, body, warning, conversation.accepted)
@@ -116,7 +117,9 @@ class Conversations:
         if rowid is None:
             return []
         self._store.set_reply_and_attachment(
-            rowid, body.reply_to, None if body.attachment is None else content.encode(body.attachment)
+            rowid,
+            body.reply_to,
+            None if body.attachment is None else content.encode(body.attachment),
         )
         if body.expires_in_seconds is not None:
             self._store.set_expiry(rowid, now_ms() + body.expires_in_seconds * 1000)
@@ -130,19 +133,27 @@ class Conversations:
         if not conversation.accepted:
             self._store.set_conversation(peer, accepted=True)  # we replied from another device
         if plaintext.counter is not None:
-            self._store.see_counter(peer, self._me, plaintext.sender_device, plaintext.counter,
-                                    baseline=self._baseline)
+            self._store.see_counter(
+                peer, self._me, plaintext.sender_device, plaintext.counter, baseline=self._baseline
+            )
         body = plaintext.content
         if isinstance(body, content.Text):
             rowid = self._store.add_message(
-                message_id=body.message_id, peer=peer, sender=self._me,
-                sender_device=plaintext.sender_device, outgoing=True, text=body.text,
-                sent_at_ms=body.sent_at_ms, state=MessageState.SENT, counter=plaintext.counter,
+                message_id=body.message_id,
+                peer=peer,
+                sender=self._me,
+                sender_device=plaintext.sender_device,
+                outgoing=True,
+                text=body.text,
+                sent_at_ms=body.sent_at_ms,
+                state=MessageState.SENT,
+                counter=plaintext.counter,
             )
             if rowid is None:
                 return []
             self._store.set_reply_and_attachment(
-                rowid, body.reply_to,
+                rowid,
+                body.reply_to,
                 None if body.attachment is None else content.encode(body.attachment),
             )
             if body.expires_in_seconds is not None:
@@ -185,8 +196,13 @@ class Conversations:
     # --- outgoing -----------------------------------------------------------------------
 
     def prepare_text(
-        self, peer: str, message_id: str, text: str, reply_to: str | None,
-        attachment: content.Attachment | None, my_device: str,
+        self,
+        peer: str,
+        message_id: str,
+        text: str,
+        reply_to: str | None,
+        attachment: content.Attachment | None,
+        my_device: str,
     ) -> tuple[int, content.Text]:
         """Store our new message; returns its row and the content to send."""
         if not text and attachment is None:  # §15.6: only a file may go without text
@@ -205,8 +221,14 @@ class Conversations:
             expires_in_seconds=conversation.timer_seconds,
         )
         rowid = self._store.add_message(
-            message_id=message_id, peer=peer, sender=self._me, sender_device=my_device,
-            outgoing=True, text=text, sent_at_ms=body.sent_at_ms, state=MessageState.QUEUED,
+            message_id=message_id,
+            peer=peer,
+            sender=self._me,
+            sender_device=my_device,
+            outgoing=True,
+            text=text,
+            sent_at_ms=body.sent_at_ms,
+            state=MessageState.QUEUED,
         )
         assert rowid is not None, "fresh message ids never collide"
         self._store.set_reply_and_attachment(

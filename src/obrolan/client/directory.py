@@ -104,7 +104,9 @@ class Directory:
             )
             return DeviceView([], notices, reason, listed)
         devices = [d.keys for d in listed.devices]
-        self._store.save_devices(username, [(d.device_id, d.ed25519, d.curve25519) for d in devices])
+        self._store.save_devices(
+            username, [(d.device_id, d.ed25519, d.curve25519) for d in devices]
+        )
         return DeviceView(devices, notices, None, listed)
 
     def _accept_own(self, signed: SignedDeviceList) -> DeviceView:
@@ -117,7 +119,9 @@ class Directory:
             return self._refused(self._me, f"it is older than version {seen}")
         self._store.set_meta(_OWN_LIST, str(listed.version))
         devices = [d.keys for d in listed.devices]
-        self._store.save_devices(self._me, [(d.device_id, d.ed25519, d.curve25519) for d in devices])
+        self._store.save_devices(
+            self._me, [(d.device_id, d.ed25519, d.curve25519) for d in devices]
+        )
         return DeviceView(devices, [], None, listed)
 
     def _refused(self, username: str, why: str) -> DeviceView:

@@ -152,8 +152,12 @@ def _check_new(profile_dir: Path, username: str) -> None:
 
 
 def _first_list(
-    account: AccountKey, data_key: bytes, username: str, identity: DeviceIdentity,
-    device_id: str, name: str,
+    account: AccountKey,
+    data_key: bytes,
+    username: str,
+    identity: DeviceIdentity,
+    device_id: str,
+    name: str,
 ) -> tuple[frames.DeviceKeys, frames.SignedDeviceList]:
     keys = identity.device_keys(username, device_id)
     entry = device_entry(keys, seal_name(data_key, username, device_id, name))
@@ -175,8 +179,15 @@ async def _enrol_fresh(
         identity, account, data_key = DeviceIdentity.create(), AccountKey.create(), os.urandom(32)
         device_id = new_id()[:12]
         vault, store = await asyncio.to_thread(
-            _create_profile, profile_dir, passphrase, server, username=username,
-            device_id=device_id, identity=identity, account=account, data_key=data_key,
+            _create_profile,
+            profile_dir,
+            passphrase,
+            server,
+            username=username,
+            device_id=device_id,
+            identity=identity,
+            account=account,
+            data_key=data_key,
         )
         created = True
         one_time_keys = identity.new_one_time_keys(identity.max_one_time_keys)
@@ -194,17 +205,27 @@ async def _enrol_fresh(
         frame: frames.Register | frames.Recover
         if old_code is None:
             frame = frames.Register(
-                version=PROTOCOL_VERSION, username=username, device=keys,
-                device_list=device_list, recovery_key=recovery.public_key,
+                version=PROTOCOL_VERSION,
+                username=username,
+                device=keys,
+                device_list=device_list,
+                recovery_key=recovery.public_key,
                 recovery_key_signature=recovery_key_signature,
-                one_time_keys=one_time_keys, fallback_key=fallback, signature=signature,
+                one_time_keys=one_time_keys,
+                fallback_key=fallback,
+                signature=signature,
             )
         else:
             frame = frames.Recover(
-                version=PROTOCOL_VERSION, username=username, device=keys,
-                device_list=device_list, recovery_key=recovery.public_key,
+                version=PROTOCOL_VERSION,
+                username=username,
+                device=keys,
+                device_list=device_list,
+                recovery_key=recovery.public_key,
                 recovery_key_signature=recovery_key_signature,
-                one_time_keys=one_time_keys, fallback_key=fallback, signature=signature,
+                one_time_keys=one_time_keys,
+                fallback_key=fallback,
+                signature=signature,
                 recovery_signature=old_code.sign_recover(
                     nonce, username, account.public, recovery.public_key
                 ),
@@ -292,23 +313,32 @@ async def enrol_by_link(
     session, secrets = _open_answer(identity, answer.answer, username, offer.device)
     account = AccountKey(secrets.account_secret)
     vault, store = await asyncio.to_thread(
-        _create_profile, profile_dir, passphrase, server, username=username,
-        device_id=device_id, identity=identity, account=account, data_key=secrets.data_key,
+        _create_profile,
+        profile_dir,
+        passphrase,
+        server,
+        username=username,
+        device_id=device_id,
+        identity=identity,
+        account=account,
+        data_key=secrets.data_key,
     )
     try:
         approver = open_device_list(secrets.device_list, username, account.public)
         with store.transaction():
             store.set_meta("account", identity.pickle(vault.pickle_key))
             store.save_devices(
-                username, [(d.keys.device_id, d.keys.ed25519, d.keys.curve25519)
-                           for d in approver.devices],
+                username,
+                [(d.keys.device_id, d.keys.ed25519, d.keys.curve25519) for d in approver.devices],
             )
             store.set_meta("own_device_list_version", str(approver.version))
             store.set_meta(JOINED_LATE, "1")
-            sender = next(d.keys for d in approver.devices
-                          if d.keys.device_id == secrets.approver_device)
-            store.save_session(sender.curve25519, session.session_id,
-                               session.pickle(vault.pickle_key))
+            sender = next(
+                d.keys for d in approver.devices if d.keys.device_id == secrets.approver_device
+            )
+            store.save_session(
+                sender.curve25519, session.session_id, session.pickle(vault.pickle_key)
+            )
             for contact in secrets.contacts:
                 if contact.username != username:  # our own account is no contact
                     contact_sync.adopt(store, contact)

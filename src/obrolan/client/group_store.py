@@ -53,9 +53,14 @@ class Report:
 
     def as_json(self) -> dict[str, object]:
         return {
-            "group_id": self.group_id, "reporter": self.reporter, "sender": self.sender,
-            "message_id": self.message_id, "text": self.text, "reason": self.reason,
-            "verified": self.verified, "at_ms": self.at_ms,
+            "group_id": self.group_id,
+            "reporter": self.reporter,
+            "sender": self.sender,
+            "message_id": self.message_id,
+            "text": self.text,
+            "reason": self.reason,
+            "verified": self.verified,
+            "at_ms": self.at_ms,
         }
 
 
@@ -67,7 +72,9 @@ class GroupStore:
 
     # --- the chain of state updates -----------------------------------------------------
 
-    def add_update(self, group_id: str, seq: int, signed: SignedGroupUpdate, actor_key: str) -> None:
+    def add_update(
+        self, group_id: str, seq: int, signed: SignedGroupUpdate, actor_key: str
+    ) -> None:
         self._db.execute(
             "INSERT INTO group_updates (group_id, seq, update_bytes, signature, actor_key) "
             "VALUES (?, ?, ?, ?, ?)",
@@ -94,7 +101,8 @@ class GroupStore:
     def group_ids(self) -> list[str]:
         """Every group this device holds a chain of (we may have left some)."""
         return [
-            r[0] for r in self._db.execute(
+            r[0]
+            for r in self._db.execute(
                 "SELECT DISTINCT group_id FROM group_updates ORDER BY group_id"
             )
         ]
@@ -111,8 +119,15 @@ class GroupStore:
             return None
         return Outbound(row[0], row[1], row[2], frozenset(json.loads(row[3])))
 
-    def save_outbound(self, group_id: str, pickle: str, *, messages: int,
-                      shared_with: frozenset[str], created_ms: int | None = None) -> None:
+    def save_outbound(
+        self,
+        group_id: str,
+        pickle: str,
+        *,
+        messages: int,
+        shared_with: frozenset[str],
+        created_ms: int | None = None,
+    ) -> None:
         self._db.execute(
             "INSERT INTO group_outbound (group_id, pickle, created_ms, messages, shared_with) "
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (group_id) DO UPDATE SET pickle = "
@@ -124,8 +139,9 @@ class GroupStore:
         """Forget our session: the next message starts a new one (rotation)."""
         self._db.execute("DELETE FROM group_outbound WHERE group_id = ?", (group_id,))
 
-    def save_inbound(self, session_id: str, group_id: str, sender: str, sender_device: str,
-                     pickle: str) -> None:
+    def save_inbound(
+        self, session_id: str, group_id: str, sender: str, sender_device: str, pickle: str
+    ) -> None:
         """Keep a session a member's device shared; the first copy wins (a later one may
         start at a later index, and nobody can rebind another device's session)."""
         self._db.execute(
@@ -192,8 +208,16 @@ class GroupStore:
         self._db.execute(
             "INSERT INTO group_reports (group_id, reporter, sender, message_id, text, reason, "
             "verified, at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (report.group_id, report.reporter, report.sender, report.message_id, report.text,
-             report.reason, int(report.verified), report.at_ms),
+            (
+                report.group_id,
+                report.reporter,
+                report.sender,
+                report.message_id,
+                report.text,
+                report.reason,
+                int(report.verified),
+                report.at_ms,
+            ),
         )
 
     def reports(self, group_id: str) -> list[Report]:

@@ -115,8 +115,15 @@ def invite_link(group_id: str, invite_id: str, inviter: str) -> str:
 class Groups:
     """This device's groups: their verified state, sessions and messages."""
 
-    def __init__(self, store: Store, host: GroupHost, account: AccountKey, pickle_key: bytes,
-                 conversations: Conversations, emit: Callable[[Event], None]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        host: GroupHost,
+        account: AccountKey,
+        pickle_key: bytes,
+        conversations: Conversations,
+        emit: Callable[[Event], None],
+    ) -> None:
         self._store = store
         self._rows = GroupStore(store.connection)
         self._reports = GroupReports(store, self._rows, host, conversations)
@@ -230,8 +237,9 @@ class Groups:
                 f"and is not trusted yet (`obrolan trust {username}`)"
             )
 
-    async def _act(self, group_id: str, action: groups.GroupAction, reason: str, *,
-                   genesis: bool) -> GroupView:
+    async def _act(
+        self, group_id: str, action: groups.GroupAction, reason: str, *, genesis: bool
+    ) -> GroupView:
         before = None if genesis else self.view(group_id)
         update = groups.GroupUpdate(
             group_id=group_id,
@@ -255,13 +263,22 @@ class Groups:
             for username in recipients:
                 newcomer = before is None or username not in before.members
                 body = content.GroupState(
-                    message_id=new_id(), sent_at_ms=now_ms(), group_id=group_id,
+                    message_id=new_id(),
+                    sent_at_ms=now_ms(),
+                    group_id=group_id,
                     updates=chain if newcomer else [signed],
                 )
                 self._host.queue_olm(username, body, None)
-            self._host.queue_olm(self.me, content.GroupState(
-                message_id=new_id(), sent_at_ms=now_ms(), group_id=group_id, updates=chain,
-            ), None)
+            self._host.queue_olm(
+                self.me,
+                content.GroupState(
+                    message_id=new_id(),
+                    sent_at_ms=now_ms(),
+                    group_id=group_id,
+                    updates=chain,
+                ),
+                None,
+            )
             self._after_update(after, update, before)
         return after
 
@@ -271,14 +288,21 @@ class Groups:
         people.discard(self.me)
         return sorted(people)
 
-    def _store_update(self, group_id: str, update: groups.GroupUpdate,
-                      signed: groups.SignedGroupUpdate, actor_key: str, after: GroupView) -> None:
+    def _store_update(
+        self,
+        group_id: str,
+        update: groups.GroupUpdate,
+        signed: groups.SignedGroupUpdate,
+        actor_key: str,
+        after: GroupView,
+    ) -> None:
         self._rows.add_update(group_id, update.seq, signed, actor_key)
         self._views[group_id] = after
         self._conversations.notice(group_peer(group_id), describe(update))
 
-    def _after_update(self, after: GroupView, update: groups.GroupUpdate,
-                      before: GroupView | None) -> None:
+    def _after_update(
+        self, after: GroupView, update: groups.GroupUpdate, before: GroupView | None
+    ) -> None:
         """What a verified update changes beyond the state: sessions, membership, messages."""
         group_id = after.group_id
         if before is not None and set(before.members) - set(after.members):
@@ -300,19 +324,26 @@ class Groups:
                 if self.me not in view.members:
                     continue
                 chain = [s for s, _ in self._rows.chain(view.group_id)]
-                self._host.queue_olm(self.me, content.GroupState(
-                    message_id=new_id(), sent_at_ms=now_ms(), group_id=view.group_id,
-                    updates=chain,
-                ), device_id)
+                self._host.queue_olm(
+                    self.me,
+                    content.GroupState(
+                        message_id=new_id(),
+                        sent_at_ms=now_ms(),
+                        group_id=view.group_id,
+                        updates=chain,
+                    ),
+                    device_id,
+                )
                 shared += 1
         return shared
 
     async def invite(self, group_id: str, expires_in_seconds: int) -> str:
         """Create a signed invite link valid for ``expires_in_seconds``; returns the link."""
         invite_id = new_id()
-        await self.act(group_id, groups.Invite(
-            invite_id=invite_id, expires_at_ms=now_ms() + expires_in_seconds * 1000
-        ))
+        await self.act(
+            group_id,
+            groups.Invite(invite_id=invite_id, expires_at_ms=now_ms() + expires_in_seconds * 1000),
+        )
         with self._store.transaction():
             self._store.set_meta(_OWN_INVITE + invite_id, "1")
         return invite_link(group_id, invite_id, self.me)
@@ -377,41 +408,62 @@ class Groups:
         missing = [pair for pair in devices if f"{pair[0]}/{pair[1]}" not in shared]
         counter = self._store.next_counter(group_peer(group_id))  # this device's, in this group
         message = groups.GroupMessage(
-            group_id=group_id, sender=self.me, sender_device=self._host.device_id,
-            message_id=new_id(), sent_at_ms=now_ms(), text=text, reply_to=reply_to,
+            group_id=group_id,
+            sender=self.me,
+            sender_device=self._host.device_id,
+            message_id=new_id(),
+            sent_at_ms=now_ms(),
+            text=text,
+            reply_to=reply_to,
             counter=counter,
         )
         with self._store.transaction():
             key = content.GroupKey(
-                message_id=new_id(), sent_at_ms=now_ms(), group_id=group_id,
-                session_id=session.session_id, session_key=session.session_key,
+                message_id=new_id(),
+                sent_at_ms=now_ms(),
+                group_id=group_id,
+                session_id=session.session_id,
+                session_key=session.session_key,
             )
             for username, device_id in missing:
                 self._host.queue_olm(username, key, device_id)
             signed = self._sign(message)
-            ciphertext = content.encode(groups.GroupCiphertext(
-                group_session=session.session_id, body=session.encrypt(content.encode(signed))
-            ))
+            ciphertext = content.encode(
+                groups.GroupCiphertext(
+                    group_session=session.session_id, body=session.encrypt(content.encode(signed))
+                )
+            )
             rowid = self._store.add_message(
-                message_id=message.message_id, peer=group_peer(group_id), sender=self.me,
-                sender_device=self._host.device_id, outgoing=True, text=text,
-                sent_at_ms=message.sent_at_ms, state=MessageState.QUEUED,
+                message_id=message.message_id,
+                peer=group_peer(group_id),
+                sender=self.me,
+                sender_device=self._host.device_id,
+                outgoing=True,
+                text=text,
+                sent_at_ms=message.sent_at_ms,
+                state=MessageState.QUEUED,
             )
             assert rowid is not None, "fresh message ids never collide"
             self._rows.set_signed(rowid, content.encode(signed))
             recipients = [Recipient(to_user=u, to_device=d) for u, d in devices]
             per_upload = self._host.limits().max_recipients_per_envelope
             for start in range(0, len(recipients), per_upload):
-                self._host.queue_multi(MultiEnvelope(
-                    envelope_id=new_id(),
-                    recipients=recipients[start : start + per_upload],
-                    ciphertext=ciphertext,
-                ), rowid)
+                self._host.queue_multi(
+                    MultiEnvelope(
+                        envelope_id=new_id(),
+                        recipients=recipients[start : start + per_upload],
+                        ciphertext=ciphertext,
+                    ),
+                    rowid,
+                )
             if not devices:
                 self._store.set_state(rowid, MessageState.SENT)  # nobody else to tell
             self._rows.save_outbound(
-                group_id, session.pickle(self._pickle_key), messages=count + 1,
-                shared_with=shared | {f"{u}/{d}" for u, d in missing}, created_ms=created,
+                group_id,
+                session.pickle(self._pickle_key),
+                messages=count + 1,
+                shared_with=shared | {f"{u}/{d}" for u, d in missing},
+                created_ms=created,
             )
         return self._store.message(rowid)
 
@@ -499,7 +551,7 @@ class Groups:
                 key = await self._host.account_key_of(update.actor)
                 if joining and key is not None:
                     keys = [*await self._host.earlier_account_keys(update.actor), key]
-                    index = _signing_key(keys[oldest_allowed.get(update.actor, 0):], signed)
+                    index = _signing_key(keys[oldest_allowed.get(update.actor, 0) :], signed)
                     if index is not None:
                         index += oldest_allowed.get(update.actor, 0)
                         oldest_allowed[update.actor] = index
@@ -508,8 +560,9 @@ class Groups:
             except ServerUnreachable:
                 raise  # not the update's fault: it stays stashed (process_inbox)
             except (UpdateRejected, ObrolanError) as exc:
-                events.append(self._warn(group_id, f"a group update from {sender} was "
-                                                   f"rejected: {exc}"))
+                events.append(
+                    self._warn(group_id, f"a group update from {sender} was rejected: {exc}")
+                )
                 if current is not None and _past(signed, current):
                     self._ask_for_updates(sender, device, current)
                 break  # the rest of the batch follows the rejected one: reject it too
@@ -517,12 +570,16 @@ class Groups:
             with self._store.transaction():
                 self._store_update(group_id, update, signed, key, after)
                 self._after_update(after, update, current)
-            events.append(Event("message", group_peer(group_id),
-                                self._store.history(group_peer(group_id), 1)[0]))
+            events.append(
+                Event(
+                    "message", group_peer(group_id), self._store.history(group_peer(group_id), 1)[0]
+                )
+            )
         return events
 
-    async def _contest(self, group_id: str, signed: groups.SignedGroupUpdate,
-                       update: groups.GroupUpdate) -> list[Event]:
+    async def _contest(
+        self, group_id: str, signed: groups.SignedGroupUpdate, update: groups.GroupUpdate
+    ) -> list[Event]:
         """Two updates at the same ``seq``, made at the same time on the same state: every
         device keeps the same one (:func:`_counts_first`). If ours is displaced and this
         device made it, it is made again on top of the other."""
@@ -537,16 +594,26 @@ class Groups:
             raise UpdateRejected("it does not follow this device's state of the group")
         after, update = apply_update(parent, signed, _known_key(key))  # rejected: raises
         if _counts_first(parent, head_signed, signed):
-            return [self._warn(group_id, f"{update.actor}'s change came at the same time as "
-                                         f"{head.actor}'s, which counts: it must be made again")]
+            return [
+                self._warn(
+                    group_id,
+                    f"{update.actor}'s change came at the same time as "
+                    f"{head.actor}'s, which counts: it must be made again",
+                )
+            ]
         assert key is not None
         with self._store.transaction():
             self._rows.drop_update(group_id, head.seq)
             self._views.pop(group_id, None)
             self._store_update(group_id, update, signed, key, after)
             self._after_update(after, update, parent)
-        events = [self._warn(group_id, f"{head.actor}'s change came at the same time as "
-                                       f"{update.actor}'s, which counts instead")]
+        events = [
+            self._warn(
+                group_id,
+                f"{head.actor}'s change came at the same time as "
+                f"{update.actor}'s, which counts instead",
+            )
+        ]
         if self._store.get_meta(_MADE + update_hash(head_signed).hex()):
             try:
                 await self.act(group_id, head.action, head.reason)
@@ -560,10 +627,16 @@ class Groups:
         checked like any update; the rejected one counts only if it arrives again in a
         chain that leads up to it."""
         with self._store.transaction():
-            self._host.queue_olm(sender, content.GroupSync(
-                message_id=new_id(), sent_at_ms=now_ms(), group_id=current.group_id,
-                from_seq=current.seq,
-            ), device)
+            self._host.queue_olm(
+                sender,
+                content.GroupSync(
+                    message_id=new_id(),
+                    sent_at_ms=now_ms(),
+                    group_id=current.group_id,
+                    from_seq=current.seq,
+                ),
+                device,
+            )
 
     def _receive_sync(self, sender: str, device: str, request: content.GroupSync) -> list[Event]:
         """A member's device is behind: send it the updates from ``from_seq`` on we hold."""
@@ -576,10 +649,16 @@ class Groups:
         if view is None or not tail or (sender not in view.members and not was_member):
             return []  # nothing newer, or someone the group never let in
         with self._store.transaction():
-            self._host.queue_olm(sender, content.GroupState(
-                message_id=new_id(), sent_at_ms=now_ms(), group_id=request.group_id,
-                updates=tail,
-            ), device)
+            self._host.queue_olm(
+                sender,
+                content.GroupState(
+                    message_id=new_id(),
+                    sent_at_ms=now_ms(),
+                    group_id=request.group_id,
+                    updates=tail,
+                ),
+                device,
+            )
         return []
 
     def _current(self, group_id: str) -> GroupView | None:
@@ -597,8 +676,13 @@ class Groups:
     def _receive_key(self, sender: str, device: str, key: content.GroupKey) -> list[Event]:
         view = self._current(key.group_id)
         if view is not None and sender not in view.members:
-            return [self._warn(key.group_id, f"{sender} is not a member of this group: "
-                                             f"their messages in it will not be shown")]
+            return [
+                self._warn(
+                    key.group_id,
+                    f"{sender} is not a member of this group: "
+                    f"their messages in it will not be shown",
+                )
+            ]
         try:
             session = InboundGroupSession.from_session_key(key.session_key)
         except CryptoError as exc:
@@ -607,20 +691,28 @@ class Groups:
         if session.session_id != key.session_id:
             return []
         with self._store.transaction():
-            self._rows.save_inbound(session.session_id, key.group_id, sender, device,
-                                    session.pickle(self._pickle_key))
+            self._rows.save_inbound(
+                session.session_id, key.group_id, sender, device, session.pickle(self._pickle_key)
+            )
             if view is None:
                 # A group this device holds no state of (lost with a recovered account's
                 # old devices, say): ask the sender's device for the chain (spec §23.11).
                 # Its messages count only once the chain is in and says who may post.
-                self._host.queue_olm(sender, content.GroupSync(
-                    message_id=new_id(), sent_at_ms=now_ms(), group_id=key.group_id,
-                    from_seq=0,
-                ), device)
+                self._host.queue_olm(
+                    sender,
+                    content.GroupSync(
+                        message_id=new_id(),
+                        sent_at_ms=now_ms(),
+                        group_id=key.group_id,
+                        from_seq=0,
+                    ),
+                    device,
+                )
         return []
 
-    async def _receive_join_request(self, sender: str,
-                                    request: content.GroupJoinRequest) -> list[Event]:
+    async def _receive_join_request(
+        self, sender: str, request: content.GroupJoinRequest
+    ) -> list[Event]:
         view = self._current(request.group_id)
         if view is None or not view.is_admin(self.me):
             return []
@@ -630,8 +722,9 @@ class Groups:
         if not view.settings.approval and self._store.get_meta(_OWN_INVITE + request.invite_id):
             # Only the device that made the invite answers at once: two devices of ours
             # signing the same approval would fork the group's chain.
-            await self.act(request.group_id,
-                           groups.ApproveJoin(user=sender, invite_id=request.invite_id))
+            await self.act(
+                request.group_id, groups.ApproveJoin(user=sender, invite_id=request.invite_id)
+            )
             return []
         with self._store.transaction():
             self._rows.add_join_request(request.group_id, sender, request.invite_id)
@@ -641,7 +734,9 @@ class Groups:
             )
         return [Event("message", group_peer(request.group_id), notice)]
 
-    def receive_message(self, envelope: Envelope, ciphertext: groups.GroupCiphertext) -> list[Event]:
+    def receive_message(
+        self, envelope: Envelope, ciphertext: groups.GroupCiphertext
+    ) -> list[Event]:
         """Decrypt, check and store a group message (inside the inbox transaction)."""
         sender, device = envelope.from_user, envelope.from_device
         known = self._rows.inbound(ciphertext.group_session, sender, device)
@@ -676,8 +771,13 @@ class Groups:
             )
             return [Event("message", peer, notice)]
         rowid = self._store.add_message(
-            message_id=message.message_id, peer=peer, sender=sender, sender_device=device,
-            outgoing=sender == self.me, text=message.text, sent_at_ms=message.sent_at_ms,
+            message_id=message.message_id,
+            peer=peer,
+            sender=sender,
+            sender_device=device,
+            outgoing=sender == self.me,
+            text=message.text,
+            sent_at_ms=message.sent_at_ms,
             state=MessageState.SENT if sender == self.me else MessageState.RECEIVED,
             counter=message.counter,  # shown in the sending device's order (client/ordering.py)
         )
@@ -727,8 +827,9 @@ def _past(signed: groups.SignedGroupUpdate, view: GroupView) -> bool:
 _RANK = {"owner": 2, "admin": 1, "member": 0}
 
 
-def _counts_first(parent: GroupView, ours: groups.SignedGroupUpdate,
-                  theirs: groups.SignedGroupUpdate) -> bool:
+def _counts_first(
+    parent: GroupView, ours: groups.SignedGroupUpdate, theirs: groups.SignedGroupUpdate
+) -> bool:
     """Of two updates on the same state, the one that counts: the higher role then (the
     owner over an admin, an admin over a member, so nobody can undo a change of someone
     above them by racing it), and between equals the lower hash."""

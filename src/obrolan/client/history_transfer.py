@@ -80,14 +80,22 @@ class HistoryTransfers:
         archive, passphrase, messages = await self._exported(device_id)
         async with self._blobs() as blobs:
             attachment = await blobs.upload_file(
-                archive, [(username, device_id)], FileUploadJournal(self._folder / "uploads"),
+                archive,
+                [(username, device_id)],
+                FileUploadJournal(self._folder / "uploads"),
                 progress,
             )
         failpoint("history.after_upload")
-        await self._announce(device_id, content.HistoryTransfer(
-            message_id=new_id(), sent_at_ms=now_ms(), archive=attachment,
-            archive_passphrase=passphrase, messages=messages,
-        ))
+        await self._announce(
+            device_id,
+            content.HistoryTransfer(
+                message_id=new_id(),
+                sent_at_ms=now_ms(),
+                archive=attachment,
+                archive_passphrase=passphrase,
+                messages=messages,
+            ),
+        )
         with self._store.transaction():
             self._store.delete_meta(_OUTGOING + device_id)
         archive.unlink(missing_ok=True)
@@ -105,9 +113,12 @@ class HistoryTransfers:
         path = self._folder / f"history-{device_id}-{new_id()[:8]}.obrolan"
         summary = await asyncio.to_thread(export_history, self._vault, path, passphrase, None)
         with self._store.transaction():
-            self._store.set_meta(_OUTGOING + device_id, json.dumps(
-                {"file": path.name, "passphrase": passphrase, "messages": summary.messages}
-            ))
+            self._store.set_meta(
+                _OUTGOING + device_id,
+                json.dumps(
+                    {"file": path.name, "passphrase": passphrase, "messages": summary.messages}
+                ),
+            )
         return path, passphrase, summary.messages
 
     def pending(self) -> content.HistoryTransfer | None:

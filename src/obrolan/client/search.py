@@ -95,9 +95,7 @@ FROM messages_fts JOIN messages AS m ON m.id = messages_fts.rowid
 WHERE messages_fts MATCH :query AND {rowids}
 """
 _BY_ROWID = "messages_fts.rowid IN ({ids})"
-_BY_RANGE = (
-    "messages_fts.rowid BETWEEN :low AND :high AND +messages_fts.rowid IN ({ids})"
-)
+_BY_RANGE = "messages_fts.rowid BETWEEN :low AND :high AND +messages_fts.rowid IN ({ids})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,9 +178,7 @@ def search(
         "limit": limit,
     }
     try:
-        ranked = connection.execute(
-            _RANKED.format(peer=peer, visible=_VISIBLE), params
-        ).fetchall()
+        ranked = connection.execute(_RANKED.format(peer=peer, visible=_VISIBLE), params).fetchall()
         if not ranked:
             return []
         rowids = [row[0] for row in ranked]

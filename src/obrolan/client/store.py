@@ -289,8 +289,18 @@ class Store:
         cursor = self._db.execute(
             "INSERT OR IGNORE INTO messages (message_id, peer, sender, sender_device, outgoing, "
             "text, sent_at_ms, state, warning, counter) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (message_id, peer, sender, sender_device, int(outgoing), text, sent_at_ms,
-             state.value, warning, counter),
+            (
+                message_id,
+                peer,
+                sender,
+                sender_device,
+                int(outgoing),
+                text,
+                sent_at_ms,
+                state.value,
+                warning,
+                counter,
+            ),
         )
         if cursor.rowcount != 1:
             return None
@@ -324,10 +334,15 @@ class Store:
         )
         if status != "off":
             return []
-        return [int(r[0]) for r in self._db.execute(
-            "UPDATE messages SET peer_receipts_off = 1 WHERE peer = ? AND outgoing = 1 "
-            "AND state IN ('sent', 'queued') AND receipt IS NULL AND peer_receipts_off = 0 "
-            "RETURNING id", (peer,))]
+        return [
+            int(r[0])
+            for r in self._db.execute(
+                "UPDATE messages SET peer_receipts_off = 1 WHERE peer = ? AND outgoing = 1 "
+                "AND state IN ('sent', 'queued') AND receipt IS NULL AND peer_receipts_off = 0 "
+                "RETURNING id",
+                (peer,),
+            )
+        ]
 
     def told_receipts_off(self, peer: str, told: bool | None = None) -> bool:
         """Whether we told ``peer`` that this device sends no receipts (set it if ``told``)."""
@@ -346,8 +361,9 @@ class Store:
 
     def message(self, rowid: int) -> Message:
         return self._row_to_message(
-            self._db.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (rowid,))
-            .fetchone()
+            self._db.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (rowid,)
+            ).fetchone()
         )
 
     def messages_by_id(self, message_id: str) -> list[Message]:
@@ -428,8 +444,14 @@ class Store:
     # --- outbox -------------------------------------------------------------------------
 
     def enqueue(
-        self, recipient: str, payload: bytes | None, *, message_rowid: int | None = None,
-        counter: int | None = None, to_device: str | None = None, multi: bytes | None = None,
+        self,
+        recipient: str,
+        payload: bytes | None,
+        *,
+        message_rowid: int | None = None,
+        counter: int | None = None,
+        to_device: str | None = None,
+        multi: bytes | None = None,
     ) -> int:
         """Queue an event for ``recipient`` (only its device ``to_device`` if given), or a
         ready multi-recipient envelope (``multi``: the JSON of a ``MultiEnvelope``)."""
@@ -452,10 +474,18 @@ class Store:
                 "WHERE outbox_id = ? ORDER BY envelope_id",
                 (row[0],),
             ).fetchall()
-            entries.append(OutboxEntry(
-                row[0], row[1], row[2], row[3], row[4], [tuple(e) for e in envelopes], row[5],
-                row[6],
-            ))
+            entries.append(
+                OutboxEntry(
+                    row[0],
+                    row[1],
+                    row[2],
+                    row[3],
+                    row[4],
+                    [tuple(e) for e in envelopes],
+                    row[5],
+                    row[6],
+                )
+            )
         return entries
 
     def outbox_size(self) -> int:
@@ -558,9 +588,7 @@ class Store:
             "SELECT peer, sender, device, highest_seen, missing, gap_notified FROM counters "
             "WHERE missing != '[]' ORDER BY peer, sender, device"
         ).fetchall()
-        return [
-            Counters(r[0], r[1], r[2], r[3], json.loads(r[4]), json.loads(r[5])) for r in rows
-        ]
+        return [Counters(r[0], r[1], r[2], r[3], json.loads(r[4]), json.loads(r[5])) for r in rows]
 
     def note_gaps_shown(self, counters: Counters) -> None:
         self._db.execute(
@@ -671,9 +699,13 @@ class Store:
         return msgspec.json.decode(row[0], type=Attachment)
 
     def set_expiry(self, rowid: int, expires_at_ms: int) -> None:
-        self._db.execute("UPDATE messages SET expires_at_ms = ? WHERE id = ?", (expires_at_ms, rowid))
+        self._db.execute(
+            "UPDATE messages SET expires_at_ms = ? WHERE id = ?", (expires_at_ms, rowid)
+        )
 
-    def set_reply_and_attachment(self, rowid: int, reply_to: str | None, attachment: bytes | None) -> None:
+    def set_reply_and_attachment(
+        self, rowid: int, reply_to: str | None, attachment: bytes | None
+    ) -> None:
         self._db.execute(
             "UPDATE messages SET reply_to = ?, attachment = ? WHERE id = ?",
             (reply_to, attachment, rowid),

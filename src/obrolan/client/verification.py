@@ -187,10 +187,14 @@ class _Verification:
         try:
             async with asyncio.timeout(timeout):
                 pinned = await self._pinned_key()
-                await self._send(content.VerifyStart(
-                    message_id=new_id(), sent_at_ms=now_ms(), txn=self._own_txn,
-                    commitment=self._own.commitment,
-                ))
+                await self._send(
+                    content.VerifyStart(
+                        message_id=new_id(),
+                        sent_at_ms=now_ms(),
+                        txn=self._own_txn,
+                        commitment=self._own.commitment,
+                    )
+                )
                 self._own_start_sent = True
                 if started is not None:
                     started()
@@ -244,10 +248,16 @@ class _Verification:
         account_mac, device_mac = agreed.sas.macs(
             self._client.account_key, self._client.whoami().ed25519
         )
-        await self._send(content.VerifyMac(
-            message_id=new_id(), sent_at_ms=now_ms(), txn=agreed.txn,
-            account_key_mac=account_mac, device_key_mac=device_mac,
-        ), agreed.device)
+        await self._send(
+            content.VerifyMac(
+                message_id=new_id(),
+                sent_at_ms=now_ms(),
+                txn=agreed.txn,
+                account_key_mac=account_mac,
+                device_key_mac=device_mac,
+            ),
+            agreed.device,
+        )
         while self._peer_mac is None:
             await self._after_agreement(await self._next())
         device_key = self._client.device_key(self._peer, agreed.device)
@@ -309,7 +319,8 @@ class _Verification:
         kind, device = body.content, body.sender_device
         answering = self._answering
         ours = answering is not None and (device, _txn(body)) == (
-            answering.device, answering.start.txn
+            answering.device,
+            answering.start.txn,
         )
         if isinstance(kind, content.VerifyStart):
             if not _fresh(kind):
@@ -320,15 +331,24 @@ class _Verification:
                 await self._answer(device, kind)
         elif isinstance(kind, content.VerifyKey):
             if kind.txn == self._own_txn:  # our start won (any start we answered is abandoned)
-                await self._accept(_Agreed(device, kind.txn, self._own, initiator=True),
-                                   kind.public_key, None)
-                await self._send(content.VerifyKey(
-                    message_id=new_id(), sent_at_ms=now_ms(), txn=self._own_txn,
-                    public_key=self._own.public_key,
-                ), device)
+                await self._accept(
+                    _Agreed(device, kind.txn, self._own, initiator=True), kind.public_key, None
+                )
+                await self._send(
+                    content.VerifyKey(
+                        message_id=new_id(),
+                        sent_at_ms=now_ms(),
+                        txn=self._own_txn,
+                        public_key=self._own.public_key,
+                    ),
+                    device,
+                )
             elif ours and answering is not None:
-                await self._accept(_Agreed(device, kind.txn, answering.sas, initiator=False),
-                                   kind.public_key, answering.start.commitment)
+                await self._accept(
+                    _Agreed(device, kind.txn, answering.sas, initiator=False),
+                    kind.public_key,
+                    answering.start.commitment,
+                )
         elif isinstance(kind, content.VerifyCancel) and (kind.txn == self._own_txn or ours):
             raise VerificationFailed(
                 kind.reason, _peer_cancel_message(self._peer, kind.reason), by_peer=True
@@ -338,9 +358,15 @@ class _Verification:
         """Become the responder for ``start``: send our fresh SAS key to its device."""
         sas = SasExchange(start.txn, self._client.username, self._client.device_id, initiator=False)
         self._answering = _Answering(device, start, sas)
-        await self._send(content.VerifyKey(
-            message_id=new_id(), sent_at_ms=now_ms(), txn=start.txn, public_key=sas.public_key,
-        ), device)
+        await self._send(
+            content.VerifyKey(
+                message_id=new_id(),
+                sent_at_ms=now_ms(),
+                txn=start.txn,
+                public_key=sas.public_key,
+            ),
+            device,
+        )
 
     async def _accept(self, agreed: _Agreed, key: str, commitment: bytes | None) -> None:
         """Settle on ``agreed`` and take the peer's SAS key; a bad key cancels the txn."""
@@ -414,17 +440,22 @@ class _Verification:
             body = await self._client.verification_inbox.get()
             if body.sender == self._peer:
                 return body
-            log.info("ignored a %s from %s/%s", type(body.content).__name__,
-                     body.sender, body.sender_device)
+            log.info(
+                "ignored a %s from %s/%s",
+                type(body.content).__name__,
+                body.sender,
+                body.sender_device,
+            )
 
     async def _send(self, body: content.Content, device: str | None = None) -> None:
         await self._client.send_verification(self._peer, body, to_device=device)
         self._sent = True
 
     async def _cancel(self, reason: Reason, txn: str, device: str | None) -> None:
-        await self._send(content.VerifyCancel(
-            message_id=new_id(), sent_at_ms=now_ms(), txn=txn, reason=reason
-        ), device)
+        await self._send(
+            content.VerifyCancel(message_id=new_id(), sent_at_ms=now_ms(), txn=txn, reason=reason),
+            device,
+        )
 
     async def _cancel_open(self, reason: Reason) -> None:
         """Cancel whatever the peer may still be waiting on."""

@@ -142,7 +142,9 @@ class AccountKey:
         return self._key.sign(recovery_key_bytes(username, recovery_key))
 
 
-def open_device_list(signed: SignedDeviceList, username: str, account_key: str | None) -> DeviceList:
+def open_device_list(
+    signed: SignedDeviceList, username: str, account_key: str | None
+) -> DeviceList:
     """Verify a signed device list and return it.
 
     ``account_key`` None accepts the key the list names (first contact: the caller
@@ -188,12 +190,16 @@ def open_successions(
     if successions and successions[-1].new_account_key != account_key:
         raise SignatureError(f"{username}'s key successions do not lead to the current key")
     for record in successions:
-        verify(record.account_key, recovery_key_bytes(username, record.recovery_key),
-               record.recovery_key_signature)
-        verify(record.recovery_key, recover_bytes(record.nonce, username,
-                                                  record.new_account_key,
-                                                  record.new_recovery_key),
-               record.recovery_signature)
+        verify(
+            record.account_key,
+            recovery_key_bytes(username, record.recovery_key),
+            record.recovery_key_signature,
+        )
+        verify(
+            record.recovery_key,
+            recover_bytes(record.nonce, username, record.new_account_key, record.new_recovery_key),
+            record.recovery_signature,
+        )
     return [record.account_key for record in successions]
 
 

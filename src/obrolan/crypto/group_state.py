@@ -291,7 +291,9 @@ def _check_chain(view: GroupView | None, update: GroupUpdate) -> None:
         if update.seq != 0 or update.prev is not None:
             raise UpdateRejected("a group's create must be its first update (seq 0, no prev)")
         if not _made_by(update.group_id, update.actor):
-            raise UpdateRejected(f"the group id was not made by {update.actor}, who claims to create it")
+            raise UpdateRejected(
+                f"the group id was not made by {update.actor}, who claims to create it"
+            )
         return
     if update.group_id != view.group_id:
         raise UpdateRejected(f"the update is for group {update.group_id}, not {view.group_id}")

@@ -46,7 +46,9 @@ class OutboundGroupSession:
         Raises:
             CryptoError: the pickle could not be decrypted (wrong key) or is damaged.
         """
-        return cls(pickles.restore(vodozemac.GroupSession.from_pickle, pickle, key, "Megolm session"))
+        return cls(
+            pickles.restore(vodozemac.GroupSession.from_pickle, pickle, key, "Megolm session")
+        )
 
     def pickle(self, key: bytes) -> str:
         """The session encrypted with a 32-byte key, for the local store.

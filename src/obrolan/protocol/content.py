@@ -421,8 +421,6 @@ def decode_content(data: bytes) -> Content:
     return value
 
 
-
-
 def decode_link_offer(data: bytes) -> NewDeviceOffer:
     """Parse an unsealed link offer; raises ``RemoteProtocolError`` if malformed."""
     return decode_json(data, NewDeviceOffer, "link offer")

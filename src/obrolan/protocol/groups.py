@@ -170,8 +170,21 @@ class DeleteMessage(_Action, frozen=True, tag="delete_message"):
 
 
 GroupAction = (
-    Create | Add | Remove | Leave | Promote | Demote | Transfer | EditInfo | SetSettings
-    | Invite | RevokeInvite | ApproveJoin | RejectJoin | Mute | DeleteMessage
+    Create
+    | Add
+    | Remove
+    | Leave
+    | Promote
+    | Demote
+    | Transfer
+    | EditInfo
+    | SetSettings
+    | Invite
+    | RevokeInvite
+    | ApproveJoin
+    | RejectJoin
+    | Mute
+    | DeleteMessage
 )
 
 
@@ -233,8 +246,6 @@ class GroupCiphertext(msgspec.Struct, frozen=True):
     """The Megolm session id (the key arrived earlier in a ``group_key``)."""
     body: bytes
     """The Megolm message, as vodozemac's ``MegolmMessage.to_bytes()`` gives it."""
-
-
 
 
 def decode_group_update(data: bytes) -> GroupUpdate:

@@ -44,7 +44,10 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         # A frame must hold one maximal envelope, base64-encoded, for the most recipients
         # (a `send_multi`), with room for JSON.
-        needed = (self.max_envelope_bytes * 4 // 3
-                  + self.max_recipients_per_envelope * RECIPIENT_JSON_BYTES + 64 * 1024)
+        needed = (
+            self.max_envelope_bytes * 4 // 3
+            + self.max_recipients_per_envelope * RECIPIENT_JSON_BYTES
+            + 64 * 1024
+        )
         if self.max_frame_bytes < needed:
             msgspec.structs.force_setattr(self, "max_frame_bytes", needed)

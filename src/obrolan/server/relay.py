@@ -741,7 +741,9 @@ class Session:
             if isinstance(frame, Send):
                 envelope_ids = [envelope.envelope_id for envelope in frame.envelopes]
                 self._check_send(frame)
-                self._relay.limiter.check_sends(device.username, len(frame.envelopes), time.monotonic())
+                self._relay.limiter.check_sends(
+                    device.username, len(frame.envelopes), time.monotonic()
+                )
                 outcome = self._storage.store_envelopes(
                     device, frame.envelopes, expires_at, limits.max_queue_per_device
                 )

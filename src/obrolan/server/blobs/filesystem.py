@@ -330,11 +330,15 @@ class FilesystemBlobStore(BlobStore):
         return True, blob.expires_at
 
     def _owned(self, blob_id: str, owner: DeviceAddress) -> tuple[int, int]:
-        row = self._conn().execute(
-            "SELECT size, received FROM blobs"
-            " WHERE blob_id = ? AND owner_user = ? AND owner_device = ?",
-            (blob_id, owner.username, owner.device_id),
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute(
+                "SELECT size, received FROM blobs"
+                " WHERE blob_id = ? AND owner_user = ? AND owner_device = ?",
+                (blob_id, owner.username, owner.device_id),
+            )
+            .fetchone()
+        )
         if row is None:
             raise _unknown_blob()
         return int(row[0]), int(row[1])
@@ -385,9 +389,7 @@ class FilesystemBlobStore(BlobStore):
             await self._run(self._record_received, blob_id, written)
 
     def _record_received(self, blob_id: str, written: int) -> None:
-        self._conn().execute(
-            "UPDATE blobs SET received = ? WHERE blob_id = ?", (written, blob_id)
-        )
+        self._conn().execute("UPDATE blobs SET received = ? WHERE blob_id = ?", (written, blob_id))
 
     # --- downloads ---------------------------------------------------------------------
 
@@ -400,12 +402,16 @@ class FilesystemBlobStore(BlobStore):
         return _FileBlob(file, size)
 
     def _readable(self, blob_id: str, reader: DeviceAddress) -> int:
-        row = self._conn().execute(
-            "SELECT b.size FROM blobs b JOIN blob_recipients r USING (blob_id)"
-            " WHERE b.blob_id = ? AND r.username = ? AND r.device_id = ?"
-            " AND b.received = b.size",
-            (blob_id, reader.username, reader.device_id),
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute(
+                "SELECT b.size FROM blobs b JOIN blob_recipients r USING (blob_id)"
+                " WHERE b.blob_id = ? AND r.username = ? AND r.device_id = ?"
+                " AND b.received = b.size",
+                (blob_id, reader.username, reader.device_id),
+            )
+            .fetchone()
+        )
         if row is None:
             raise _unknown_blob()
         return int(row[0])
@@ -523,7 +529,9 @@ class FilesystemBlobStore(BlobStore):
         return await self._run(self._stats)
 
     def _stats(self) -> dict[str, int]:
-        count, held = self._conn().execute(
-            "SELECT COUNT(*), COALESCE(SUM(received), 0) FROM blobs"
-        ).fetchone()
+        count, held = (
+            self._conn()
+            .execute("SELECT COUNT(*), COALESCE(SUM(received), 0) FROM blobs")
+            .fetchone()
+        )
         return {"blobs": int(count), "blob_bytes": int(held)}
