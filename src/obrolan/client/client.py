@@ -193,6 +193,8 @@ class Client:
         """When each of those was fetched (``time.monotonic``)."""
         self._last_active: dict[str, str] = {}
         """Our own devices' last active day, as the server last told it."""
+        self._failed_copies: set[tuple[str, str, str]] = set()
+        """(username, device, reason) of copies that failed, each told to the user once."""
 
     # --- opening and closing ------------------------------------------------------------
 
@@ -1304,7 +1306,11 @@ class Client:
                     if key is None:
                         log.warning("%s/%s has no one-time key left", username, device.device_id)
                         continue
-                    session = self._identity.outbound_session(device.curve25519, key.key)
+                    try:
+                        session = self._identity.outbound_session(device.curve25519, key.key)
+                    except CryptoError as exc:  # this device's copy fails, nothing else
+                        self._copy_failed(entry, username, device.device_id, str(exc))
+                        continue
                 own_copy = username == self.username and entry.recipient != self.username
                 plaintext = content.Plaintext(
                     sender=self.username,
@@ -1320,6 +1326,21 @@ class Client:
                 envelopes.append((new_id(), username, device.device_id, content.encode(sealed)))
             self._store.save_envelopes(entry.id, envelopes)
         return envelopes
+
+    def _copy_failed(self, entry: OutboxEntry, username: str, device_id: str, why: str) -> None:
+        """Tell the user (once per device and reason) that one device gets no copy."""
+        log.warning("no copy for %s/%s: %s", username, device_id, why)
+        if (username, device_id, why) in self._failed_copies:
+            return
+        self._failed_copies.add((username, device_id, why))
+        whose = "your" if username == self.username else f"{username}'s"
+        text = (
+            f"⚠ a message was not sent to {whose} device {device_id}: {why}. Its other "
+            f"devices got it; this device gets nothing until it publishes keys that work"
+        )
+        if entry.recipient != self.username:  # not for our own devices' bookkeeping
+            notice = self._conversations.notice(entry.recipient, text)
+            self._events.put_nowait(Event("message", entry.recipient, notice))
 
     async def _targets(
         self, conn: Connection, entry: OutboxEntry, body: content.Content

@@ -13,6 +13,7 @@ from __future__ import annotations
 import vodozemac
 
 from obrolan.crypto import pickles
+from obrolan.crypto.curve_checks import is_unusable_curve25519
 from obrolan.crypto.olm import OlmSession, _to_vodozemac
 from obrolan.errors import CryptoError, DecryptionError, InvalidMessage
 from obrolan.protocol.content import OLM_PRE_KEY, OlmCiphertext
@@ -27,6 +28,14 @@ def _curve25519(key: str, what: str) -> vodozemac.Curve25519PublicKey:
         return vodozemac.Curve25519PublicKey.from_base64(key)
     except ValueError as exc:
         raise CryptoError(f"{what} is not a Curve25519 key: {exc}") from None
+
+
+def _usable_curve25519(key: str, what: str) -> vodozemac.Curve25519PublicKey:
+    """A peer's key, refused when its bytes cannot give a secret (crypto/curve_checks.py)."""
+    parsed = _curve25519(key, what)
+    if is_unusable_curve25519(parsed.to_bytes()):
+        raise CryptoError(f"the {what} cannot be used: it is all zero or of small order")
+    return parsed
 
 
 class DeviceIdentity:
@@ -139,11 +148,11 @@ class DeviceIdentity:
         Raises:
             CryptoError: a key is malformed or would give an insecure shared secret.
         """
-        identity_key = _curve25519(their_curve25519, "identity key")
-        one_time_key = _curve25519(their_one_time_key, "one-time key")
+        identity_key = _usable_curve25519(their_curve25519, "identity key")
+        one_time_key = _usable_curve25519(their_one_time_key, "one-time key")
         try:
             return OlmSession(self._account.create_outbound_session(identity_key, one_time_key))
-        except ValueError as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever vodozemac raises: this key fails
             raise CryptoError(f"cannot start an Olm session: {exc}") from None
 
     def inbound_session(
