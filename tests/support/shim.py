@@ -37,6 +37,9 @@ class MaliciousServer:
         self.cut_on: Callable[[dict[str, Any]], bool] | None = None
         """When set: the first client frame it matches is not forwarded; the connection is
         cut instead (a network failure at that exact point), and the hook is cleared."""
+        self.answer: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None
+        """When set: a client frame for which it returns a frame is not forwarded; that
+        frame is sent back to the client instead (the server refusing, say)."""
         self.swap_from: str | None = None
         """When set: hold the next ``deliver`` from this user and send it after the one
         that follows it (two envelopes delivered in swapped order)."""
@@ -129,6 +132,10 @@ class MaliciousServer:
                     if self.cut_on is not None and self.cut_on(frame):
                         self.cut_on = None
                         break
+                    instead = None if self.answer is None else self.answer(frame)
+                    if instead is not None:
+                        await client.send_str(json.dumps(instead))
+                        continue
                     await server.send_str(message.data)
             finally:
                 pump.cancel()

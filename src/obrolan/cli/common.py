@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any, TextIO
 import platformdirs
 
 from obrolan.cli.safe_text import block, json_text, one_line
+from obrolan.client.retry_policy import is_retryable
 from obrolan.client.vault import needs_passphrase
-from obrolan.errors import ConfigError, ServerUnreachable
+from obrolan.errors import ConfigError, RequestRefused, ServerUnreachable
 
 if TYPE_CHECKING:
     from obrolan.client.client import Client
@@ -33,6 +34,8 @@ __all__ = [
     "passphrase_for",
     "print_json",
     "read_passphrase",
+    "refused_for_now",
+    "tell_refusal",
 ]
 
 Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
@@ -90,13 +93,36 @@ SEND_TIMEOUT = 15.0
 """Seconds a verb waits for the server to take what it queued before leaving it queued."""
 
 
+def refused_for_now(refusal: RequestRefused) -> str:
+    """What the server said when it refused the outbox for now, as one line."""
+    said = one_line(refusal.message)  # the server's text: shown like anything from outside
+    line = f"the server refused for now: {refusal.code.value}"
+    if said and said != refusal.code.value.replace("_", " "):
+        line += f" ({said})"
+    return line
+
+
+def tell_refusal(refusal: RequestRefused) -> None:
+    """``on_refusal`` of flush and sync: one line on stderr as soon as the server says it."""
+    print(f"obrolan: {refused_for_now(refusal)}; will retry", file=sys.stderr, flush=True)
+
+
 async def deliver(client: Client) -> str:
-    """Send what was queued; say so honestly when the server cannot be reached."""
+    """Send what was queued; say so honestly when the server cannot be reached or refuses."""
     try:
-        await client.flush(timeout=SEND_TIMEOUT)
+        await client.flush(timeout=SEND_TIMEOUT, on_refusal=tell_refusal)
     except ServerUnreachable as exc:
         print(
             f"obrolan: {one_line(str(exc))}; queued, it will go with the next sync, listen or send",
+            file=sys.stderr,
+        )
+        return "queued"
+    except RequestRefused as exc:
+        if not is_retryable(exc.code):
+            raise
+        print(
+            f"obrolan: {refused_for_now(exc)}; queued, it will go with the next sync, listen "
+            f"or send",
             file=sys.stderr,
         )
         return "queued"

@@ -30,12 +30,15 @@ from obrolan.cli.common import (
     passphrase_for,
     print_json,
     read_passphrase,
+    refused_for_now,
+    tell_refusal,
 )
 from obrolan.cli.render import format_event, print_messages, show
 from obrolan.cli.safe_text import json_text, one_line
 from obrolan.cli.verify_command import add_verify_command
 from obrolan.client.client import Client
 from obrolan.client.models import MessageState
+from obrolan.client.retry_policy import is_retryable
 from obrolan.errors import ConfigError, ObrolanError, RequestRefused, ServerUnreachable
 from obrolan.protocol.codes import ErrorCode
 
@@ -101,12 +104,19 @@ async def cmd_send(args: argparse.Namespace) -> int:
                 raise
             bar.finish()
         try:
-            await client.flush(timeout=SEND_TIMEOUT)
+            await client.flush(timeout=SEND_TIMEOUT, on_refusal=tell_refusal)
         except ServerUnreachable as exc:
             raise ServerUnreachable(
                 exc.url,
                 f"{exc.reason}; the message is queued and will be sent by the next "
                 f"`obrolan sync`, `listen` or `send`",
+            ) from None
+        except RequestRefused as exc:
+            if not is_retryable(exc.code):
+                raise
+            raise ObrolanError(
+                f"{refused_for_now(exc)}; the message is queued and will be sent by the next "
+                f"`obrolan sync`, `listen` or `send`"
             ) from None
         message = client.message(queued.message_id, client.username) or queued
     if message.state is MessageState.FAILED:
@@ -137,14 +147,15 @@ async def cmd_download(args: argparse.Namespace) -> int:
 
 async def cmd_sync(args: argparse.Namespace) -> int:
     async with Client.open(args.profile, passphrase_for(args.profile)) as client:
-        messages = await client.sync()
+        messages = await client.sync(on_refusal=tell_refusal)
         if client.history_offer() is not None:
             await device_commands.receive_history(client)
         for peer in {m.peer for m in messages}:
             await client.mark_read(peer)
         requests = client.requests()
-        with contextlib.suppress(ServerUnreachable):
-            await client.flush(timeout=SEND_TIMEOUT)  # the read receipts
+        if client.outbox_refusal is None:  # refused for now: the next run sends them
+            with contextlib.suppress(ServerUnreachable, RequestRefused):
+                await client.flush(timeout=SEND_TIMEOUT)  # the read receipts
     print_messages(messages, args.json)
     if not args.json:
         if not messages:

@@ -33,7 +33,7 @@ from typing import Any
 
 import msgspec
 
-from obrolan.client import contact_sync
+from obrolan.client import contact_sync, retry_policy
 from obrolan.client.archive import ImportSummary
 from obrolan.client.attachments import (
     BlobClient,
@@ -193,6 +193,8 @@ class Client:
         """When each of those was fetched (``time.monotonic``)."""
         self._last_active: dict[str, str] = {}
         """Our own devices' last active day, as the server last told it."""
+        self._refusal: RequestRefused | None = None
+        """The server's last refusal for now of an outbox request, while it waits to retry."""
         self._failed_copies: set[tuple[str, str, str]] = set()
         """(username, device, reason) of copies that failed, each told to the user once."""
 
@@ -977,22 +979,70 @@ class Client:
                 return candidate
         return None
 
-    async def flush(self, timeout: float | None = None) -> None:
+    @property
+    def outbox_refusal(self) -> RequestRefused | None:
+        """What the server said when it last refused the outbox for now (``internal``,
+        ``queue_full``, ``rate_limited``): the outbox waits and retries on the same
+        connection. None once it took the outbox again."""
+        return self._refusal
+
+    async def flush(
+        self,
+        timeout: float | None = None,
+        *,
+        on_refusal: Callable[[RequestRefused], None] | None = None,
+    ) -> None:
         """Wait until the outbox is empty.
+
+        ``on_refusal`` is called with each refusal for now while it waits (the
+        outbox retries it with backoff, or after the server's ``retry_after_ms``).
 
         Raises:
             ServerUnreachable: the server could not be reached (the outbox keeps the messages).
-            RequestRefused: the server refused this device (``auth_failed``).
+            RequestRefused: the server refused this device (``auth_failed``), or kept
+                refusing the outbox for now until the timeout (the messages stay queued).
         """
         self.start()
-        await self._wait(lambda: self._conn is not None and self._outbox_idle.is_set(), timeout)
+        told = self._refusals(on_refusal)
+        await self._wait_or_refused(
+            lambda: told() and self._conn is not None and self._outbox_idle.is_set(), timeout
+        )
 
-    async def sync(self, timeout: float | None = 30.0) -> list[Message]:
+    def _refusals(self, on_refusal: Callable[[RequestRefused], None] | None) -> Callable[[], bool]:
+        """A condition part that tells ``on_refusal`` of each new refusal (always True)."""
+        seen: list[RequestRefused] = []
+
+        def told() -> bool:
+            refusal = self._refusal
+            if on_refusal is not None and refusal is not None and refusal not in seen:
+                seen.append(refusal)
+                on_refusal(refusal)
+            return True
+
+        return told
+
+    async def _wait_or_refused(self, condition: Callable[[], bool], timeout: float | None) -> None:
+        """:meth:`_wait`, raising the server's refusal when the wait timed out because of it."""
+        try:
+            await self._wait(condition, timeout)
+        except ServerUnreachable as exc:
+            if self._refusal is None or exc.reason != "timed out":
+                raise
+            raise self._refusal from None
+
+    async def sync(
+        self,
+        timeout: float | None = 30.0,
+        *,
+        on_refusal: Callable[[RequestRefused], None] | None = None,
+    ) -> list[Message]:
         """Connect, receive everything that waits, send the outbox; return what arrived.
 
         An already connected client reconnects: the server's ``drained`` after a
         fresh authentication is the only exact "nothing else waits". Programs that
-        stay online read :meth:`messages` instead.
+        stay online read :meth:`messages` instead. When the server refuses the
+        outbox for now, ``on_refusal`` hears what it said and sync returns without
+        waiting for the retries (:attr:`outbox_refusal`; the messages stay queued).
 
         Raises:
             ServerUnreachable: the server could not be reached.
@@ -1002,9 +1052,13 @@ class Client:
             self._drained.clear()
             self._resync = True
             await self._conn.close()
+        told = self._refusals(on_refusal)
         await self._wait(
             lambda: (
-                self._conn is not None and self._drained.is_set() and self._outbox_idle.is_set()
+                told()
+                and self._conn is not None
+                and self._drained.is_set()
+                and (self._outbox_idle.is_set() or self._refusal is not None)
             ),
             timeout,
         )
@@ -1139,6 +1193,7 @@ class Client:
                     if self._conn is not None:  # authenticated: the server was fine until now
                         delay = BACKOFF_START
                     self._conn = None
+                    self._refusal = None
                     self._views.clear()
                     await conn.close()
                     self._notify()
@@ -1213,14 +1268,43 @@ class Client:
     # --- outbox -------------------------------------------------------------------------
 
     async def _outbox_loop(self, conn: Connection) -> None:
+        attempt = 0
         while True:
             self._outbox_wakeup.clear()
-            for entry in list(self._store.outbox()):
-                await self._send_entry(conn, entry)
+            refused = await self._outbox_pass(conn)
+            if refused is not None:  # refused for now: the same connection, a bit later
+                self._refusal = refused
+                self._notify()
+                delay = retry_policy.retry_delay(attempt, refused.retry_after_ms, random.random())
+                log.warning("the server refused for now (%s); retrying in %.1f s", refused, delay)
+                attempt += 1
+                await asyncio.sleep(delay)
+                continue
+            attempt = 0
+            self._refusal = None
             if self._store.outbox_size() == 0:
                 self._outbox_idle.set()
                 self._notify()
             await self._outbox_wakeup.wait()
+
+    async def _outbox_pass(self, conn: Connection) -> RequestRefused | None:
+        """Send what is queued, in order; a refusal for now holds back the rest of that
+        recipient's entries (a full queue), or of all of them (``retry_policy``)."""
+        refused: RequestRefused | None = None
+        waiting: set[str] = set()
+        for entry in list(self._store.outbox()):
+            if entry.recipient in waiting:
+                continue
+            try:
+                await self._send_entry(conn, entry)
+            except RequestRefused as exc:
+                if not retry_policy.is_retryable(exc.code):
+                    raise
+                refused = exc
+                if retry_policy.for_everyone(exc.code):
+                    break
+                waiting.add(entry.recipient)
+        return refused
 
     async def _send_entry(self, conn: Connection, entry: OutboxEntry) -> None:
         envelopes = entry.envelopes
@@ -1231,6 +1315,8 @@ class Client:
                 self._fail(entry, str(exc))
                 return
             except RequestRefused as exc:  # the server refused a lookup for this entry
+                if retry_policy.is_retryable(exc.code):
+                    raise
                 self._fail(entry, exc.message)
                 return
             if not envelopes:
@@ -1256,14 +1342,10 @@ class Client:
         try:
             sent = await conn.request(request)
         except RequestRefused as exc:
-            if exc.code in (
-                ErrorCode.UNKNOWN_USER,
-                ErrorCode.UNKNOWN_DEVICE,
-                ErrorCode.ENVELOPE_TOO_LARGE,
-            ):
-                self._fail(entry, exc.message)
-                return
-            raise
+            if retry_policy.is_retryable(exc.code):
+                raise  # kept: the outbox sends it again later (the same envelopes)
+            self._fail(entry, exc.message)  # waiting cannot help: unknown_user, too large…
+            return
         if isinstance(sent, frames.Sent) and (sent.skipped or sent.skipped_recipients):
             # Devices that left their account since we looked: drop them, look again next time.
             self._views.clear()
