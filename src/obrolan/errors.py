@@ -170,12 +170,13 @@ class SignatureError(CryptoError):
 
 
 class IdentityChanged(CryptoError):
-    """Raised when sending to a verified contact whose account key has changed since."""
+    """Raised when sending to a contact whose account key has changed and was not accepted."""
 
     def __init__(self, username: str) -> None:
         super().__init__(
-            f"{username}'s account key has changed since you verified it: compare safety "
-            f"numbers (obrolan safety-number {username}), then run `obrolan trust {username}`"
+            f"{username}'s account key changed and you have not accepted the new one: "
+            f"nothing is encrypted to it. Check the safety number with {username} "
+            f"(obrolan safety-number {username}), then run `obrolan trust {username}`"
         )
         self.username = username
 

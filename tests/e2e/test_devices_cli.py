@@ -102,9 +102,10 @@ def test_recover_rotate_and_trust(cli: Cli, profiles) -> None:  # type: ignore[n
     assert "account key changed" in recovered.stdout and CODE.search(recovered.stdout)
 
     sent = cli("send", "alice", "who is this?", "--profile", str(bob))
-    assert sent.returncode == 0, sent.stderr  # bob never verified alice: a warning, not a block
+    assert sent.returncode == 4, sent.stderr  # held, verified or not, until bob trusts
+    assert "obrolan trust alice" in sent.stderr
     contacts = cli("contacts", "--profile", str(bob))
-    assert "account key changed" in contacts.stdout
+    assert "account key changed" in contacts.stdout and "obrolan trust alice" in contacts.stdout
     trusted = cli("trust", "alice", "--profile", str(bob))
     assert trusted.returncode == 0 and "accepted alice's new account key" in trusted.stdout
     again = cli("trust", "alice", "--profile", str(bob))

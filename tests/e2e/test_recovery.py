@@ -14,7 +14,7 @@ from obrolan.crypto.group_state import next_update, sign_update
 from obrolan.errors import RequestRefused
 from obrolan.protocol import groups
 from obrolan.protocol.codes import ErrorCode
-from tests.e2e.conftest import assert_sending_refused
+from tests.e2e.conftest import assert_sending_held
 from tests.e2e.test_groups_malicious import send_state
 
 
@@ -52,12 +52,16 @@ async def test_recovery_code_reclaims_the_username(server, profiles) -> None:  #
         assert await alice.sync() == []  # nothing queued for the old device reaches the new one
 
         await bob.sync()
-        await assert_sending_refused(bob, "alice")
+        await assert_sending_held(bob, "alice")
         assert bob.trust("alice")
         await bob.send("alice", "welcome back")
         await bob.flush(30)
         arrived = await alice.sync()
-        assert [m.text for m in arrived if m.state is not MessageState.NOTICE] == ["welcome back"]
+        assert [m.text for m in arrived if m.state is not MessageState.NOTICE] == [
+            "should not leave",  # held until bob accepted alice's new key, then sent to it
+            "still held",
+            "welcome back",
+        ]
         # bob's earlier messages went to the lost device; the new device starts counting
         # bob's messages where it joined, so it raises no false "missing" alarm
         assert not any("may be missing" in m.text for m in arrived)

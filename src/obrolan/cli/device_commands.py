@@ -254,8 +254,8 @@ async def cmd_trust(args: argparse.Namespace) -> int:
         changed = client.trust(args.user)
     if changed:
         print(
-            f"accepted {args.user}'s new account key; verify it with `obrolan verify "
-            f"{args.user}` to mark it verified again"
+            f"accepted {args.user}'s new account key; held messages go with the next sync, "
+            f"listen or send. Verify it with `obrolan verify {args.user}` to mark it verified"
         )
     else:
         print(f"{args.user}'s account key has not changed: nothing to accept", file=sys.stderr)

@@ -39,13 +39,21 @@ from obrolan.cli.verify_command import add_verify_command
 from obrolan.client.client import Client
 from obrolan.client.models import MessageState
 from obrolan.client.retry_policy import is_retryable
-from obrolan.errors import ConfigError, ObrolanError, RequestRefused, ServerUnreachable
+from obrolan.errors import (
+    ConfigError,
+    IdentityChanged,
+    ObrolanError,
+    RequestRefused,
+    ServerUnreachable,
+)
 from obrolan.protocol.codes import ErrorCode
 
 __all__ = ["main"]
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+EXIT_KEY_CHANGED = 4
+"""The recipient's account key changed: the message is held until `obrolan trust`."""
 EXIT_INTERRUPTED = 130
 
 
@@ -121,6 +129,9 @@ async def cmd_send(args: argparse.Namespace) -> int:
         message = client.message(queued.message_id, client.username) or queued
     if message.state is MessageState.FAILED:
         raise ObrolanError(f"not sent: {message.error}")
+    if message.state is MessageState.HELD:
+        print(f"obrolan: {held_line(message.peer)}", file=sys.stderr)
+        return EXIT_KEY_CHANGED
     if args.json:
         print_json(message.as_json())
     else:
@@ -201,8 +212,9 @@ async def cmd_contacts(args: argparse.Namespace) -> int:
     for contact in contacts:
         flag = "  ✓ verified" if contact.verified else ""
         if contact.key_changed:
-            flag = "  ⚠ account key changed: compare safety numbers" + (
-                f", then `obrolan trust {one_line(contact.username)}`" if contact.verified else ""
+            flag = (
+                "  ⚠ account key changed, messages held: compare safety numbers, then "
+                f"`obrolan trust {one_line(contact.username)}`"
             )
         print(f"{one_line(contact.username)}{flag}")
     if not contacts:
@@ -237,6 +249,16 @@ async def cmd_safety_number(args: argparse.Namespace) -> int:
     if changed:
         print(f"⚠ {args.user}'s account key has changed since you first talked.")
     return 0
+
+
+def held_line(peer: str) -> str:
+    """What `send` says of a message held because ``peer``'s account key changed."""
+    who = one_line(peer)
+    return (
+        f"{who}'s account key changed: the message is held, nothing was encrypted to the "
+        f"new key. Check the safety number with {who} (`obrolan safety-number {who}`), "
+        f"then run `obrolan trust {who}` to send it"
+    )
 
 
 # --- parser -------------------------------------------------------------------------------
@@ -314,6 +336,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except IdentityChanged as exc:
+        print(f"obrolan: {one_line(str(exc))}", file=sys.stderr)
+        return EXIT_KEY_CHANGED
     except RequestRefused as exc:
         # A refusal's message is the server's text: shown like anything from someone else.
         print(f"obrolan: {one_line(_FRIENDLY.get(exc.code, exc.message))}", file=sys.stderr)

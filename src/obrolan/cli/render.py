@@ -52,6 +52,7 @@ def format_message(message: Message) -> str:
     if message.outgoing:
         state = {
             MessageState.QUEUED: "queued",
+            MessageState.HELD: "held: their account key changed, see `obrolan trust`",
             MessageState.FAILED: f"not sent: {one_line(message.error or '')}",
         }.get(message.state, message.receipt or _DELIVERY.get(message.delivery or "", "sent"))
         marks.append(state)

@@ -225,7 +225,8 @@ class _Importer:
         place_message(self._db, rowid)
         # The outbox is never archived: a message still queued at export was not sent.
         self._db.execute(
-            "UPDATE messages SET state = 'failed', error = ? WHERE id = ? AND state = 'queued'",
+            "UPDATE messages SET state = 'failed', error = ? WHERE id = ? "
+            "AND state IN ('queued', 'held')",
             (NOT_SENT_BEFORE_EXPORT, rowid),
         )
         for table in ("edits", "reactions"):

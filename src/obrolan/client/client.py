@@ -924,6 +924,8 @@ class Client:
             )
         elif adopted is contact_sync.Adopted.TRUSTED:
             notice = f"you accepted {username}'s new account key on your device {device_id}"
+            self._store.release_held(username)
+            self._wake_outbox()
         elif after is not None and after.verified and not (before and before.verified):
             notice = f"you verified {username}'s account key on your device {device_id}"
         if notice is None:
@@ -947,9 +949,6 @@ class Client:
         check_username(username)
         if username == self.username:
             raise ConfigError("you cannot send a message to yourself")
-        contact = self._store.contact(username)
-        if contact is not None and contact.blocked_by_change:
-            raise IdentityChanged(username)
 
     def _queue(
         self,
@@ -968,6 +967,9 @@ class Client:
             counter=counter,
             to_device=to_device,
         )
+        contact = self._store.contact(peer)
+        if message_rowid is not None and contact is not None and contact.blocked_by_change:
+            self._store.set_state(message_rowid, MessageState.HELD)
         self._outbox_idle.clear()
         self._outbox_wakeup.set()
         self.start()
@@ -1129,12 +1131,22 @@ class Client:
             return False
         with self._store.transaction():
             self._store.trust_changed_key(username)
+            self._store.release_held(username)
             self._conversations.notice(
-                username, f"you accepted {username}'s new account key (not verified)"
+                username,
+                f"you accepted {username}'s new account key (not verified): held messages "
+                f"to {username} are sent to its devices",
             )
             self._tell_own_devices(username)
         self._views.pop(username, None)
+        self._wake_outbox()
         return True
+
+    def _wake_outbox(self) -> None:
+        """Let a running outbox look at its entries again (offline: the next connection)."""
+        if self._runner is not None:
+            self._outbox_idle.clear()
+            self._outbox_wakeup.set()
 
     # --- the connection loop ------------------------------------------------------------
 
@@ -1217,6 +1229,8 @@ class Client:
         )
         log.info("connected to %s as %s/%s", self.address.url, self.username, self.device_id)
         self._drained.clear()
+        if self._store.outbox_size():  # held entries, say: this connection looks at them again
+            self._outbox_idle.clear()
         self._conn = conn
         self._last_error = None
         self._notify()
@@ -1282,8 +1296,8 @@ class Client:
                 continue
             attempt = 0
             self._refusal = None
-            if self._store.outbox_size() == 0:
-                self._outbox_idle.set()
+            if all(self._is_held(e) for e in self._store.outbox()):
+                self._outbox_idle.set()  # what is held waits for `trust`, not for the server
                 self._notify()
             await self._outbox_wakeup.wait()
 
@@ -1311,7 +1325,10 @@ class Client:
         if entry.payload is not None:
             try:
                 envelopes = await self._encrypt(conn, entry)
-            except (UnknownContact, IdentityChanged) as exc:
+            except IdentityChanged:
+                self._hold(entry)
+                return
+            except UnknownContact as exc:
                 self._fail(entry, str(exc))
                 return
             except RequestRefused as exc:  # the server refused a lookup for this entry
@@ -1354,6 +1371,24 @@ class Client:
             if entry.message_rowid is not None:
                 self._store.set_state(entry.message_rowid, MessageState.SENT)
             self._store.dequeue(entry.id)
+
+    def _hold(self, entry: OutboxEntry) -> None:
+        """Keep an entry to a contact whose changed key was not accepted (not encrypted)."""
+        with self._store.transaction():
+            if entry.message_rowid is not None:
+                self._store.set_state(entry.message_rowid, MessageState.HELD)
+            elif entry.payload is not None and isinstance(
+                content.decode_content(entry.payload), content.Typing
+            ):
+                self._store.dequeue(entry.id)  # stale long before the key is accepted
+        log.info("held for %s: their account key changed", entry.recipient)
+
+    def _is_held(self, entry: OutboxEntry) -> bool:
+        """True for an entry that waits for the user to accept its recipient's new key."""
+        if entry.payload is None or entry.recipient == self.username:
+            return False  # encrypted before the change, a group's, or for our own devices
+        contact = self._store.contact(entry.recipient)
+        return contact is not None and contact.blocked_by_change
 
     def _fail(self, entry: OutboxEntry, reason: str) -> None:
         with self._store.transaction():

@@ -6,8 +6,8 @@ first contact (or accepted later with ``trust``), and for our own account the
 key this device holds. Devices outside a verified list are never encrypted to,
 and a list older than one already seen is refused, so the server can neither
 add a device nor bring back a removed one. A contact's changed account key is
-a warning in the conversation; for a contact the user verified, sending stops
-until the user trusts the new key. No I/O beyond the store; the client calls
+a notice in the conversation, and for any contact, verified or not, sending
+stops (messages are held, not encrypted) until the user trusts the new key. No I/O beyond the store; the client calls
 it inside no transaction of its own.
 """
 
@@ -37,7 +37,7 @@ class DeviceView:
     notices: list[str] = field(default_factory=list)
     """Warnings for the user, shown in the conversation."""
     blocked: str | None = None
-    """Why nothing may be sent to this user now (a verified contact's changed key)."""
+    """Why nothing may be sent to this user now (a changed key, not accepted yet)."""
     device_list: DeviceList | None = None
     """The verified list, when it was accepted."""
     earlier_keys: list[str] = field(default_factory=list)
@@ -85,10 +85,12 @@ class Directory:
                 return self._refused(username, f"it is older than version {contact.list_version}")
         elif key != contact.changed_key:
             self._store.mark_key_changed(username, key)
-            advice = f"compare safety numbers with {username} (obrolan safety-number {username})"
-            if contact.verified:
-                advice += f"; sending is paused until you run `obrolan trust {username}`"
-            notices.append(f"{username}'s account key has changed: {advice}")
+            notices.append(
+                f"⚠ {username}'s account key has changed: your messages to {username} are "
+                f"held, and nothing is encrypted to the new key. Check the safety number with "
+                f"{username} (obrolan safety-number {username}), then run "
+                f"`obrolan trust {username}` to accept it and send them"
+            )
             log.warning("%s's account key has changed", username)
         elif listed.version < contact.list_version:
             return self._refused(username, f"it is older than version {contact.list_version}")
@@ -96,11 +98,11 @@ class Directory:
         assert contact is not None
         self._store.set_list_version(username, listed.version)
         if contact.blocked_by_change:
-            # Nothing is sent (the caller refuses); the devices of the verified key and
+            # Nothing is sent (the caller holds it); the devices of the pinned key and
             # their sessions stay, so their messages still open if the change was false.
             reason = (
-                f"{username}'s account key has changed since you verified it: check their "
-                f"safety number, then run `obrolan trust {username}`"
+                f"{username}'s account key has changed: check their safety number, then "
+                f"run `obrolan trust {username}`"
             )
             return DeviceView([], notices, reason, listed)
         devices = [d.keys for d in listed.devices]

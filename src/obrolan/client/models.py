@@ -15,6 +15,9 @@ class MessageState(enum.StrEnum):
 
     QUEUED = "queued"
     """Written by this device, waiting in the outbox for the server."""
+    HELD = "held"
+    """Written by this device and kept in the outbox, not encrypted: the recipient's
+    account key changed and the user has not accepted the new one (``trust``)."""
     SENT = "sent"
     """The server acknowledged it: it is stored durably until delivered."""
     RECEIVED = "received"
@@ -159,8 +162,8 @@ class Contact:
 
     @property
     def blocked_by_change(self) -> bool:
-        """A verified contact's key changed: nothing is sent until the user trusts it."""
-        return self.verified and self.key_changed
+        """The key changed (verified or not): nothing is sent until the user trusts it."""
+        return self.key_changed
 
     def as_json(self) -> dict[str, object]:
         """A JSON-ready dict (what ``--json`` prints)."""

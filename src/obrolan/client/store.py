@@ -203,6 +203,12 @@ class Store:
             (username,),
         )
 
+    def release_held(self, peer: str) -> None:
+        """The user accepted ``peer``'s new key: their held messages are queued again."""
+        self._db.execute(
+            "UPDATE messages SET state = 'queued' WHERE peer = ? AND state = 'held'", (peer,)
+        )
+
     def set_verified(self, username: str, account_key: str) -> bool:
         """Mark the contact verified if ``account_key`` is still its pinned key."""
         cursor = self._db.execute(
@@ -338,7 +344,7 @@ class Store:
             int(r[0])
             for r in self._db.execute(
                 "UPDATE messages SET peer_receipts_off = 1 WHERE peer = ? AND outgoing = 1 "
-                "AND state IN ('sent', 'queued') AND receipt IS NULL AND peer_receipts_off = 0 "
+                "AND state IN ('sent', 'queued', 'held') AND receipt IS NULL AND peer_receipts_off = 0 "
                 "RETURNING id",
                 (peer,),
             )
