@@ -147,3 +147,29 @@ async def test_cli_send_says_what_the_server_said_and_sends_on_the_same_connecti
         assert [f["type"] for f in ours].count("authenticate") == 1
         synced = await asyncio.to_thread(direct, "sync", "--profile", str(bob))
         assert "held by a full queue" in synced.stdout
+
+
+async def test_cli_sync_says_what_the_server_said_and_leaves_the_message_queued(
+    server,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    async with MaliciousServer(server.ws_url) as shim:
+        cli, direct = Cli(shim.url), Cli(server.url)
+        alice, bob = tmp_path / "alice", tmp_path / "bob"
+        await asyncio.to_thread(cli.register, "alice", alice)
+        await asyncio.to_thread(direct.register, "bob", bob, accept=("alice",))
+        install(shim, Refuser("internal", 1000))  # the server's disk stays full
+        queued = await asyncio.to_thread(
+            cli, "send", "bob", "waits for the disk", "--profile", str(alice)
+        )
+        assert queued.returncode == 1
+        assert "the server refused for now: internal" in queued.stderr
+        assert "queued" in queued.stderr and "cannot reach" not in queued.stderr
+        synced = await asyncio.to_thread(cli, "sync", "--profile", str(alice))
+        assert synced.returncode == 0, synced.stderr
+        assert "the server refused for now: internal" in synced.stderr
+        assert "stays queued" in synced.stderr and "cannot reach" not in synced.stderr
+        shim.answer = None  # the disk has room again
+        assert (await asyncio.to_thread(cli, "sync", "--profile", str(alice))).returncode == 0
+        arrived = await asyncio.to_thread(direct, "sync", "--profile", str(bob))
+        assert "waits for the disk" in arrived.stdout

@@ -130,6 +130,8 @@ async def cmd_send(args: argparse.Namespace) -> int:
     if message.state is MessageState.FAILED:
         raise ObrolanError(f"not sent: {message.error}")
     if message.state is MessageState.HELD:
+        if args.json:
+            print_json(message.as_json())
         print(f"obrolan: {held_line(message.peer)}", file=sys.stderr)
         return EXIT_KEY_CHANGED
     if args.json:
@@ -158,15 +160,22 @@ async def cmd_download(args: argparse.Namespace) -> int:
 
 async def cmd_sync(args: argparse.Namespace) -> int:
     async with Client.open(args.profile, passphrase_for(args.profile)) as client:
-        messages = await client.sync(on_refusal=tell_refusal)
+        messages = await client.sync()
         if client.history_offer() is not None:
             await device_commands.receive_history(client)
         for peer in {m.peer for m in messages}:
             await client.mark_read(peer)
         requests = client.requests()
-        if client.outbox_refusal is None:  # refused for now: the next run sends them
+        refusal = client.outbox_refusal
+        if refusal is None:
             with contextlib.suppress(ServerUnreachable, RequestRefused):
                 await client.flush(timeout=SEND_TIMEOUT)  # the read receipts
+        else:  # refused for now: the next run sends what is queued
+            print(
+                f"obrolan: {refused_for_now(refusal)}; what you wrote stays queued and will "
+                f"be retried by the next `obrolan sync`, `listen` or `send`",
+                file=sys.stderr,
+            )
     print_messages(messages, args.json)
     if not args.json:
         if not messages:
