@@ -1452,8 +1452,9 @@ class Client:
         self._failed_copies.add((username, device_id, why))
         whose = "your" if username == self.username else f"{username}'s"
         text = (
-            f"⚠ a message was not sent to {whose} device {device_id}: {why}. Its other "
-            f"devices got it; this device gets nothing until it publishes keys that work"
+            f"⚠ a message could not be encrypted for {whose} device {device_id}: {why}. "
+            f"That device gets nothing until it publishes keys that work; the other "
+            f"devices are not affected"
         )
         if entry.recipient != self.username:  # not for our own devices' bookkeeping
             notice = self._conversations.notice(entry.recipient, text)
