@@ -74,6 +74,7 @@ from obrolan.server.storage.base import (
     StoredEnvelopes,
     StoreResult,
 )
+from obrolan.server.storage.integrity import check_before_open, write_marker
 from obrolan.server.storage.sqlite_schema import SCHEMA_VERSION, migrate, open_db
 
 __all__ = [
@@ -1001,11 +1002,14 @@ class SqliteStorage(Storage):
         path: the database file (created with its schema if missing, unless read-only).
         read_only: open an existing database for reading only, e.g. for ``obrolan admin``
             while the server runs; write methods then raise :class:`InvalidState`.
+        new_database: make a new database even where the folder's marker says one
+            existed (see :mod:`obrolan.server.storage.integrity`).
     """
 
-    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+    def __init__(self, path: Path, *, read_only: bool = False, new_database: bool = False) -> None:
         self._path = path
         self._read_only = read_only
+        self._new_database = new_database
         self._writer: _Writer | None = None
         self._reader: sqlite3.Connection | None = None
         # A device's row id never changes while it exists, so the hot read path (pending)
@@ -1026,8 +1030,15 @@ class SqliteStorage(Storage):
                     f"{self._path} has schema version {version}, this obrolan reads {SCHEMA_VERSION}"
                 )
         else:
+            # Raises DamagedDatabase before anything is written to a damaged folder.
+            fresh = await asyncio.to_thread(
+                check_before_open, self._path, new_database=self._new_database
+            )
             self._writer = _Writer(self._path, asyncio.get_running_loop())
             await self._writer.start()
+            if fresh:
+                _logger.info("created a new, empty server database")
+            await asyncio.to_thread(write_marker, self._path)
             reader = open_db(self._path, read_only=False)
             reader.execute("PRAGMA query_only = ON")
         self._reader = reader
