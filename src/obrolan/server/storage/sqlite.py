@@ -76,6 +76,7 @@ from obrolan.server.storage.base import (
 )
 from obrolan.server.storage.integrity import check_before_open, write_marker
 from obrolan.server.storage.sqlite_schema import SCHEMA_VERSION, migrate, open_db
+from obrolan.server.storage.stored_rows import mailbox_rows, stored_envelope
 
 __all__ = [
     "IDLE_CHECKPOINT_SECONDS",
@@ -696,6 +697,14 @@ class _WriterDb:
         if deleted:
             self._queued[rowid] -= deleted
 
+    def drop(self, rowid: int, seqs: list[int]) -> None:
+        """Delete these mailbox rows of the device (unreadable ones: see ``pending``)."""
+        deleted = self.conn.executemany(
+            "DELETE FROM mailbox WHERE device = ? AND seq = ?", [(rowid, seq) for seq in seqs]
+        ).rowcount
+        if deleted and rowid in self._queued:
+            self._queued[rowid] -= deleted
+
     def sweep(self, now: int, device: DeviceAddress | None = None) -> int:
         """Delete every envelope (of ``device``, or all) with ``expires_at <= now``.
 
@@ -1254,24 +1263,43 @@ class SqliteStorage(Storage):
     async def pending(
         self, device: DeviceAddress, after_seq: int, limit: int
     ) -> list[PendingEnvelope]:
+        """Up to ``limit`` envelopes after ``after_seq``; a stored row that cannot be
+        delivered (damaged in the file) is skipped and deleted, and more are read in its
+        place, so that fewer than ``limit`` still means the queue has no more."""
         rowid = self._rowid(device)
         if rowid is None:
             return []
-        rows = (
-            self._read()
-            .execute(
-                "SELECT m.seq, m.envelope_id, m.from_user, m.from_device, IFNULL(m.ciphertext,"
-                " (SELECT c.data FROM ciphertexts c WHERE c.id = m.ciphertext_id))"
-                " FROM mailbox m WHERE m.device = ? AND m.seq > ? AND m.expires_at > ?"
-                " ORDER BY m.seq LIMIT ?",
-                (rowid, after_seq, int(time.time()), limit),
+        found: list[PendingEnvelope] = []
+        while True:
+            want = limit - len(found)
+            rows = mailbox_rows(self._read(), rowid, after_seq, want, int(time.time()))
+            unreadable: list[tuple[int, str]] = []
+            for seq, *columns in rows:
+                envelope = stored_envelope(*columns)
+                if isinstance(envelope, str):
+                    unreadable.append((seq, envelope))
+                else:
+                    found.append((seq, envelope))
+            if unreadable:
+                await self._drop_unreadable(rowid, unreadable)
+            if not unreadable or len(rows) < want:
+                return found
+            after_seq = rows[-1][0]
+
+    async def _drop_unreadable(self, rowid: int, rows: list[tuple[int, str]]) -> None:
+        """Delete mailbox rows that cannot be delivered, and say so in the log by their
+        ``seq`` only (a row's content may be anything, including what it should be)."""
+        for seq, reason in rows:
+            _logger.error(
+                "stored envelope seq %d is unreadable (%s): skipped and deleted, the rest "
+                "of the device's queue is delivered",
+                seq,
+                reason,
             )
-            .fetchall()
-        )
-        return [
-            (seq, Envelope(envelope_id, user, dev, data))
-            for seq, envelope_id, user, dev, data in rows
-        ]
+        try:
+            await self._write(_WriterDb.drop, rowid, [seq for seq, _ in rows], savepoint=True)
+        except StorageError as exc:  # the page is damaged for writing too; skipped anyway
+            _logger.error("deleting %d unreadable envelopes failed: %s", len(rows), exc)
 
     async def ack(self, device: DeviceAddress, envelope_ids: list[str]) -> None:
         # A lost delete only means a redelivery, which clients drop by id: nobody waits
