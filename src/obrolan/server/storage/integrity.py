@@ -30,21 +30,22 @@ _PROBLEMS_SHOWN = 5
 """Most lines of ``quick_check``'s answer quoted in the message."""
 _NOT_STARTING_EMPTY = (
     "Not starting: that would begin a new, empty server, without any of its accounts or "
-    "queued messages."
+    "queued messages, and with every username free to be taken."
 )
 _NOT_STARTING_DAMAGED = "Not starting on a damaged database."
 _RESTORE = (
-    "What to do: stop anything else using {folder}, then restore {name} from your backup "
-    'into it (docs/deploy.md, "Damaged database")'
+    'What to do (docs/deploy.md, "Damaged database"): stop anything else using {folder}; '
+    "if you keep a backup of {name}, restore it there (without any {name}-wal or "
+    "{name}-shm of the lost one)"
 )
 _FRESH = (
-    "; or, to begin an empty server in this folder on purpose (every account and queued "
-    "message is lost), start once with --new-database."
+    "; if not, start once with --new-database to begin an empty server in this folder on "
+    "purpose (every account and queued message is lost; users register again)."
 )
 _MOVE_AWAY = (
-    "; if there is no backup, move {name} aside, with {name}-wal and {name}-shm if "
-    "present (keep them for inspection), and start once with --new-database (every "
-    "account and queued message is lost)."
+    "; if not, move {name}, with {name}-wal and {name}-shm if present, aside (keep them "
+    "for inspection) and start once with --new-database (every account and queued "
+    "message is lost; users register again)."
 )
 
 
