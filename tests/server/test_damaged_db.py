@@ -156,3 +156,18 @@ async def test_fresh_folder_still_starts(server: ServerProcess, online: Online) 
     assert server.stop() == 0
     server.start()
     await online(server, "bob")
+
+
+async def test_emptied_attachment_database_is_refused(
+    server: ServerProcess, online: Online
+) -> None:
+    """blobs.db emptied: refused too, since new metadata would delete every waiting
+    attachment's file as unknown."""
+    await online(server, "alice")
+    assert server.stop() == 0
+    blobs = server.data_dir / "blobs.db"
+    blobs.write_bytes(b"")
+    (server.data_dir / "blobs" / "a-waiting-blob").write_bytes(b"ciphertext")
+    result = refused_start(server.data_dir)
+    assert_plain_refusal(result, "blobs.db", "empty", "attachment", "--new-database")
+    assert (server.data_dir / "blobs" / "a-waiting-blob").exists()

@@ -172,7 +172,7 @@ async def serve(config: ServerConfig, on_ready: Callable[[str], None]) -> None:
     """
     ssl_context = config.ssl_context()
     storage = SqliteStorage(config.database, new_database=config.new_database)
-    blob_store = FilesystemBlobStore(config.data_dir)
+    blob_store = FilesystemBlobStore(config.data_dir, new_database=config.new_database)
     router = MemoryRouter()
     relay = Relay(
         storage,

@@ -17,10 +17,20 @@ import logging
 import sqlite3
 from contextlib import closing
 from pathlib import Path
+from typing import NamedTuple
 
 from obrolan.errors import StorageError
 
-__all__ = ["MARKER_SUFFIX", "DamagedDatabase", "check_before_open", "marker_path", "write_marker"]
+__all__ = [
+    "BLOB_DATABASE",
+    "MARKER_SUFFIX",
+    "SERVER_DATABASE",
+    "DamagedDatabase",
+    "Role",
+    "check_before_open",
+    "marker_path",
+    "write_marker",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -28,10 +38,6 @@ MARKER_SUFFIX = ".created"
 """The marker is the database's name with this added: ``obrolan.db.created``."""
 _PROBLEMS_SHOWN = 5
 """Most lines of ``quick_check``'s answer quoted in the message."""
-_NOT_STARTING_EMPTY = (
-    "Not starting: that would begin a new, empty server, without any of its accounts or "
-    "queued messages, and with every username free to be taken."
-)
 _NOT_STARTING_DAMAGED = "Not starting on a damaged database."
 _RESTORE = (
     'What to do (docs/deploy.md, "Damaged database"): stop anything else using {folder}; '
@@ -39,13 +45,39 @@ _RESTORE = (
     "{name}-shm of the lost one)"
 )
 _FRESH = (
-    "; if not, start once with --new-database to begin an empty server in this folder on "
-    "purpose (every account and queued message is lost; users register again)."
+    "; if not, start once with --new-database to begin again in this folder on purpose ({lost})."
 )
 _MOVE_AWAY = (
     "; if not, move {name}, with {name}-wal and {name}-shm if present, aside (keep them "
-    "for inspection) and start once with --new-database (every account and queued "
-    "message is lost; users register again)."
+    "for inspection) and start once with --new-database ({lost})."
+)
+
+
+class Role(NamedTuple):
+    """Which database is checked, in the words of its messages."""
+
+    title: str
+    """e.g. ``"server database"``."""
+    holds: str
+    """What it holds, after "every": ``"account and queued message"``."""
+    starting_empty: str
+    """What starting with an empty one would mean."""
+    lost: str
+    """What beginning again on purpose loses, and what users then do."""
+
+
+SERVER_DATABASE = Role(
+    "server database",
+    "account and queued message",
+    "a new, empty server, without any of its accounts or queued messages, and with every "
+    "username free to be taken",
+    "every account and queued message is lost; users register again",
+)
+BLOB_DATABASE = Role(
+    "attachment database",
+    "attachment waiting to be fetched",
+    "deleting every attachment file waiting in blobs/ as unknown",
+    "every attachment waiting to be fetched is lost; senders send those files again",
 )
 
 
@@ -74,12 +106,15 @@ def write_marker(database: Path) -> None:
     _logger.info("marked %s as holding the server's database", database.parent)
 
 
-def check_before_open(database: Path, *, new_database: bool = False) -> bool:
+def check_before_open(
+    database: Path, *, new_database: bool = False, role: Role = SERVER_DATABASE
+) -> bool:
     """Refuse a database that is missing, empty, unreadable or damaged where one existed.
 
     Args:
         database: the SQLite file (it need not exist).
         new_database: the operator asked to start afresh if no database is there.
+        role: which database it is, for the messages.
 
     Returns:
         True when a new database is to be made (the folder never held one, or
@@ -89,13 +124,15 @@ def check_before_open(database: Path, *, new_database: bool = False) -> bool:
         DamagedDatabase: the message says what is wrong and what to do.
     """
     name, folder = database.name, database.parent
+    title, lost = role.title, role.lost
     restore = _RESTORE.format(name=name, folder=folder)
-    empty = f"\n{_NOT_STARTING_EMPTY}\n{restore}{_FRESH}"
+    empty = f"\nNot starting: that would mean {role.starting_empty}.\n{restore}"
+    empty += _FRESH.format(lost=lost)
     marked = marker_path(database).exists()
     if not database.exists():
         if marked and not new_database:
             raise DamagedDatabase(
-                f"the server database {database} is missing, but {marker_path(database).name} "
+                f"the {title} {database} is missing, but {marker_path(database).name} "
                 f"says this folder held one.{empty}"
             )
         _set_aside_journal(database)
@@ -106,9 +143,8 @@ def check_before_open(database: Path, *, new_database: bool = False) -> bool:
             _set_aside_journal(database)
             return True
         raise DamagedDatabase(
-            f"the server database {database} is empty (0 bytes): every account and queued "
-            f"message it held is gone from it.{empty}\n(If this server never ran before, "
-            f"delete the empty file.)"
+            f"the {title} {database} is empty (0 bytes): every {role.holds} it held is "
+            f"gone from it.{empty}\n(If this server never ran before, delete the empty file.)"
         )
     problems, has_schema = _inspect(database)
     if problems:
@@ -119,13 +155,13 @@ def check_before_open(database: Path, *, new_database: bool = False) -> bool:
             else ""
         )
         raise DamagedDatabase(
-            f"the server database {database} is damaged: {shown}{more}.\n"
-            f"{_NOT_STARTING_DAMAGED}\n{restore}{_MOVE_AWAY.format(name=name)}"
+            f"the {title} {database} is damaged: {shown}{more}.\n"
+            f"{_NOT_STARTING_DAMAGED}\n{restore}{_MOVE_AWAY.format(name=name, lost=lost)}"
         )
     if not has_schema:
         if marked and not new_database:
             raise DamagedDatabase(
-                f"the server database {database} has no obrolan tables, but "
+                f"the {title} {database} has no obrolan tables, but "
                 f"{marker_path(database).name} says this folder held a database.{empty}"
             )
         return True
