@@ -171,3 +171,34 @@ async def test_emptied_attachment_database_is_refused(
     result = refused_start(server.data_dir)
     assert_plain_refusal(result, "blobs.db", "empty", "attachment", "--new-database")
     assert (server.data_dir / "blobs" / "a-waiting-blob").exists()
+
+
+async def test_row_damaged_in_the_file_while_serving_does_not_stop_delivery(
+    server: ServerProcess, online: Online, connect: Connect
+) -> None:
+    """A page of one envelope's ciphertext is overwritten while the server runs (after its
+    start-up check): reading that row fails, the row is skipped, the others delivered."""
+    alice_client, alice = await online(server, "alice")
+    bob_client, bob = await online(server, "bob")
+    await bob_client.close()
+    envelopes = [outbound(bob, os.urandom(10_000)) for _ in range(4)]
+    for request_id, envelope in enumerate(envelopes, start=1):
+        await send(alice_client, request_id, envelope)
+    await alice_client.close()
+    assert server.stop() == 0
+    server.start()  # checked and healthy; the server has not read the mailbox yet
+    damaged = envelopes[2].ciphertext
+    with server.database.open("r+b") as file:
+        content = file.read()
+        offset = content.find(damaged[2500:2564])
+        assert offset > 0
+        file.seek(offset // 4096 * 4096)
+        file.write(b"\xff\xff\xff\xff")  # the first overflow page's next-page number
+    client = await connect(server.ws_url)
+    await client.authenticate(bob)
+    got = await client.until_drained()
+    assert got == delivered(alice, *envelopes[:2], envelopes[3])
+    assert await client.request(UploadKeys(id=1, one_time_keys=[])) == KeysUploaded(
+        id=1, one_time_keys=5
+    )
+    assert "unreadable" in server.log_text

@@ -1024,6 +1024,8 @@ class SqliteStorage(Storage):
         # A device's row id never changes while it exists, so the hot read path (pending)
         # resolves an address once per device and process; removing devices clears this.
         self._rowids: dict[DeviceAddress, int] = {}
+        self._unreadable: set[int] = set()
+        """Seqs of mailbox rows found unreadable whose delete failed: skipped quietly."""
 
     # --- lifecycle
 
@@ -1275,6 +1277,8 @@ class SqliteStorage(Storage):
             rows = mailbox_rows(self._read(), rowid, after_seq, want, int(time.time()))
             unreadable: list[tuple[int, str]] = []
             for seq, *columns in rows:
+                if seq in self._unreadable:
+                    continue
                 envelope = stored_envelope(*columns)
                 if isinstance(envelope, str):
                     unreadable.append((seq, envelope))
@@ -1282,7 +1286,7 @@ class SqliteStorage(Storage):
                     found.append((seq, envelope))
             if unreadable:
                 await self._drop_unreadable(rowid, unreadable)
-            if not unreadable or len(rows) < want:
+            if len(found) == limit or len(rows) < want:
                 return found
             after_seq = rows[-1][0]
 
@@ -1291,15 +1295,24 @@ class SqliteStorage(Storage):
         ``seq`` only (a row's content may be anything, including what it should be)."""
         for seq, reason in rows:
             _logger.error(
-                "stored envelope seq %d is unreadable (%s): skipped and deleted, the rest "
-                "of the device's queue is delivered",
+                "stored envelope seq %d is unreadable (%s): skipped, the rest of the "
+                "device's queue is delivered",
                 seq,
                 reason,
             )
+        seqs = [seq for seq, _ in rows]
         try:
-            await self._write(_WriterDb.drop, rowid, [seq for seq, _ in rows], savepoint=True)
-        except StorageError as exc:  # the page is damaged for writing too; skipped anyway
-            _logger.error("deleting %d unreadable envelopes failed: %s", len(rows), exc)
+            await self._write(_WriterDb.drop, rowid, seqs, savepoint=True)
+        except StorageError as exc:  # the page is damaged for writing too
+            self._unreadable.update(seqs)
+            _logger.error(
+                "the %d unreadable envelopes could not be deleted (%s): they stay skipped; "
+                "restart the server to have the database checked",
+                len(seqs),
+                exc,
+            )
+        else:
+            _logger.info("deleted %d unreadable envelopes", len(seqs))
 
     async def ack(self, device: DeviceAddress, envelope_ids: list[str]) -> None:
         # A lost delete only means a redelivery, which clients drop by id: nobody waits
