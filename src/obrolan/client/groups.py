@@ -25,8 +25,10 @@ from urllib.parse import parse_qs, urlsplit
 import msgspec
 
 from obrolan.client.conversation import Conversations
+from obrolan.client.group_replays import Seen, SeenIndexes
 from obrolan.client.group_reports import GroupReports
 from obrolan.client.group_store import GroupStore, Report, group_peer
+from obrolan.client.group_watch import GroupWatch
 from obrolan.client.ids import new_id
 from obrolan.client.models import Event, Message, MessageState
 from obrolan.client.store import Store, now_ms
@@ -70,6 +72,8 @@ _MADE = "group_made:"
 """Meta key prefix: updates this device signed (it alone makes one again if displaced)."""
 _OWN_INVITE = "own_invite:"
 """Meta key prefix: invites this device made (it alone approves joins at once)."""
+MOST_PENDING = 1000
+"""Group messages kept at most until their key, chain or named updates arrive."""
 
 
 class GroupError(ObrolanError):
@@ -133,6 +137,8 @@ class Groups:
         self._conversations = conversations
         self._emit = emit
         self._views: dict[str, GroupView] = {}
+        self._watch = GroupWatch(store.connection, self._rows, host.queue_olm, self._notice)
+        self._seen = SeenIndexes(store.connection)
         self._stashed = True
         """Group events may wait in the store (true at start: a crash may have left some)."""
 
@@ -385,7 +391,7 @@ class Groups:
     async def send(self, group_id: str, text: str, reply_to: str | None = None) -> Message:
         """Post ``text``: one Megolm encryption, one upload for every member device."""
         view = self.view(group_id)
-        refusal = can_post(view, self.me, now_ms())
+        refusal = can_post(view, self.me, now_ms()) or self._watch.refusal(group_id)
         if refusal is not None:
             raise GroupError(f"you cannot post in {view.title}: {refusal}")
         devices: dict[tuple[str, str], DeviceKeys] = {}
@@ -416,6 +422,8 @@ class Groups:
             text=text,
             reply_to=reply_to,
             counter=counter,
+            state_seq=view.seq,
+            state_hash=view.head,
         )
         with self._store.transaction():
             key = content.GroupKey(
@@ -424,6 +432,8 @@ class Groups:
                 group_id=group_id,
                 session_id=session.session_id,
                 session_key=session.session_key,
+                state_seq=view.seq,
+                state_hash=view.head,
             )
             for username, device_id in missing:
                 self._host.queue_olm(username, key, device_id)
@@ -466,6 +476,22 @@ class Groups:
                 created_ms=created,
             )
         return self._store.message(rowid)
+
+    def release(self, group_id: str) -> bool:
+        """Post in the group again although another member's device named a state this
+        device does not hold or agree with (their word against the server's); returns
+        whether posts were held. A new fork holds them again."""
+        self.view(group_id)
+        with self._store.transaction():
+            released = self._watch.release(group_id)
+            if released:
+                self._notice(group_id, "you released the hold: your posts here go out again")
+        return released
+
+    def held(self, group_id: str) -> str | None:
+        """Why posts in the group wait now, if they do."""
+        self.view(group_id)
+        return self._watch.refusal(group_id)
 
     def _sign(self, message: groups.GroupMessage) -> groups.SignedGroupMessage:
         raw = content.encode(message)
@@ -511,6 +537,19 @@ class Groups:
                 if unreadable is not None:
                     events.append(self._unreadable_event(sender, unreadable))
                 self._rows.done_inbox(entry_id)
+        return events + self._open_pending()
+
+    def _open_pending(self) -> list[Event]:
+        """Open again the kept group messages: a key, chain or update may have come."""
+        events: list[Event] = []
+        for entry_id, raw in self._rows.pending():
+            envelope = msgspec.json.decode(raw, type=Envelope)
+            ciphertext = groups.decode_group_ciphertext(envelope.ciphertext)
+            with self._store.transaction():
+                opened = self._open(envelope, ciphertext)
+                if opened is not None:
+                    self._rows.drop_pending(entry_id)
+                    events += opened
         return events
 
     async def _process(self, sender: str, device: str, body: content.Content) -> list[Event]:
@@ -575,6 +614,9 @@ class Groups:
                     "message", group_peer(group_id), self._store.history(group_peer(group_id), 1)[0]
                 )
             )
+        if self._current(group_id) is not None:
+            with self._store.transaction():
+                events += self._watch.recheck(group_id)
         return events
 
     async def _contest(
@@ -594,6 +636,8 @@ class Groups:
             raise UpdateRejected("it does not follow this device's state of the group")
         after, update = apply_update(parent, signed, _known_key(key))  # rejected: raises
         if _counts_first(parent, head_signed, signed):
+            with self._store.transaction():
+                self._watch.displaced(group_id, update_hash(signed))
             return [
                 self._warn(
                     group_id,
@@ -604,6 +648,7 @@ class Groups:
         assert key is not None
         with self._store.transaction():
             self._rows.drop_update(group_id, head.seq)
+            self._watch.displaced(group_id, update_hash(head_signed))
             self._views.pop(group_id, None)
             self._store_update(group_id, update, signed, key, after)
             self._after_update(after, update, parent)
@@ -667,6 +712,12 @@ class Groups:
         except GroupError:
             return None
 
+    def _notice(self, group_id: str, text: str) -> Event:
+        """A notice in the group's conversation (inside the caller's transaction)."""
+        return Event(
+            "message", group_peer(group_id), self._conversations.notice(group_peer(group_id), text)
+        )
+
     def _warn(self, group_id: str, text: str) -> Event:
         log.warning("%s", text)
         with self._store.transaction():
@@ -675,7 +726,8 @@ class Groups:
 
     def _receive_key(self, sender: str, device: str, key: content.GroupKey) -> list[Event]:
         view = self._current(key.group_id)
-        if view is not None and sender not in view.members:
+        newer = view is not None and key.state_seq > view.seq  # added by an update we lack?
+        if view is not None and sender not in view.members and not newer:
             return [
                 self._warn(
                     key.group_id,
@@ -690,11 +742,17 @@ class Groups:
             return []
         if session.session_id != key.session_id:
             return []
+        events: list[Event] = []
         with self._store.transaction():
             self._rows.save_inbound(
                 session.session_id, key.group_id, sender, device, session.pickle(self._pickle_key)
             )
-            if view is None:
+            if view is not None:
+                member = sender in view.members
+                events = self._watch.check(
+                    key.group_id, sender, device, key.state_seq, key.state_hash, member=member
+                ).events
+            else:
                 # A group this device holds no state of (lost with a recovered account's
                 # old devices, say): ask the sender's device for the chain (spec §23.11).
                 # Its messages count only once the chain is in and says who may post.
@@ -708,7 +766,7 @@ class Groups:
                     ),
                     device,
                 )
-        return []
+        return events
 
     async def _receive_join_request(
         self, sender: str, request: content.GroupJoinRequest
@@ -737,15 +795,30 @@ class Groups:
     def receive_message(
         self, envelope: Envelope, ciphertext: groups.GroupCiphertext
     ) -> list[Event]:
-        """Decrypt, check and store a group message (inside the inbox transaction)."""
+        """Decrypt, check and store a group message (inside the inbox transaction); one
+        that cannot be placed yet is kept and opened again when more arrives."""
+        opened = self._open(envelope, ciphertext)
+        if opened is not None:
+            return opened
+        dropped = self._rows.add_pending(msgspec.json.encode(envelope), MOST_PENDING)
+        return [
+            self._unreadable_event(
+                old.from_user, "its key or its group's state never reached this device"
+            )
+            for old in (msgspec.json.decode(raw, type=Envelope) for raw in dropped)
+        ]
+
+    def _open(self, envelope: Envelope, ciphertext: groups.GroupCiphertext) -> list[Event] | None:
+        """The events of a group message, or None while it waits for its key (§23.11),
+        its group's chain (§23.8) or the updates its sender's state names (§23.22)."""
         sender, device = envelope.from_user, envelope.from_device
         known = self._rows.inbound(ciphertext.group_session, sender, device)
         if known is None:
-            return self._unreadable(envelope, "no key for it from its sender reached this device")
+            return None
         group_id, pickle = known
         try:
             session = InboundGroupSession.from_pickle(pickle, self._pickle_key)
-            plaintext, _ = session.decrypt(ciphertext.body)
+            plaintext, index = session.decrypt(ciphertext.body)
             signed = groups.decode_signed_group_message(plaintext)
             message = groups.decode_group_message(signed.message)
             device_key = self._host.device_key(sender, device)
@@ -758,18 +831,41 @@ class Groups:
             return self._unreadable(envelope, str(exc))
         if (message.group_id, message.sender, message.sender_device) != (group_id, sender, device):
             return self._unreadable(envelope, "it names another group or sender")
+        seen = self._seen.check(ciphertext.group_session, index, ciphertext.body)
+        if seen is Seen.SAME:
+            return []  # redelivered: it was opened before
+        peer = group_peer(group_id)
+        if seen is Seen.REPLAY:
+            log.warning("a replayed group message from %s/%s was not shown", sender, device)
+            notice = self._conversations.notice(
+                peer,
+                f"⚠ a message from {sender} was not shown: it reuses the place of an earlier "
+                f"one in {sender}'s encryption (a replay, by the server or someone in between)",
+            )
+            return [Event("message", peer, notice)]
         view = self._current(group_id)
         if view is None:
-            return self._unreadable(envelope, "the group's state has not reached this device")
-        peer = group_peer(group_id)
+            return None
+        verdict = self._watch.check(
+            group_id,
+            sender,
+            device,
+            message.state_seq,
+            message.state_hash,
+            member=sender in view.members,
+        )
+        if verdict.wait:
+            return None
+        self._seen.record(ciphertext.group_session, index, ciphertext.body)
+        events = verdict.events
         if (sender, message.message_id) in view.deleted:
-            return []
+            return events
         refusal = can_post(view, sender, now_ms())
         if refusal is not None:
             notice = self._conversations.notice(
                 peer, f"a message from {sender} was not shown: {refusal}"
             )
-            return [Event("message", peer, notice)]
+            return [*events, Event("message", peer, notice)]
         rowid = self._store.add_message(
             message_id=message.message_id,
             peer=peer,
@@ -782,9 +878,9 @@ class Groups:
             counter=message.counter,  # shown in the sending device's order (client/ordering.py)
         )
         if rowid is None:
-            return []
+            return events
         self._rows.set_signed(rowid, plaintext)
-        return [Event("message", peer, self._store.message(rowid))]
+        return [*events, Event("message", peer, self._store.message(rowid))]
 
     def _unreadable(self, envelope: Envelope, reason: str) -> list[Event]:
         log.warning("dropped a group message from %s: %s", envelope.from_user, reason)
