@@ -103,7 +103,7 @@ def write_marker(database: Path) -> None:
         "backup, or start with --new-database to begin again on purpose.\n",
         encoding="utf-8",
     )
-    _logger.info("marked %s as holding the server's database", database.parent)
+    _logger.info("marked %s as in use (%s)", database.parent, database.name)
 
 
 def check_before_open(
