@@ -89,7 +89,7 @@ async def club(server, profiles: Callable[[str], Path]) -> AsyncIterator[Club]: 
 async def withhold_removal_then_answers(club: Club) -> None:
     """alice removes mallory; the server keeps the removal from bob. carol, who has it,
     posts; her key share and message reach bob, her answer to bob's request does not."""
-    alice, bob, carol = club["alice"], club["bob"], club["carol"]
+    alice, carol = club["alice"], club["carol"]
     club.shim.withhold = lambda e: e["from_user"] == "alice"
     await alice.groups.act(club.group_id, groups.Remove(user="mallory"), "spam")
     await club.sync("alice", "carol", "mallory")
