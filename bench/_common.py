@@ -265,8 +265,8 @@ class CpuWindow:
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     """Print a Markdown table (pasted as is into docs/performance.md)."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |")
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:
-        print("| " + " | ".join(c.rjust(w) for c, w in zip(row, widths)) + " |")
+        print("| " + " | ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) + " |")
     sys.stdout.flush()

@@ -246,6 +246,8 @@ class GroupSender:
                 sent_at_ms=int(time.time() * 1000),
                 text=self.text,
                 counter=request_id,
+                state_seq=0,
+                state_hash=bytes(32),
             )
         )
         signed = groups.SignedGroupMessage(

@@ -55,6 +55,7 @@ __all__ = [
     "SignatureError",
     "StorageError",
     "UnknownContact",
+    "UnusableKey",
     "WrongPassphrase",
 ]
 
@@ -167,6 +168,12 @@ class SignatureError(CryptoError):
     """Raised when a signature does not verify."""
 
     code = ErrorCode.BAD_SIGNATURE
+
+
+class UnusableKey(CryptoError):
+    """Raised when a Curve25519 public key is all-zero or of low order: no session can use it."""
+
+    code = ErrorCode.BAD_KEY
 
 
 class IdentityChanged(CryptoError):

@@ -150,6 +150,8 @@ def test_group_verbs(cli: Cli, profiles) -> None:  # type: ignore[no-untyped-def
     assert not_admin.returncode == 1 and "Traceback" not in not_admin.stderr
     unknown = cli("group", "info", "No such club", "--profile", str(bob))
     assert unknown.returncode == 1 and "no group" in unknown.stderr
+    nothing_held = cli("group", "release", "Book club", "--profile", str(bob))
+    assert nothing_held.returncode == 0 and "nothing waits" in nothing_held.stderr
 
 
 def test_link_shows_a_qr_code_and_the_code(cli: Cli, profiles) -> None:  # type: ignore[no-untyped-def]

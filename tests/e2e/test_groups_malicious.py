@@ -170,6 +170,8 @@ async def test_forged_stale_and_outsider_input_is_rejected(setting) -> None:  # 
         sent_at_ms=now_ms(),
         text="let me in",
         counter=1,
+        state_seq=0,
+        state_hash=bytes(32),
     )
     raw = content.encode(message)
     signed = groups.SignedGroupMessage(
@@ -189,6 +191,8 @@ async def test_forged_stale_and_outsider_input_is_rejected(setting) -> None:  # 
                     group_id=group_id,
                     session_id=session.session_id,
                     session_key=session.session_key,
+                    state_seq=0,
+                    state_hash=bytes(32),
                 ),
                 None,
             )

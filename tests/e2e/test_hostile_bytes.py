@@ -142,6 +142,8 @@ async def test_a_group_message_that_is_not_utf8_stops_nothing(club, server) -> N
         sent_at_ms=now_ms(),
         text="never shown",
         counter=1,
+        state_seq=mallory.groups.view(group_id).seq,
+        state_hash=mallory.groups.view(group_id).head,
     )
     raw = content.encode(message)
     signed = groups.SignedGroupMessage(
@@ -163,6 +165,8 @@ async def test_a_group_message_that_is_not_utf8_stops_nothing(club, server) -> N
                     group_id=group_id,
                     session_id=session.session_id,
                     session_key=session.session_key,
+                    state_seq=mallory.groups.view(group_id).seq,
+                    state_hash=mallory.groups.view(group_id).head,
                 ),
                 None,
             )

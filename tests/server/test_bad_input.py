@@ -303,9 +303,12 @@ async def test_server_refuses_queue_full_and_keeps_serving(
 
 
 def test_server_data_dir_holds_only_its_files(shared_server: ServerProcess) -> None:
-    """The data directory holds the databases (with WAL files), the blob folder and the log."""
+    """The data directory holds the databases (with WAL files and the markers that they
+    exist), the blob folder and the log."""
     names = {p.name for p in Path(shared_server.data_dir).iterdir()}
     databases = {
-        f"{db}{suffix}" for db in ("obrolan.db", "blobs.db") for suffix in ("", "-wal", "-shm")
+        f"{db}{suffix}"
+        for db in ("obrolan.db", "blobs.db")
+        for suffix in ("", "-wal", "-shm", ".created")
     }
     assert names <= databases | {"blobs", "server.log"}

@@ -17,7 +17,8 @@ _LINE = re.compile(
     r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?P<level>[A-Z]+) (?P<logger>\S+): (?P<message>.*)$"
 )
 LIFECYCLE = re.compile(
-    r"database schema migrated to version \d+|obrolan server \S+ started on port \d+|shutting down|stopped"
+    r"database schema migrated to version \d+|obrolan server \S+ started on port \d+|shutting down"
+    r"|stopped|created a new, empty server database|marked \S+ as in use \((obrolan|blobs)\.db\)"
 )
 
 

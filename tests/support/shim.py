@@ -48,6 +48,11 @@ class MaliciousServer:
         self._reordering: list[dict[str, Any]] = []
         self.reordered = 0
         """How many envelopes :meth:`reorder` has delivered in its order so far."""
+        self.withhold: Callable[[dict[str, Any]], bool] | None = None
+        """When set: envelopes it matches are not delivered but kept, until
+        :meth:`deliver_withheld` (a server that keeps an update from some members)."""
+        self.withheld: list[dict[str, Any]] = []
+        self._client: web.WebSocketResponse | None = None
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -89,6 +94,24 @@ class MaliciousServer:
             self.reordered += len(order)
         return {**frame, "envelopes": kept} if kept else None
 
+    def _withheld(self, frame: dict[str, Any]) -> dict[str, Any] | None:
+        """``frame`` without the envelopes :attr:`withhold` keeps back (None: nothing left)."""
+        if self.withhold is None or frame.get("type") != "deliver":
+            return frame
+        kept = []
+        for envelope in frame["envelopes"]:
+            (self.withheld if self.withhold(envelope) else kept).append(envelope)
+        return {**frame, "envelopes": kept} if kept else None
+
+    async def deliver_withheld(self, which: Callable[[dict[str, Any]], bool] | None = None) -> int:
+        """Deliver what was withheld (or the part ``which`` matches) to the client connected
+        now; returns how many."""
+        held = [e for e in self.withheld if which is None or which(e)]
+        self.withheld = [e for e in self.withheld if e not in held]
+        if held and self._client is not None:
+            await self._client.send_str(json.dumps({"type": "deliver", "envelopes": held}))
+        return len(held)
+
     def _hold(self, frame: dict[str, Any]) -> bool:
         return (
             self.swap_from is not None
@@ -100,6 +123,7 @@ class MaliciousServer:
     async def _proxy(self, request: web.Request) -> web.WebSocketResponse:
         client = web.WebSocketResponse(max_msg_size=0)
         await client.prepare(request)
+        self._client = client
         async with (
             aiohttp.ClientSession() as http,
             http.ws_connect(self._upstream, max_msg_size=0) as server,
@@ -110,6 +134,7 @@ class MaliciousServer:
                     if message.type is not aiohttp.WSMsgType.TEXT:
                         break
                     rewritten = self._reordered(self.rewrite(json.loads(message.data)))
+                    rewritten = None if rewritten is None else self._withheld(rewritten)
                     if rewritten is None:
                         continue
                     frame = rewritten

@@ -121,10 +121,27 @@ async def cmd_list(args: argparse.Namespace) -> int:
 async def cmd_info(args: argparse.Namespace) -> int:
     async with Client.open(args.profile, passphrase_for(args.profile), online=False) as client:
         view = client.groups.view(client.groups.resolve(args.group))
+        held = client.groups.held(view.group_id)
     if args.json:
-        print_json(_view_json(view))
+        print_json({**_view_json(view), "posts_held": held})
     else:
         _print_view(view)
+        if held is not None:
+            print(f"⚠ your posts here wait: {held}")
+    return 0
+
+
+async def cmd_release(args: argparse.Namespace) -> int:
+    async with Client.open(args.profile, passphrase_for(args.profile), online=False) as client:
+        group_id = client.groups.resolve(args.group)
+        reason = client.groups.held(group_id)
+        released = client.groups.release(group_id)
+    if args.json:
+        print_json({"released": released})
+    elif released:
+        print(f"your posts in {one_line(group_id[:8])} go out again (they waited: {reason})")
+    else:
+        print(f"nothing waits in {one_line(group_id[:8])}: your posts go out", file=sys.stderr)
     return 0
 
 
@@ -309,6 +326,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--members", metavar="A,B", help="usernames to add")
     verb("list", cmd_list, "list your groups", target=False)
     verb("info", cmd_info, "title, rules, settings and members")
+    verb(
+        "release",
+        cmd_release,
+        "post again although another member's device named a state this one lacks",
+    )
     verb("log", cmd_log, "the signed moderation log: who did what, to whom, when, why")
     p = verb("history", cmd_history, "the group's messages on this device")
     p.add_argument("--limit", type=int, default=None)

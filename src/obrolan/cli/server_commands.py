@@ -214,6 +214,13 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         "(default: %(default)s)",
     )
     serve.add_argument(
+        "--new-database",
+        action="store_true",
+        help="start with a new, empty database although this data directory held one that "
+        "is now missing or empty (every account and queued message is lost); never used "
+        "over a damaged file",
+    )
+    serve.add_argument(
         "--log-level",
         default="INFO",
         type=str.upper,
@@ -280,6 +287,7 @@ def _serve(args: argparse.Namespace) -> int:
             burst_seconds=args.rate_burst,
             max_unauthenticated=args.max_unauthenticated,
         ),
+        new_database=args.new_database,
     )
     run(config, on_ready=lambda url: print(f"obrolan server listening on {url}", flush=True))
     return 0

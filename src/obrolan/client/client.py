@@ -476,7 +476,9 @@ class Client:
         await conn.request(
             lambda i: frames.LinkApprove(id=i, link_id=code.link_id, answer=content.encode(sealed))
         )
-        self.groups.share_with_own_device(offer.device.device_id)
+        if self.groups.share_with_own_device(offer.device.device_id):
+            with contextlib.suppress(ServerUnreachable):
+                await self.flush(30)  # the chains go now: the new device knows its groups (§23.8)
         device = Device(
             offer.device.device_id, offer.name, entry.added, None, offer.device.ed25519, False
         )

@@ -1,4 +1,4 @@
-"""The queries of group chats over the profile's store (tables of schema version 4).
+"""The queries of group chats over the profile's store (tables of schema versions 4 and 7).
 
 Called inside the client's transactions, like :class:`~obrolan.client.store.Store`.
 """
@@ -177,6 +177,30 @@ class GroupStore:
 
     def done_inbox(self, entry_id: int) -> None:
         self._db.execute("DELETE FROM group_inbox WHERE id = ?", (entry_id,))
+
+    # --- group messages kept until what they need arrives ------------------------------
+
+    def add_pending(self, envelope: bytes, most: int) -> list[bytes]:
+        """Keep a group envelope to open again later; returns the ones dropped to keep at
+        most ``most`` (the oldest first: a sender cannot fill the store)."""
+        self._db.execute(
+            "INSERT INTO group_pending (envelope, at_ms) VALUES (?, ?)", (envelope, now_ms())
+        )
+        dropped = self._db.execute(
+            "SELECT id, envelope FROM group_pending ORDER BY id DESC LIMIT -1 OFFSET ?", (most,)
+        ).fetchall()
+        for row in dropped:
+            self._db.execute("DELETE FROM group_pending WHERE id = ?", (row[0],))
+        return [bytes(r[1]) for r in reversed(dropped)]
+
+    def pending(self) -> list[tuple[int, bytes]]:
+        return [
+            (r[0], bytes(r[1]))
+            for r in self._db.execute("SELECT id, envelope FROM group_pending ORDER BY id")
+        ]
+
+    def drop_pending(self, entry_id: int) -> None:
+        self._db.execute("DELETE FROM group_pending WHERE id = ?", (entry_id,))
 
     # --- join requests and reports ------------------------------------------------------
 

@@ -19,16 +19,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 
 from obrolan.client.conversation import Conversations
+from obrolan.client.group_host import GroupHost
+from obrolan.client.group_messages import GroupMessages
 from obrolan.client.group_reports import GroupReports
 from obrolan.client.group_store import GroupStore, Report, group_peer
+from obrolan.client.group_watch import GroupWatch
 from obrolan.client.ids import new_id
-from obrolan.client.models import Event, Message, MessageState
+from obrolan.client.models import Event, Message
 from obrolan.client.store import Store, now_ms
 from obrolan.crypto.account import AccountKey
 from obrolan.crypto.group_state import (
@@ -42,19 +44,16 @@ from obrolan.crypto.group_state import (
     sign_update,
     update_hash,
 )
-from obrolan.crypto.megolm import InboundGroupSession, OutboundGroupSession
 from obrolan.crypto.signatures import verify
 from obrolan.errors import (
-    CryptoError,
     ObrolanError,
     RemoteProtocolError,
     ServerUnreachable,
     SignatureError,
 )
 from obrolan.protocol import content, groups
-from obrolan.protocol.frames import DeviceKeys, Envelope, MultiEnvelope, Recipient
-from obrolan.protocol.limits import Limits
-from obrolan.protocol.signing import group_message_bytes, group_update_bytes
+from obrolan.protocol.frames import Envelope
+from obrolan.protocol.signing import group_update_bytes
 
 __all__ = ["GroupError", "GroupHost", "Groups", "invite_link"]
 
@@ -74,37 +73,6 @@ _OWN_INVITE = "own_invite:"
 
 class GroupError(ObrolanError):
     """A group action that cannot be done: unknown group, missing role, bad invite."""
-
-
-class GroupHost(Protocol):
-    """What the client lends the groups: its identity, outbox and device lists."""
-
-    username: str
-    device_id: str
-
-    def queue_olm(self, username: str, body: content.Content, to_device: str | None) -> None:
-        """Queue an Olm-encrypted event (inside the caller's transaction)."""
-
-    def queue_multi(self, envelope: MultiEnvelope, message_rowid: int) -> None:
-        """Queue a ready multi-recipient envelope (inside the caller's transaction)."""
-
-    async def verified_devices(self, username: str) -> list[DeviceKeys]:
-        """The devices of ``username``'s verified list (ours: without this device)."""
-
-    async def account_key_of(self, username: str) -> str | None:
-        """The account key pinned for ``username`` (looked up on first contact)."""
-
-    async def earlier_account_keys(self, username: str) -> list[str]:
-        """Keys that provably came before that one (recoveries), oldest first."""
-
-    def device_key(self, username: str, device_id: str) -> str | None:
-        """The Ed25519 key of a device in ``username``'s last verified list."""
-
-    def sign_device(self, data: bytes) -> str:
-        """Sign with this device's Ed25519 key."""
-
-    def limits(self) -> Limits:
-        """What the server announced (a larger group's message takes several uploads)."""
 
 
 def invite_link(group_id: str, invite_id: str, inviter: str) -> str:
@@ -133,6 +101,18 @@ class Groups:
         self._conversations = conversations
         self._emit = emit
         self._views: dict[str, GroupView] = {}
+        self._watch = GroupWatch(store.connection, self._rows, host.queue_olm, self._notice)
+        self._messages = GroupMessages(
+            store,
+            self._rows,
+            host,
+            pickle_key,
+            conversations,
+            self._watch,
+            self._current,
+            self._warn,
+            lambda: self.rotation,
+        )
         self._stashed = True
         """Group events may wait in the store (true at start: a crash may have left some)."""
 
@@ -383,95 +363,33 @@ class Groups:
     # --- messages -----------------------------------------------------------------------
 
     async def send(self, group_id: str, text: str, reply_to: str | None = None) -> Message:
-        """Post ``text``: one Megolm encryption, one upload for every member device."""
+        """Post ``text``: one Megolm encryption, one upload for every member device.
+
+        Raises:
+            GroupError: we may not post (muted, admins only, not a member), or posts wait
+                for updates another member's device named (:meth:`held`).
+        """
         view = self.view(group_id)
-        refusal = can_post(view, self.me, now_ms())
+        refusal = can_post(view, self.me, now_ms()) or self._watch.refusal(group_id)
         if refusal is not None:
             raise GroupError(f"you cannot post in {view.title}: {refusal}")
-        devices: dict[tuple[str, str], DeviceKeys] = {}
-        for username in sorted(view.members):
-            for device in await self._host.verified_devices(username):
-                devices[(username, device.device_id)] = device
-        outbound = self._rows.outbound(group_id)
-        most_messages, most_days = self.rotation
-        fresh = (
-            outbound is None
-            or outbound.messages >= most_messages
-            or now_ms() - outbound.created_ms >= most_days * 24 * 3600 * 1000
-        )
-        if outbound is None or fresh:
-            session, shared = OutboundGroupSession.create(), frozenset[str]()
-            count, created = 0, now_ms()
-        else:
-            session = OutboundGroupSession.from_pickle(outbound.pickle, self._pickle_key)
-            shared, count, created = outbound.shared_with, outbound.messages, outbound.created_ms
-        missing = [pair for pair in devices if f"{pair[0]}/{pair[1]}" not in shared]
-        counter = self._store.next_counter(group_peer(group_id))  # this device's, in this group
-        message = groups.GroupMessage(
-            group_id=group_id,
-            sender=self.me,
-            sender_device=self._host.device_id,
-            message_id=new_id(),
-            sent_at_ms=now_ms(),
-            text=text,
-            reply_to=reply_to,
-            counter=counter,
-        )
-        with self._store.transaction():
-            key = content.GroupKey(
-                message_id=new_id(),
-                sent_at_ms=now_ms(),
-                group_id=group_id,
-                session_id=session.session_id,
-                session_key=session.session_key,
-            )
-            for username, device_id in missing:
-                self._host.queue_olm(username, key, device_id)
-            signed = self._sign(message)
-            ciphertext = content.encode(
-                groups.GroupCiphertext(
-                    group_session=session.session_id, body=session.encrypt(content.encode(signed))
-                )
-            )
-            rowid = self._store.add_message(
-                message_id=message.message_id,
-                peer=group_peer(group_id),
-                sender=self.me,
-                sender_device=self._host.device_id,
-                outgoing=True,
-                text=text,
-                sent_at_ms=message.sent_at_ms,
-                state=MessageState.QUEUED,
-            )
-            assert rowid is not None, "fresh message ids never collide"
-            self._rows.set_signed(rowid, content.encode(signed))
-            recipients = [Recipient(to_user=u, to_device=d) for u, d in devices]
-            per_upload = self._host.limits().max_recipients_per_envelope
-            for start in range(0, len(recipients), per_upload):
-                self._host.queue_multi(
-                    MultiEnvelope(
-                        envelope_id=new_id(),
-                        recipients=recipients[start : start + per_upload],
-                        ciphertext=ciphertext,
-                    ),
-                    rowid,
-                )
-            if not devices:
-                self._store.set_state(rowid, MessageState.SENT)  # nobody else to tell
-            self._rows.save_outbound(
-                group_id,
-                session.pickle(self._pickle_key),
-                messages=count + 1,
-                shared_with=shared | {f"{u}/{d}" for u, d in missing},
-                created_ms=created,
-            )
-        return self._store.message(rowid)
+        return await self._messages.send(view, text, reply_to)
 
-    def _sign(self, message: groups.GroupMessage) -> groups.SignedGroupMessage:
-        raw = content.encode(message)
-        return groups.SignedGroupMessage(
-            message=raw, signature=self._host.sign_device(group_message_bytes(raw))
-        )
+    def release(self, group_id: str) -> bool:
+        """Post in the group again although another member's device named a state this
+        device does not hold or agree with (their word against the server's); returns
+        whether posts were held. A new fork holds them again."""
+        self.view(group_id)
+        with self._store.transaction():
+            released = self._watch.release(group_id)
+            if released:
+                self._notice(group_id, "you released the hold: your posts here go out again")
+        return released
+
+    def held(self, group_id: str) -> str | None:
+        """Why posts in the group wait now, if they do."""
+        self.view(group_id)
+        return self._watch.refusal(group_id)
 
     async def report(self, group_id: str, message: Message, reason: str) -> int:
         """Send a message, with its sender's signature, to the group's admins; returns how many."""
@@ -509,9 +427,9 @@ class Groups:
                     unreadable = str(exc)
             with self._store.transaction():
                 if unreadable is not None:
-                    events.append(self._unreadable_event(sender, unreadable))
+                    events.append(self._messages.unreadable_event(sender, unreadable))
                 self._rows.done_inbox(entry_id)
-        return events
+        return events + self._messages.open_pending()
 
     async def _process(self, sender: str, device: str, body: content.Content) -> list[Event]:
         if isinstance(body, content.GroupState):
@@ -519,7 +437,7 @@ class Groups:
         if isinstance(body, content.GroupSync):
             return self._receive_sync(sender, device, body)
         if isinstance(body, content.GroupKey):
-            return self._receive_key(sender, device, body)
+            return self._messages.receive_key(sender, device, body)
         if isinstance(body, content.GroupJoinRequest):
             return await self._receive_join_request(sender, body)
         if isinstance(body, content.GroupReport):
@@ -575,6 +493,9 @@ class Groups:
                     "message", group_peer(group_id), self._store.history(group_peer(group_id), 1)[0]
                 )
             )
+        if self._current(group_id) is not None:
+            with self._store.transaction():
+                events += self._watch.recheck(group_id)
         return events
 
     async def _contest(
@@ -594,6 +515,8 @@ class Groups:
             raise UpdateRejected("it does not follow this device's state of the group")
         after, update = apply_update(parent, signed, _known_key(key))  # rejected: raises
         if _counts_first(parent, head_signed, signed):
+            with self._store.transaction():
+                self._watch.displaced(group_id, update_hash(signed))
             return [
                 self._warn(
                     group_id,
@@ -604,6 +527,7 @@ class Groups:
         assert key is not None
         with self._store.transaction():
             self._rows.drop_update(group_id, head.seq)
+            self._watch.displaced(group_id, update_hash(head_signed))
             self._views.pop(group_id, None)
             self._store_update(group_id, update, signed, key, after)
             self._after_update(after, update, parent)
@@ -667,48 +591,23 @@ class Groups:
         except GroupError:
             return None
 
+    def _notice(self, group_id: str, text: str) -> Event:
+        """A notice in the group's conversation (inside the caller's transaction)."""
+        return Event(
+            "message", group_peer(group_id), self._conversations.notice(group_peer(group_id), text)
+        )
+
+    def receive_message(
+        self, envelope: Envelope, ciphertext: groups.GroupCiphertext
+    ) -> list[Event]:
+        """Decrypt, check and store a group message (inside the inbox transaction)."""
+        return self._messages.receive_message(envelope, ciphertext)
+
     def _warn(self, group_id: str, text: str) -> Event:
         log.warning("%s", text)
         with self._store.transaction():
             notice = self._conversations.notice(group_peer(group_id), f"⚠ {text}")
         return Event("message", group_peer(group_id), notice)
-
-    def _receive_key(self, sender: str, device: str, key: content.GroupKey) -> list[Event]:
-        view = self._current(key.group_id)
-        if view is not None and sender not in view.members:
-            return [
-                self._warn(
-                    key.group_id,
-                    f"{sender} is not a member of this group: "
-                    f"their messages in it will not be shown",
-                )
-            ]
-        try:
-            session = InboundGroupSession.from_session_key(key.session_key)
-        except CryptoError as exc:
-            log.warning("a group key from %s/%s is unusable: %s", sender, device, exc)
-            return []
-        if session.session_id != key.session_id:
-            return []
-        with self._store.transaction():
-            self._rows.save_inbound(
-                session.session_id, key.group_id, sender, device, session.pickle(self._pickle_key)
-            )
-            if view is None:
-                # A group this device holds no state of (lost with a recovered account's
-                # old devices, say): ask the sender's device for the chain (spec §23.11).
-                # Its messages count only once the chain is in and says who may post.
-                self._host.queue_olm(
-                    sender,
-                    content.GroupSync(
-                        message_id=new_id(),
-                        sent_at_ms=now_ms(),
-                        group_id=key.group_id,
-                        from_seq=0,
-                    ),
-                    device,
-                )
-        return []
 
     async def _receive_join_request(
         self, sender: str, request: content.GroupJoinRequest
@@ -733,69 +632,6 @@ class Groups:
                 f"{sender} asks to join: `obrolan group approve {request.group_id[:8]} {sender}`",
             )
         return [Event("message", group_peer(request.group_id), notice)]
-
-    def receive_message(
-        self, envelope: Envelope, ciphertext: groups.GroupCiphertext
-    ) -> list[Event]:
-        """Decrypt, check and store a group message (inside the inbox transaction)."""
-        sender, device = envelope.from_user, envelope.from_device
-        known = self._rows.inbound(ciphertext.group_session, sender, device)
-        if known is None:
-            return self._unreadable(envelope, "no key for it from its sender reached this device")
-        group_id, pickle = known
-        try:
-            session = InboundGroupSession.from_pickle(pickle, self._pickle_key)
-            plaintext, _ = session.decrypt(ciphertext.body)
-            signed = groups.decode_signed_group_message(plaintext)
-            message = groups.decode_group_message(signed.message)
-            device_key = self._host.device_key(sender, device)
-            if device_key is None:
-                raise SignatureError(f"{sender}/{device} is not in {sender}'s signed list")
-            verify(device_key, group_message_bytes(signed.message), signed.signature)
-        except CryptoError as exc:
-            return self._unreadable(envelope, f"it could not be decrypted ({exc})")
-        except RemoteProtocolError as exc:
-            return self._unreadable(envelope, str(exc))
-        if (message.group_id, message.sender, message.sender_device) != (group_id, sender, device):
-            return self._unreadable(envelope, "it names another group or sender")
-        view = self._current(group_id)
-        if view is None:
-            return self._unreadable(envelope, "the group's state has not reached this device")
-        peer = group_peer(group_id)
-        if (sender, message.message_id) in view.deleted:
-            return []
-        refusal = can_post(view, sender, now_ms())
-        if refusal is not None:
-            notice = self._conversations.notice(
-                peer, f"a message from {sender} was not shown: {refusal}"
-            )
-            return [Event("message", peer, notice)]
-        rowid = self._store.add_message(
-            message_id=message.message_id,
-            peer=peer,
-            sender=sender,
-            sender_device=device,
-            outgoing=sender == self.me,
-            text=message.text,
-            sent_at_ms=message.sent_at_ms,
-            state=MessageState.SENT if sender == self.me else MessageState.RECEIVED,
-            counter=message.counter,  # shown in the sending device's order (client/ordering.py)
-        )
-        if rowid is None:
-            return []
-        self._rows.set_signed(rowid, plaintext)
-        return [Event("message", peer, self._store.message(rowid))]
-
-    def _unreadable(self, envelope: Envelope, reason: str) -> list[Event]:
-        log.warning("dropped a group message from %s: %s", envelope.from_user, reason)
-        return [self._unreadable_event(envelope.from_user, reason, "group message")]
-
-    def _unreadable_event(self, sender: str, reason: str, what: str = "group event") -> Event:
-        """A notice in the sender's conversation (inside the caller's transaction)."""
-        notice = self._conversations.notice(
-            sender, f"a {what} from {sender} could not be read: {reason}"
-        )
-        return Event("message", sender, notice)
 
 
 def _signing_key(keys: list[str], signed: groups.SignedGroupUpdate) -> int | None:

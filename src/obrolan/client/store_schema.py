@@ -250,6 +250,40 @@ _SCHEMA_V6 = [
     "ALTER TABLE conversations ADD COLUMN told_receipts_off INTEGER NOT NULL DEFAULT 0",
 ]
 
+_SCHEMA_V7 = [
+    # Group states other members' messages name (client/group_watch.py): a group whose
+    # posts are held, and why; updates seen displaced by another at the same seq.
+    """CREATE TABLE group_holds (
+        group_id      TEXT PRIMARY KEY,
+        kind          TEXT NOT NULL,     -- behind | fork | released
+        seq           INTEGER NOT NULL,  -- the state the sender named
+        hash          BLOB NOT NULL,
+        sender        TEXT NOT NULL,
+        sender_device TEXT NOT NULL,
+        at_ms         INTEGER NOT NULL
+    )""",
+    """CREATE TABLE group_displaced (
+        group_id TEXT NOT NULL,
+        hash     BLOB NOT NULL,
+        PRIMARY KEY (group_id, hash)
+    )""",
+    # Group messages kept until their key, their group's chain or the updates they name
+    # arrive (the envelope as delivered: it is opened again then).
+    """CREATE TABLE group_pending (
+        id       INTEGER PRIMARY KEY,
+        envelope BLOB NOT NULL,
+        at_ms    INTEGER NOT NULL
+    )""",
+    # Every group message opened, by (Megolm session, message index): the same
+    # ciphertext again is a redelivery, another one a replay (client/group_replays.py).
+    """CREATE TABLE group_seen (
+        session_id    TEXT NOT NULL,
+        message_index INTEGER NOT NULL,
+        body_hash     BLOB NOT NULL,
+        PRIMARY KEY (session_id, message_index)
+    )""",
+]
+
 MIGRATIONS: dict[int, list[str]] = {
     1: _SCHEMA_V1,
     2: _SCHEMA_V2,
@@ -257,6 +291,7 @@ MIGRATIONS: dict[int, list[str]] = {
     4: _SCHEMA_V4,
     5: _SCHEMA_V5,
     6: _SCHEMA_V6,
+    7: _SCHEMA_V7,
 }
 """The statements that bring the schema from version N-1 to N."""
 

@@ -36,6 +36,8 @@ class ErrorCode(enum.StrEnum):
     """Another account already has this username."""
     BAD_SIGNATURE = "bad_signature"
     """A signed key (device keys, one-time key) does not verify."""
+    BAD_KEY = "bad_key"
+    """A Curve25519 key (identity, one-time or fallback) is all-zero or of low order."""
     UNKNOWN_USER = "unknown_user"
     """No account has this username."""
     UNKNOWN_DEVICE = "unknown_device"

@@ -21,7 +21,7 @@ from obrolan.protocol.frames import (
     SignedDeviceList,
     Username,
 )
-from obrolan.protocol.groups import GroupId, SignedGroupMessage, SignedGroupUpdate
+from obrolan.protocol.groups import GroupId, SignedGroupMessage, SignedGroupUpdate, StateHash
 
 __all__ = [
     "DELETE_WINDOW_MS",
@@ -268,6 +268,9 @@ class GroupKey(msgspec.Struct, frozen=True, tag_field="kind", tag="group_key"):
     session_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
     session_key: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
     """vodozemac's ``SessionKey`` in base64: it lets the receiver decrypt from now on."""
+    state_seq: Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
+    """The sender's state of the group when it shared the key (as in ``GroupMessage``)."""
+    state_hash: StateHash
 
 
 class GroupState(msgspec.Struct, frozen=True, tag_field="kind", tag="group_state"):

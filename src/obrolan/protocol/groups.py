@@ -41,6 +41,7 @@ __all__ = [
     "SetSettings",
     "SignedGroupMessage",
     "SignedGroupUpdate",
+    "StateHash",
     "Transfer",
     "decode_group_ciphertext",
     "decode_group_message",
@@ -55,6 +56,8 @@ Title = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
 LongText = Annotated[str, msgspec.Meta(max_length=4000)]
 Reason = Annotated[str, msgspec.Meta(max_length=500)]
 Who = Literal["all", "admins"]
+StateHash = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+"""SHA-256 of a ``SignedGroupUpdate.update``: names one state of a group."""
 
 
 class GroupSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -227,6 +230,11 @@ class GroupMessage(msgspec.Struct, frozen=True, kw_only=True):
     counter: Annotated[int, msgspec.Meta(ge=1, le=2**53 - 1)]
     """The sending device's number for its messages in this group (1, 2, …): receivers
     show each device's messages in this order, whatever order the server delivers."""
+    state_seq: Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
+    """The ``seq`` of the last update the sender's device had applied when it posted."""
+    state_hash: StateHash
+    """The hash of that update (``GroupUpdate.prev`` of the next one): a receiver that
+    holds another state, or none at that ``seq``, learns that it is behind or forked."""
 
 
 class SignedGroupMessage(msgspec.Struct, frozen=True):

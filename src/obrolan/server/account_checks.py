@@ -2,20 +2,29 @@
 
 A device list must verify under the account key (and a new account key's first list
 hold exactly the registering device); a recovery key must be signed by the account
-key. Each failure is the ``RequestRefused`` the relay answers with.
+key. Every Curve25519 key must be usable (not all-zero, not of low order), whatever
+signs it. Each failure is the ``RequestRefused`` the relay answers with.
 """
 
 from __future__ import annotations
 
 from obrolan.crypto.account import open_device_list
+from obrolan.crypto.key_checks import check_curve25519
 from obrolan.crypto.signatures import verify
-from obrolan.errors import RequestRefused, SignatureError
+from obrolan.errors import RequestRefused, SignatureError, UnusableKey
 from obrolan.protocol.codes import ErrorCode
-from obrolan.protocol.frames import DeviceKeys, SignedDeviceList
+from obrolan.protocol.frames import DeviceKeys, OneTimeKey, SignedDeviceList
 from obrolan.protocol.signing import recovery_key_bytes
 from obrolan.server.storage.base import PublishedList, RecoveryKey
 
-__all__ = ["bad_list", "first_list", "open_list", "signed_recovery_key"]
+__all__ = [
+    "bad_list",
+    "first_list",
+    "open_list",
+    "signed_recovery_key",
+    "usable_identity",
+    "usable_key",
+]
 
 
 def bad_list(message: str) -> RequestRefused:
@@ -23,15 +32,18 @@ def bad_list(message: str) -> RequestRefused:
 
 
 def open_list(signed: SignedDeviceList, username: str, account_key: str | None) -> PublishedList:
-    """Verify a device list (see :func:`obrolan.crypto.account.open_device_list`).
+    """Verify a device list (see :func:`obrolan.crypto.account.open_device_list`), and
+    the Curve25519 key of every device in it.
 
     Raises:
-        RequestRefused: ``bad_device_list``.
+        RequestRefused: ``bad_device_list``, or ``bad_key``.
     """
     try:
         opened = open_device_list(signed, username, account_key)
     except SignatureError as exc:
         raise bad_list(str(exc)) from None
+    for device in opened.devices:
+        usable_identity(device.keys)
     return PublishedList(
         signed, opened.account_key, opened.version, [d.keys for d in opened.devices]
     )
@@ -67,3 +79,27 @@ def first_list(signed: SignedDeviceList, username: str, device: DeviceKeys) -> P
     if published.devices != [device]:
         raise bad_list(f"a new account key's first list holds exactly device {device.device_id}")
     return published
+
+
+def usable_identity(device: DeviceKeys) -> None:
+    """Refuse a device whose Curve25519 identity key is all-zero or of low order.
+
+    Raises:
+        RequestRefused: ``bad_key``.
+    """
+    try:
+        check_curve25519(device.curve25519, f"the curve25519 key of device {device.device_id}")
+    except UnusableKey as exc:
+        raise RequestRefused(ErrorCode.BAD_KEY, str(exc)) from None
+
+
+def usable_key(key: OneTimeKey) -> None:
+    """Refuse a one-time or fallback key that is all-zero or of low order.
+
+    Raises:
+        RequestRefused: ``bad_key``.
+    """
+    try:
+        check_curve25519(key.key, f"key {key.key_id}")
+    except UnusableKey as exc:
+        raise RequestRefused(ErrorCode.BAD_KEY, str(exc)) from None

@@ -171,8 +171,8 @@ async def serve(config: ServerConfig, on_ready: Callable[[str], None]) -> None:
         StorageError: the database cannot be opened.
     """
     ssl_context = config.ssl_context()
-    storage = SqliteStorage(config.database)
-    blob_store = FilesystemBlobStore(config.data_dir)
+    storage = SqliteStorage(config.database, new_database=config.new_database)
+    blob_store = FilesystemBlobStore(config.data_dir, new_database=config.new_database)
     router = MemoryRouter()
     relay = Relay(
         storage,

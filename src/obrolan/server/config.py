@@ -54,6 +54,9 @@ class ServerConfig:
     """A blob not fetched by every addressed device by then is deleted."""
     rate_limits: RateLimits = dataclasses.field(default_factory=RateLimits)
     """How fast one connection or account may go, and how many may be unauthenticated."""
+    new_database: bool = False
+    """Start with a new, empty database even where the data directory held one (its
+    ``obrolan.db.created`` marker) that is now missing or empty; never over a damaged one."""
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):

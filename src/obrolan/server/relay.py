@@ -91,7 +91,14 @@ from obrolan.protocol.frames import (
 )
 from obrolan.protocol.limits import SUPPORTED_VERSIONS, Limits
 from obrolan.protocol.signing import recovery_key_bytes
-from obrolan.server.account_checks import bad_list, first_list, open_list, signed_recovery_key
+from obrolan.server.account_checks import (
+    bad_list,
+    first_list,
+    open_list,
+    signed_recovery_key,
+    usable_identity,
+    usable_key,
+)
 from obrolan.server.address import DeviceAddress
 from obrolan.server.auth import ConnectionChallenge, check_version
 from obrolan.server.blobs.base import BlobStore
@@ -590,6 +597,7 @@ class Session:
         await self._transport.send(encode(waiting))
 
     def _check_device(self, username: str, device: DeviceKeys) -> None:
+        """Refuse device keys that are not self-signed, or whose Curve25519 key is unusable."""
         try:
             verify_device_keys(username, device)
         except SignatureError:
@@ -597,6 +605,7 @@ class Session:
                 ErrorCode.BAD_SIGNATURE,
                 f"the keys of device {device.device_id} are not self-signed",
             ) from None
+        usable_identity(device)
 
     def _uncount_unauthenticated(self) -> None:
         if self._counted_unauthenticated:
@@ -886,7 +895,7 @@ class Session:
     def _check_keys(
         self, ed25519: str, one_time_keys: list[OneTimeKey], fallback_key: OneTimeKey | None
     ) -> None:
-        """Refuse too many one-time keys, or any key not signed by the device."""
+        """Refuse too many one-time keys, or any key not signed by the device or unusable."""
         limit = self._limits.max_one_time_keys
         if len(one_time_keys) > limit:
             raise RequestRefused(
@@ -899,6 +908,7 @@ class Session:
                 raise RequestRefused(
                     ErrorCode.BAD_SIGNATURE, f"the signature of key {key.key_id} does not verify"
                 ) from None
+            usable_key(key)
 
     # --- delivery --------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from obrolan.errors import InvalidState, RequestRefused, StorageError
 from obrolan.protocol.codes import ErrorCode
 from obrolan.server.address import DeviceAddress
 from obrolan.server.blobs.base import BlobStore, NewBlob, OpenBlob
+from obrolan.server.storage.integrity import BLOB_DATABASE, check_before_open, write_marker
 
 __all__ = ["BLOBS_DATABASE_NAME", "BLOBS_DIR_NAME", "READ_BYTES", "FilesystemBlobStore"]
 
@@ -167,12 +168,17 @@ class FilesystemBlobStore(BlobStore):
         data_dir: the server's data directory.
         read_only: open the metadata only to read it (``obrolan admin``, beside a
             running server); nothing is created or cleaned up.
+        new_database: make new metadata even where the folder's marker says it existed
+            (see :mod:`obrolan.server.storage.integrity`).
     """
 
-    def __init__(self, data_dir: Path, *, read_only: bool = False) -> None:
+    def __init__(
+        self, data_dir: Path, *, read_only: bool = False, new_database: bool = False
+    ) -> None:
         self.folder = data_dir / BLOBS_DIR_NAME
         self.database = data_dir / BLOBS_DATABASE_NAME
         self._read_only = read_only
+        self._new_database = new_database
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
         self._locks = _KeyedLocks()
@@ -207,6 +213,11 @@ class FilesystemBlobStore(BlobStore):
                 uri = f"{self.database.resolve().as_uri()}?mode=ro"
                 db = sqlite3.connect(uri, uri=True, isolation_level=None)
             else:
+                # Before anything is made: new metadata would delete every blob file as
+                # an orphan (DamagedDatabase says what to do instead).
+                check_before_open(
+                    self.database, new_database=self._new_database, role=BLOB_DATABASE
+                )
                 self.folder.mkdir(mode=0o700, exist_ok=True)
                 db = sqlite3.connect(self.database, isolation_level=None)
             db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
@@ -229,6 +240,8 @@ class FilesystemBlobStore(BlobStore):
                 for statement in _SCHEMA:
                     db.execute(statement)
                 db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        if not self._read_only:
+            write_marker(self.database)
         self._db = db
 
     def _disconnect(self) -> None:

@@ -74,7 +74,9 @@ from obrolan.server.storage.base import (
     StoredEnvelopes,
     StoreResult,
 )
+from obrolan.server.storage.integrity import check_before_open, write_marker
 from obrolan.server.storage.sqlite_schema import SCHEMA_VERSION, migrate, open_db
+from obrolan.server.storage.stored_rows import mailbox_rows, stored_envelope
 
 __all__ = [
     "IDLE_CHECKPOINT_SECONDS",
@@ -695,6 +697,14 @@ class _WriterDb:
         if deleted:
             self._queued[rowid] -= deleted
 
+    def drop(self, rowid: int, seqs: list[int]) -> None:
+        """Delete these mailbox rows of the device (unreadable ones: see ``pending``)."""
+        deleted = self.conn.executemany(
+            "DELETE FROM mailbox WHERE device = ? AND seq = ?", [(rowid, seq) for seq in seqs]
+        ).rowcount
+        if deleted and rowid in self._queued:
+            self._queued[rowid] -= deleted
+
     def sweep(self, now: int, device: DeviceAddress | None = None) -> int:
         """Delete every envelope (of ``device``, or all) with ``expires_at <= now``.
 
@@ -1001,16 +1011,21 @@ class SqliteStorage(Storage):
         path: the database file (created with its schema if missing, unless read-only).
         read_only: open an existing database for reading only, e.g. for ``obrolan admin``
             while the server runs; write methods then raise :class:`InvalidState`.
+        new_database: make a new database even where the folder's marker says one
+            existed (see :mod:`obrolan.server.storage.integrity`).
     """
 
-    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+    def __init__(self, path: Path, *, read_only: bool = False, new_database: bool = False) -> None:
         self._path = path
         self._read_only = read_only
+        self._new_database = new_database
         self._writer: _Writer | None = None
         self._reader: sqlite3.Connection | None = None
         # A device's row id never changes while it exists, so the hot read path (pending)
         # resolves an address once per device and process; removing devices clears this.
         self._rowids: dict[DeviceAddress, int] = {}
+        self._unreadable: set[int] = set()
+        """Seqs of mailbox rows found unreadable whose delete failed: skipped quietly."""
 
     # --- lifecycle
 
@@ -1026,8 +1041,15 @@ class SqliteStorage(Storage):
                     f"{self._path} has schema version {version}, this obrolan reads {SCHEMA_VERSION}"
                 )
         else:
+            # Raises DamagedDatabase before anything is written to a damaged folder.
+            fresh = await asyncio.to_thread(
+                check_before_open, self._path, new_database=self._new_database
+            )
             self._writer = _Writer(self._path, asyncio.get_running_loop())
             await self._writer.start()
+            if fresh:
+                _logger.info("created a new, empty server database")
+            await asyncio.to_thread(write_marker, self._path)
             reader = open_db(self._path, read_only=False)
             reader.execute("PRAGMA query_only = ON")
         self._reader = reader
@@ -1243,24 +1265,54 @@ class SqliteStorage(Storage):
     async def pending(
         self, device: DeviceAddress, after_seq: int, limit: int
     ) -> list[PendingEnvelope]:
+        """Up to ``limit`` envelopes after ``after_seq``; a stored row that cannot be
+        delivered (damaged in the file) is skipped and deleted, and more are read in its
+        place, so that fewer than ``limit`` still means the queue has no more."""
         rowid = self._rowid(device)
         if rowid is None:
             return []
-        rows = (
-            self._read()
-            .execute(
-                "SELECT m.seq, m.envelope_id, m.from_user, m.from_device, IFNULL(m.ciphertext,"
-                " (SELECT c.data FROM ciphertexts c WHERE c.id = m.ciphertext_id))"
-                " FROM mailbox m WHERE m.device = ? AND m.seq > ? AND m.expires_at > ?"
-                " ORDER BY m.seq LIMIT ?",
-                (rowid, after_seq, int(time.time()), limit),
+        found: list[PendingEnvelope] = []
+        while True:
+            want = limit - len(found)
+            rows = mailbox_rows(self._read(), rowid, after_seq, want, int(time.time()))
+            unreadable: list[tuple[int, str]] = []
+            for seq, *columns in rows:
+                if seq in self._unreadable:
+                    continue
+                envelope = stored_envelope(*columns)
+                if isinstance(envelope, str):
+                    unreadable.append((seq, envelope))
+                else:
+                    found.append((seq, envelope))
+            if unreadable:
+                await self._drop_unreadable(rowid, unreadable)
+            if len(found) == limit or len(rows) < want:
+                return found
+            after_seq = rows[-1][0]
+
+    async def _drop_unreadable(self, rowid: int, rows: list[tuple[int, str]]) -> None:
+        """Delete mailbox rows that cannot be delivered, and say so in the log by their
+        ``seq`` only (a row's content may be anything, including what it should be)."""
+        for seq, reason in rows:
+            _logger.error(
+                "stored envelope seq %d is unreadable (%s): skipped, the rest of the "
+                "device's queue is delivered",
+                seq,
+                reason,
             )
-            .fetchall()
-        )
-        return [
-            (seq, Envelope(envelope_id, user, dev, data))
-            for seq, envelope_id, user, dev, data in rows
-        ]
+        seqs = [seq for seq, _ in rows]
+        try:
+            await self._write(_WriterDb.drop, rowid, seqs, savepoint=True)
+        except StorageError as exc:  # the page is damaged for writing too
+            self._unreadable.update(seqs)
+            _logger.error(
+                "the %d unreadable envelopes could not be deleted (%s): they stay skipped; "
+                "restart the server to have the database checked",
+                len(seqs),
+                exc,
+            )
+        else:
+            _logger.info("deleted %d unreadable envelopes", len(seqs))
 
     async def ack(self, device: DeviceAddress, envelope_ids: list[str]) -> None:
         # A lost delete only means a redelivery, which clients drop by id: nobody waits
