@@ -79,7 +79,7 @@ async def test_a_signed_zero_key_fails_one_copy_and_every_other_message_goes(
                 sent = alice.message(queued.message_id, "alice")
                 assert sent is not None and sent.state is MessageState.SENT
             [failed] = [n for n in notices(alice, "bob") if phone.device_id in n]
-            assert "cannot be used" in failed
+            assert "not a usable Curve25519 key" in failed
             # The next message claims a fresh key for the phone: once the server serves a
             # good one, the phone gets messages again.
             shim.rewrite = lambda frame: frame

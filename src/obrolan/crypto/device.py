@@ -13,7 +13,7 @@ from __future__ import annotations
 import vodozemac
 
 from obrolan.crypto import pickles
-from obrolan.crypto.curve_checks import is_unusable_curve25519
+from obrolan.crypto.key_checks import check_curve25519
 from obrolan.crypto.olm import OlmSession, _to_vodozemac
 from obrolan.errors import CryptoError, DecryptionError, InvalidMessage
 from obrolan.protocol.content import OLM_PRE_KEY, OlmCiphertext
@@ -31,10 +31,13 @@ def _curve25519(key: str, what: str) -> vodozemac.Curve25519PublicKey:
 
 
 def _usable_curve25519(key: str, what: str) -> vodozemac.Curve25519PublicKey:
-    """A peer's key, refused when its bytes cannot give a secret (crypto/curve_checks.py)."""
+    """A peer's key, refused when its bytes cannot give a secret (crypto/key_checks.py).
+
+    Raises:
+        UnusableKey: all-zero or of low order, however well signed.
+    """
     parsed = _curve25519(key, what)
-    if is_unusable_curve25519(parsed.to_bytes()):
-        raise CryptoError(f"the {what} cannot be used: it is all zero or of small order")
+    check_curve25519(key, f"the {what}")
     return parsed
 
 
