@@ -54,5 +54,5 @@ def retry_delay(attempt: int, retry_after_ms: int | None, jitter: float) -> floa
     """
     if retry_after_ms is not None:
         return min(max(retry_after_ms, 0) / 1000, HINT_MAX)
-    base = min(BACKOFF_START * 2 ** min(attempt, 32), BACKOFF_MAX)
+    base = min(BACKOFF_START * 2.0 ** min(attempt, 32), BACKOFF_MAX)
     return base * (0.5 + min(max(jitter, 0.0), 1.0) / 2)
