@@ -644,6 +644,8 @@ class Client:
 
         The background connection (started if needed) sends it as soon as it can;
         :meth:`flush` waits for that. ``reply_to`` quotes a message of the conversation.
+        To a contact whose account key changed and was not accepted, it is held
+        (``MessageState.HELD``, nothing encrypted) until :meth:`trust`.
         """
         self._check_sendable(username)
         with self._store.transaction():
@@ -1123,7 +1125,8 @@ class Client:
         """Accept a contact's changed account key (after checking the safety number).
 
         Returns False when the key had not changed. The contact is no longer
-        verified: verify again to mark the new key verified.
+        verified: verify again to mark the new key verified. Messages held for the
+        change are queued again and go to the new key's devices.
         """
         check_username(username)
         contact = self._store.contact(username)
